@@ -1,0 +1,31 @@
+"""Errors raised by the library.
+
+Two families matter to callers:
+
+* ``InputError`` and its subclasses: bad input detected before any
+  connection is made (inventory, arguments, missing files). The CLI maps
+  these to exit code 2.
+* ``ClusterError``: everything else the library raises on purpose.
+
+Per-host failures (unreachable, auth, non-zero exit...) are *not*
+exceptions: they are values (`cluster.result.Failure`) on each host's
+outcome, so one bad host never hides the others.
+"""
+
+from __future__ import annotations
+
+
+class ClusterError(Exception):
+    """Root of the library's own errors."""
+
+
+class InputError(ClusterError):
+    """Bad input found before any connection was attempted (exit code 2)."""
+
+
+class InventoryError(InputError):
+    """roles.yaml or a host expression is wrong; the message names file/key/value."""
+
+
+class HostExpressionError(InventoryError):
+    """A host expression could not be parsed (bad range, missing @file...)."""
