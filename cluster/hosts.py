@@ -1,0 +1,168 @@
+"""Host expressions: parsing, range expansion and folding. Pure: no I/O but ``@file`` reads.
+
+Grammar (DESIGN.md "Host expressions"):
+
+* items separated by commas and/or whitespace (commas inside ``[...]`` belong
+  to the range);
+* each item is ``[user@]name[:port]``; ``name`` may hold ClusterShell ranges
+  (``10.8.0.[81-83]``, ``gpu[01-16]``);
+* ``@path`` reads more items from a file (``#`` starts a comment);
+* ``local`` is the controller itself, reached without SSH.
+
+Order is kept and duplicates are dropped (first occurrence wins).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from .errors import HostExpressionError
+
+LOCAL = "local"
+
+_USER_HOST_PORT = re.compile(r"^(?:(?P<user>[^@\s]+)@)?(?P<name>.+?)(?::(?P<port>\d+))?$")
+_BRACKETED_V6 = re.compile(r"^(?:(?P<user>[^@\s]+)@)?\[(?P<name>[0-9a-fA-F:.]+)\](?::(?P<port>\d+))?$")
+
+
+@dataclass(frozen=True, order=True)
+class Host:
+    """One target: a host name or address with optional user and port.
+
+    ``str(host)`` gives the spelling a user would type back
+    (``user@name:port``), which is also how hosts appear in output.
+    """
+
+    hostname: str
+    user: str | None = None
+    port: int | None = None
+
+    @property
+    def is_local(self) -> bool:
+        return self.hostname == LOCAL
+
+    def __str__(self) -> str:
+        name = f"[{self.hostname}]" if ":" in self.hostname and self.port else self.hostname
+        text = f"{self.user}@{name}" if self.user else name
+        return f"{text}:{self.port}" if self.port else text
+
+
+def parse_host(item: str) -> Host:
+    """Parse one already-expanded item ``[user@]name[:port]``."""
+    item = item.strip()
+    match = _BRACKETED_V6.match(item)
+    if not match:
+        match = _USER_HOST_PORT.match(item)
+        # A bare IPv6 address has several colons and no port shorthand.
+        if match and item.count(":") > 1:
+            user, _, rest = item.rpartition("@")
+            return Host(rest, user or None, None)
+    if not match or not match.group("name"):
+        raise HostExpressionError(f"bad host {item!r}: expected [user@]host[:port]")
+    port = match.group("port")
+    if port is not None and not 0 < int(port) < 65536:
+        raise HostExpressionError(f"bad port in {item!r}: {port} is not in 1-65535")
+    return Host(match.group("name"), match.group("user"), int(port) if port else None)
+
+
+def split_items(expression: str) -> list[str]:
+    """Split on commas/whitespace that are not inside ``[...]``."""
+    items: list[str] = []
+    current: list[str] = []
+    depth = 0
+    for char in expression:
+        if char == "[":
+            depth += 1
+        elif char == "]":
+            depth = max(depth - 1, 0)
+        if depth == 0 and (char == "," or char.isspace()):
+            if current:
+                items.append("".join(current))
+                current = []
+            continue
+        current.append(char)
+    if current:
+        items.append("".join(current))
+    if depth:
+        raise HostExpressionError(f"bad range in {expression!r}: missing ']'")
+    return items
+
+
+def expand_item(item: str) -> list[str]:
+    """Expand the ranges of one item, keeping ``user@`` and ``:port`` around them."""
+    if "[" not in item:
+        return [item]
+    user, at, rest = item.partition("@") if "@" in item.split("[", 1)[0] else ("", "", item)
+    name, port = rest, ""
+    tail = re.search(r"\](:\d+)$", rest)
+    if tail:
+        name, port = rest[: tail.start() + 1], tail.group(1)
+    from ClusterShell.NodeSet import NodeSetException, NodeSet
+
+    try:
+        names = list(NodeSet(name))
+    except NodeSetException as exc:
+        raise HostExpressionError(f"bad range in {item!r}: {exc}") from None
+    prefix = f"{user}{at}"
+    return [f"{prefix}{n}{port}" for n in names]
+
+
+def parse_hosts(expression: str | Iterable[str], *, base_dir: Path | None = None,
+                _seen_files: tuple[Path, ...] = ()) -> list[Host]:
+    """Expand a host expression (or a list of them) into hosts, in order, no duplicates."""
+    texts = [expression] if isinstance(expression, str) else list(expression)
+    hosts: list[Host] = []
+    for text in texts:
+        for item in split_items(str(text)):
+            if item.startswith("@"):
+                hosts.extend(_read_host_file(item[1:], base_dir, _seen_files))
+            else:
+                hosts.extend(parse_host(name) for name in expand_item(item))
+    return unique(hosts)
+
+
+def _read_host_file(path_text: str, base_dir: Path | None, seen: tuple[Path, ...]) -> list[Host]:
+    if not path_text:
+        raise HostExpressionError("bad host expression '@': a file path must follow '@'")
+    path = Path(path_text).expanduser()
+    if not path.is_absolute() and base_dir is not None:
+        path = base_dir / path
+    if path.resolve() in seen:
+        raise HostExpressionError(f"host file {path} includes itself")
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise HostExpressionError(f"host file not found: {path} (from '@{path_text}')") from None
+    except OSError as exc:
+        raise HostExpressionError(f"cannot read host file {path}: {exc.strerror}") from None
+    lines = [line.split("#", 1)[0] for line in text.splitlines()]
+    try:
+        return parse_hosts(lines, base_dir=path.parent, _seen_files=seen + (path.resolve(),))
+    except HostExpressionError as exc:
+        raise HostExpressionError(f"{path}: {exc}") from None
+
+
+def unique(hosts: Iterable[Host]) -> list[Host]:
+    """Drop repeated hosts, keeping the first occurrence."""
+    return list(dict.fromkeys(hosts))
+
+
+def fold_names(names: Iterable[str]) -> str:
+    """Fold host names into a compact range string (``127.0.1.[1-4]``), as clush does.
+
+    Names that ClusterShell cannot fold (``user@host:port``) are listed as they are.
+    """
+    from ClusterShell.NodeSet import NodeSet, NodeSetException
+
+    foldable, others = [], []
+    for name in names:
+        (others if re.search(r"[@:\[\]]", name) else foldable).append(name)
+    parts = []
+    if foldable:
+        try:
+            parts.append(str(NodeSet.fromlist(foldable)))
+        except NodeSetException:
+            parts.extend(foldable)
+    return ",".join(parts + others)

@@ -1,0 +1,281 @@
+"""Per-host outcomes: classification of failures and folding of identical output.
+
+The SSH layer hands back, for every host, either a command result
+(stdout/stderr/exit code) or the exception that stopped it. This module turns
+that into `Outcome` values in the order the hosts were given, each failed one
+carrying a `Failure` with a DESIGN.md kind and a one-line hint.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator, Sequence
+
+from .hosts import Host, fold_names
+
+# The base failure kinds of the public contract. Probes add their own
+# (documented) kinds, e.g. ``no-gpu-tool`` or ``driver``.
+UNREACHABLE = "unreachable"
+TIMEOUT = "timeout"
+AUTH = "auth"
+HOST_KEY = "host-key"
+SSH = "ssh"
+EXIT = "exit"
+COMMAND_TIMEOUT = "command-timeout"
+BASE_KINDS = (UNREACHABLE, TIMEOUT, AUTH, HOST_KEY, SSH, EXIT, COMMAND_TIMEOUT)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why one host did not succeed: a kind from the contract, a message, a hint."""
+
+    kind: str
+    message: str
+    hint: str = ""
+    exit_code: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"kind": self.kind, "message": self.message, "hint": self.hint}
+        if self.exit_code is not None:
+            doc["exit_code"] = self.exit_code
+        return doc
+
+
+@dataclass
+class Outcome:
+    """What happened on one host.
+
+    ``data`` holds whatever a probe parsed from stdout (GPU rows, vmstat
+    samples...). ``error`` is None exactly when ``ok`` is True.
+    """
+
+    host: Host
+    ok: bool
+    stdout: str = ""
+    stderr: str = ""
+    exit_code: int | None = None
+    error: Failure | None = None
+    elapsed: float = 0.0
+    data: Any = None
+
+    @property
+    def failed(self) -> bool:
+        return not self.ok
+
+    def fail(self, failure: Failure) -> "Outcome":
+        """Mark this outcome failed (used by probes that reject a 0-exit output)."""
+        self.ok = False
+        self.error = failure
+        return self
+
+
+@dataclass
+class Report:
+    """Outcomes of one operation across hosts, in the order the hosts were given."""
+
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    def __iter__(self) -> Iterator[Outcome]:
+        return iter(self.outcomes)
+
+    def __len__(self) -> int:
+        return len(self.outcomes)
+
+    def __getitem__(self, key: int | str | Host) -> Outcome:
+        if isinstance(key, int):
+            return self.outcomes[key]
+        for outcome in self.outcomes:
+            if outcome.host == key or str(outcome.host) == str(key):
+                return outcome
+        raise KeyError(key)
+
+    @property
+    def ok(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o.ok]
+
+    @property
+    def failed(self) -> list[Outcome]:
+        return [o for o in self.outcomes if not o.ok]
+
+    @property
+    def all_ok(self) -> bool:
+        return all(o.ok for o in self.outcomes)
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every host succeeded, 1 otherwise (the CLI contract)."""
+        return 0 if self.all_ok else 1
+
+
+@dataclass(frozen=True)
+class OutputGroup:
+    """Hosts that printed the same stdout with the same exit code (clush -b)."""
+
+    hosts: tuple[Host, ...]
+    outcome: Outcome
+
+    @property
+    def folded(self) -> str:
+        return fold_names([str(h) for h in self.hosts])
+
+
+def fold_outputs(outcomes: Iterable[Outcome]) -> list[OutputGroup]:
+    """Group outcomes with identical (ok, exit code, stdout, failure kind).
+
+    Like ``clush -b`` only hosts with the same return code are merged. Groups
+    come out in order of their first host.
+    """
+    groups: dict[tuple, list[Outcome]] = {}
+    for outcome in outcomes:
+        kind = outcome.error.kind if outcome.error else None
+        message = outcome.error.message if outcome.error and outcome.exit_code is None else None
+        key = (outcome.ok, outcome.exit_code, outcome.stdout, kind, message)
+        groups.setdefault(key, []).append(outcome)
+    return [OutputGroup(tuple(o.host for o in members), members[0]) for members in groups.values()]
+
+
+# ---------------------------------------------------------------------------
+# Classification of transport exceptions
+# ---------------------------------------------------------------------------
+
+
+def _hint_port(host: Host) -> str:
+    return f"[{host.hostname}]:{host.port}" if host.port and host.port != 22 else host.hostname
+
+
+def classify_exception(
+    exc: BaseException,
+    host: Host,
+    *,
+    key_description: str = "",
+    known_hosts: str = "~/.ssh/known_hosts",
+    connect_timeout: float | None = None,
+) -> Failure:
+    """Map an exception raised while reaching/using ``host`` to a `Failure`."""
+    # Imported here: paramiko/invoke are heavy and this module's pure parts
+    # (folding, dataclasses) are used by tests that never touch SSH.
+    import paramiko
+    from invoke.exceptions import CommandTimedOut
+
+    from .hostkeys import HostKeyRejected
+
+    if isinstance(exc, CommandTimedOut):
+        return Failure(
+            COMMAND_TIMEOUT,
+            f"command did not finish within {exc.timeout:g} s",
+            "raise the task's --timeout, or check what hangs on that host",
+        )
+    if isinstance(exc, (paramiko.BadHostKeyException, HostKeyRejected)):
+        return _host_key_failure(exc, host, known_hosts)
+    if isinstance(exc, paramiko.AuthenticationException):
+        tried = f" (tried {key_description})" if key_description else ""
+        return Failure(
+            AUTH,
+            f"authentication failed{tried}: {exc}".rstrip(": "),
+            "check the user and key (inv ensure-key), and that the key is in the host's "
+            "authorized_keys",
+        )
+    if isinstance(exc, socket.gaierror):
+        return Failure(
+            UNREACHABLE,
+            f"cannot resolve {host.hostname}: {exc.strerror or exc}",
+            "check the host name (DNS or /etc/hosts) or use the IP address",
+        )
+    if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
+        return _refused_failure(exc, host)
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        limit = f" within {connect_timeout:g} s" if connect_timeout else ""
+        return Failure(
+            TIMEOUT,
+            f"no TCP connection{limit}",
+            "host down, firewalled, or wrong address; raise ssh.connect_timeout if the "
+            "network is slow",
+        )
+    if isinstance(exc, paramiko.SSHException):
+        return _ssh_protocol_failure(exc, connect_timeout)
+    if isinstance(exc, OSError):
+        return _os_failure(exc, host)
+    return Failure(SSH, f"{type(exc).__name__}: {exc}", "unexpected error; rerun with --json for details")
+
+
+def _host_key_failure(exc: BaseException, host: Host, known_hosts: str) -> Failure:
+    from .hostkeys import HostKeyRejected
+
+    entry = _hint_port(host)
+    if isinstance(exc, HostKeyRejected):
+        return Failure(
+            HOST_KEY,
+            str(exc),
+            f"host_key_policy is strict: verify the key, then run `inv keyscan -H {host}` "
+            "with --policy accept-new (or add it to known_hosts)",
+        )
+    return Failure(
+        HOST_KEY,
+        f"host key changed for {entry} (possible man-in-the-middle, or the host was rebuilt)",
+        f"inspect with `ssh-keygen -F '{entry}' -f {known_hosts}`; if the change is "
+        f"expected remove it with `ssh-keygen -R '{entry}' -f {known_hosts}`",
+    )
+
+
+def _refused_failure(exc: BaseException, host: Host) -> Failure:
+    codes = {getattr(e, "errno", None) for e in getattr(exc, "errors", {}).values()}
+    if codes & {errno.ECONNREFUSED}:
+        return Failure(
+            UNREACHABLE,
+            f"connection refused on port {host.port or 22}",
+            "is sshd running on the host and listening on that port?",
+        )
+    return Failure(
+        UNREACHABLE,
+        f"cannot connect: {exc}",
+        "no route to host: check the address and the network",
+    )
+
+
+def _ssh_protocol_failure(exc: BaseException, connect_timeout: float | None) -> Failure:
+    text = str(exc)
+    lowered = text.lower()
+    if "banner" in lowered or "timeout" in lowered or "timed out" in lowered:
+        return Failure(
+            TIMEOUT,
+            f"SSH handshake did not complete: {text}",
+            "the port answers but no SSH banner came (overloaded sshd, or not an SSH "
+            "server on that port)",
+        )
+    if "not found in known_hosts" in lowered:
+        return Failure(HOST_KEY, text, "host_key_policy is strict: record the key with `inv keyscan`")
+    return Failure(SSH, f"SSH error: {text}", "protocol-level failure; check sshd logs on the host")
+
+
+def _os_failure(exc: OSError, host: Host) -> Failure:
+    if exc.errno in (errno.ECONNREFUSED,):
+        return Failure(
+            UNREACHABLE,
+            f"connection refused on port {host.port or 22}",
+            "is sshd running on the host and listening on that port?",
+        )
+    if exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EADDRNOTAVAIL):
+        return Failure(UNREACHABLE, f"cannot connect: {exc.strerror}", "check the address and the network")
+    if exc.errno in (errno.ETIMEDOUT,):
+        return Failure(TIMEOUT, f"connect timed out: {exc.strerror}", "host down or firewalled")
+    return Failure(SSH, f"{type(exc).__name__}: {exc}", "connection broke; retry, and check the host")
+
+
+def exit_failure(exit_code: int, stdout: str, stderr: str) -> Failure:
+    """The generic failure for a command that ran and exited non-zero."""
+    last = _last_line(stderr) or _last_line(stdout)
+    message = f"exit code {exit_code}" + (f": {last}" if last else "")
+    hint = "command not found on the host" if exit_code == 127 else "see stderr above"
+    return Failure(EXIT, message, hint, exit_code=exit_code)
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1][:200] if lines else ""
+
+
+def order_like(hosts: Sequence[Host], outcomes: dict[Host, Outcome]) -> list[Outcome]:
+    """Outcomes in the order ``hosts`` were given."""
+    return [outcomes[h] for h in hosts]
