@@ -279,3 +279,45 @@ def _last_line(text: str) -> str:
 def order_like(hosts: Sequence[Host], outcomes: dict[Host, Outcome]) -> list[Outcome]:
     """Outcomes in the order ``hosts`` were given."""
     return [outcomes[h] for h in hosts]
+
+
+# ---------------------------------------------------------------------------
+# From a Fabric GroupResult to a Report
+# ---------------------------------------------------------------------------
+
+def to_outcome(host: Host, value: Any, elapsed: float, *, key_description: str = "",
+               known_hosts: str = "~/.ssh/known_hosts", connect_timeout: float | None = None) -> Outcome:
+    """One host's command result (stdout/stderr/exited) or exception, as an `Outcome`."""
+    if isinstance(value, BaseException):
+        failure = classify_exception(value, host, key_description=key_description,
+                                     known_hosts=known_hosts, connect_timeout=connect_timeout)
+        partial = getattr(getattr(value, "result", None), "stdout", "") or ""
+        return Outcome(host, False, stdout=partial if isinstance(partial, str) else "",
+                       error=failure, elapsed=elapsed)
+    exited = getattr(value, "exited", None)
+    if exited is None:  # a plain Python value returned by a per-host function
+        return Outcome(host, True, elapsed=elapsed, data=value)
+    outcome = Outcome(host, exited == 0, stdout=value.stdout, stderr=value.stderr,
+                      exit_code=exited, elapsed=elapsed)
+    if exited != 0:
+        outcome.error = exit_failure(exited, value.stdout, value.stderr)
+    return outcome
+
+
+def build_report(results: Any, engine: Any, interpret: Any = None) -> Report:
+    """Turn a GroupResult (session -> result or exception) into a `Report` in host order.
+
+    ``interpret(outcome)`` lets a probe parse stdout into ``outcome.data`` and
+    reclassify exit codes it understands; it runs only for hosts that were reached.
+    """
+    settings = engine.settings
+    outcomes = []
+    for session, value in results.items():
+        outcome = to_outcome(session.host, value, session.elapsed,
+                             key_description=engine.key_description,
+                             known_hosts=settings.known_hosts,
+                             connect_timeout=settings.connect_timeout)
+        if interpret is not None and outcome.exit_code is not None:
+            interpret(outcome)
+        outcomes.append(outcome)
+    return Report(outcomes)

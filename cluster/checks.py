@@ -1,0 +1,170 @@
+"""Connectivity operations: check (connect+auth+uname), keyscan, ensure-key."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import paramiko
+
+from .hostkeys import fingerprint
+from .hosts import Host
+from .inventory import GCE_KEY, SSHSettings
+from .result import Failure, Report, build_report
+from .ssh import Engine, HostSession, load_private_key
+
+CHECK_COMMAND = "uname -n"
+
+
+@dataclass
+class CheckInfo:
+    """What `check` learnt about a host."""
+
+    hostname: str
+    connect_ms: float | None
+    command_ms: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"remote_hostname": self.hostname, "connect_ms": self.connect_ms,
+                "command_ms": self.command_ms}
+
+
+def _check_one(session: HostSession) -> Any:
+    started = time.monotonic()
+    connect_ms = None
+    if not session.host.is_local:
+        session.open()
+        connect_ms = (time.monotonic() - started) * 1000
+    mark = time.monotonic()
+    result = session.run(CHECK_COMMAND, timeout=session.engine.settings.connect_timeout)
+    command_ms = (time.monotonic() - mark) * 1000
+    if not result.ok:
+        return result
+    return CheckInfo(result.stdout.strip(), connect_ms, command_ms)
+
+
+def check(engine: Engine, hosts: Sequence[Host], *, fanout: int | None = None,
+          on_done: Callable[..., None] | None = None) -> Report:
+    """Connect, authenticate and run ``uname -n`` on every host; time each step."""
+    return build_report(engine.call(hosts, _check_one, fanout=fanout, on_done=on_done), engine)
+
+
+# ---------------------------------------------------------------------------
+# keyscan
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class KeyInfo:
+    """A host key seen by keyscan and what the policy did with it."""
+
+    entry: str
+    key_type: str
+    fingerprint: str
+    status: str  # known | added | local
+
+    def to_json(self) -> dict[str, Any]:
+        return {"entry": self.entry, "key_type": self.key_type,
+                "fingerprint": self.fingerprint, "status": self.status}
+
+
+def _known_hosts_entry(session: HostSession) -> tuple[str, int, str]:
+    cxn = session.connection
+    port = int(cxn.port)
+    entry = cxn.host if port == 22 else f"[{cxn.host}]:{port}"
+    return cxn.host, port, entry
+
+
+def _scan_one(session: HostSession) -> KeyInfo:
+    if session.host.is_local:
+        return KeyInfo("local", "-", "-", "local")
+    hostname, port, entry = _known_hosts_entry(session)
+    timeout = session.engine.settings.connect_timeout
+    sock = socket.create_connection((hostname, port), timeout=timeout)
+    transport = paramiko.Transport(sock)
+    try:
+        transport.banner_timeout = timeout
+        transport.start_client(timeout=timeout)
+        key = transport.get_remote_server_key()
+    finally:
+        transport.close()
+    store = session.engine.host_keys
+    status = store.check(entry, key)
+    if status == "changed":
+        raise paramiko.BadHostKeyException(entry, key, store.lookup(entry))
+    if status == "unknown":
+        store.accept(entry, key)  # raises HostKeyRejected under the strict policy
+        status = "added"
+    return KeyInfo(entry, key.get_name(), fingerprint(key), status)
+
+
+def keyscan(engine: Engine, hosts: Sequence[Host], *, fanout: int | None = None,
+            on_done: Callable[..., None] | None = None) -> Report:
+    """Fetch each host's key (no login) and record or verify it per the host-key policy."""
+    return build_report(engine.call(hosts, _scan_one, fanout=fanout, on_done=on_done), engine)
+
+
+# ---------------------------------------------------------------------------
+# ensure-key
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class KeyReport:
+    """Result of ensure-key: which key is in use, or what to do about it."""
+
+    ok: bool
+    key_path: str | None
+    description: str
+    actions: list[str] = field(default_factory=list)
+    steps: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "key": self.key_path, "description": self.description,
+                "actions": self.actions, "steps": self.steps}
+
+
+MANUAL_STEPS = [
+    "gcloud auth login                      # once, on this controller",
+    "gcloud compute config-ssh --quiet      # creates ~/.ssh/google_compute_engine and ~/.ssh/config entries",
+    "# or, without gcloud: ssh-keygen -t ed25519 -f ~/.ssh/google_compute_engine -N ''",
+    "#   and add ~/.ssh/google_compute_engine.pub to each host's ~/.ssh/authorized_keys",
+    "#   (or set ssh.key_filename in roles.yaml to the key you already use)",
+]
+
+
+def ensure_key(settings: SSHSettings, *, gcloud: str | None = None,
+               runner: Callable[[list[str]], int] | None = None) -> KeyReport:
+    """Report the private key in use; create the GCE key with gcloud when it is missing."""
+    actions: list[str] = []
+    gce = Path(GCE_KEY).expanduser()
+    if not settings.key_filename and not gce.exists():
+        gcloud = gcloud if gcloud is not None else shutil.which("gcloud")
+        if gcloud:
+            command = [gcloud, "compute", "config-ssh", "--quiet"]
+            actions.append(" ".join(command))
+            code = (runner or _run)(command)
+            if code != 0:
+                return KeyReport(False, None, f"`{' '.join(command)}` failed with exit code {code}",
+                                 actions, MANUAL_STEPS)
+    try:
+        path, key = load_private_key(settings)
+    except Exception as exc:  # InputError: configured key missing/encrypted
+        return KeyReport(False, settings.resolved_key(), str(exc), actions, MANUAL_STEPS)
+    if key is None:
+        return KeyReport(False, None, f"no SSH key found ({gce} is missing and gcloud is not on PATH)",
+                         actions, MANUAL_STEPS)
+    return KeyReport(True, path, f"{key.get_name()} {fingerprint(key)}", actions)
+
+
+def _run(command: list[str]) -> int:
+    return subprocess.call(command)
+
+
+def failure_for(report: KeyReport) -> Failure | None:
+    return None if report.ok else Failure("auth", report.description, "follow the steps below")

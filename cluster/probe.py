@@ -1,0 +1,55 @@
+"""A probe: a command, a pure parser for its stdout, and a classifier for its exit codes.
+
+Probe modules (`cluster.gpu`, `cluster.system`, `cluster.service`) define
+the pieces; this module runs them across hosts through the engine and turns
+the outcome into `Outcome.data` (parsed) or a probe-specific `Failure`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from .hosts import Host
+from .result import Failure, Outcome, Report, build_report
+from .ssh import Engine, HostSession
+
+Parser = Callable[[str], Any]
+Classifier = Callable[[int, str, str, Any], "Failure | None"]
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What to run on each host and how to read the answer."""
+
+    name: str
+    command: str
+    parse: Parser
+    classify: Classifier | None = None
+    timeout: float | None = None
+
+    def interpret(self, outcome: Outcome) -> None:
+        """Parse stdout into ``outcome.data`` and let the probe judge the exit code."""
+        try:
+            outcome.data = self.parse(outcome.stdout)
+        except Exception as exc:  # a parser bug must not hide the other hosts
+            outcome.data = None
+            outcome.fail(Failure("parse", f"cannot parse {self.name} output: {exc}",
+                                 "report this with the host's raw output (inv run)"))
+            return
+        if self.classify is None:
+            return
+        failure = self.classify(outcome.exit_code or 0, outcome.stdout, outcome.stderr, outcome.data)
+        if failure is None:
+            outcome.ok, outcome.error = True, None
+        else:
+            outcome.fail(failure)
+
+
+def run_probe(engine: Engine, hosts: Sequence[Host], probe: Probe, *, timeout: float | None = None,
+              fanout: int | None = None, keep_open: bool = False,
+              on_done: Callable[[HostSession, Any], None] | None = None) -> Report:
+    """Run ``probe`` on every host and return parsed, classified outcomes in host order."""
+    results = engine.run(hosts, probe.command, timeout=timeout or probe.timeout, fanout=fanout,
+                         keep_open=keep_open, on_done=on_done)
+    return build_report(results, engine, probe.interpret)

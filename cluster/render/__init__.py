@@ -1,0 +1,1 @@
+"""Rendering of reports: rich tables on stdout, JSON documents, progress on stderr."""

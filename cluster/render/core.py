@@ -1,0 +1,171 @@
+"""Shared rendering: host tables, status cells, summary line, JSON document, progress.
+
+Every task prints the same shape (DESIGN.md "Output"): a table with one row
+per host (failures included, with kind and hint), then a one-line summary;
+or, with ``--json``, one JSON document
+``{"task", "hosts": [{"host", "ok", "error", ...}], "summary": {"ok", "failed"}}``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from collections import Counter
+from contextlib import contextmanager
+from typing import Any, Callable, Iterable, Iterator, Sequence, TextIO
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from ..result import Outcome, Report, fold_outputs
+
+Row = Sequence[Any]
+
+
+def stdout_console() -> Console:
+    # soft_wrap off + wide default so piped output is not squeezed into 80 columns.
+    return Console(file=sys.stdout, highlight=False, width=None if sys.stdout.isatty() else 160)
+
+
+def stderr_console() -> Console:
+    return Console(file=sys.stderr, highlight=False, stderr=True)
+
+
+def status_cell(outcome: Outcome) -> Text:
+    """'ok' in green, or the failure kind in red."""
+    if outcome.ok:
+        return Text("ok", style="green")
+    kind = outcome.error.kind if outcome.error else "failed"
+    if outcome.error and outcome.error.exit_code is not None and kind == "exit":
+        kind = f"exit {outcome.error.exit_code}"
+    return Text(kind, style="bold red")
+
+
+def failure_text(outcome: Outcome) -> Text:
+    """Message and hint of a failed host, for the table's detail column."""
+    if outcome.error is None:
+        return Text("")
+    text = Text(outcome.error.message, style="red")
+    if outcome.error.hint:
+        text.append("\n→ " + outcome.error.hint, style="dim")
+    return text
+
+
+def host_table(columns: Sequence[str | tuple[str, dict]], rows: Iterable[Row],
+               title: str | None = None) -> Table:
+    """A rich table; ``columns`` are names or (name, column kwargs)."""
+    table = Table(title=title, title_justify="left", header_style="bold", show_lines=False,
+                  expand=False, pad_edge=False)
+    for column in columns:
+        name, kwargs = (column, {}) if isinstance(column, str) else column
+        table.add_column(name, **kwargs)
+    for row in rows:
+        table.add_row(*[cell if isinstance(cell, Text) else Text(_cell(cell)) for cell in row])
+    return table
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.1f}"
+    return str(value)
+
+
+def summary_line(report: Report, elapsed: float | None = None, noun: str = "hosts") -> Text:
+    """'8 hosts: 7 ok, 1 failed (unreachable 1) in 1.2 s'."""
+    failed = report.failed
+    text = Text(f"{len(report)} {noun}: ")
+    text.append(f"{len(report.ok)} ok", style="green")
+    if failed:
+        kinds = Counter(o.error.kind if o.error else "failed" for o in failed)
+        detail = ", ".join(f"{kind} {count}" for kind, count in kinds.most_common())
+        text.append(", ")
+        text.append(f"{len(failed)} failed ({detail})", style="bold red")
+    if elapsed is not None:
+        text.append(f" in {elapsed:.1f} s", style="dim")
+    return text
+
+
+def json_document(task: str, report: Report,
+                  fields: Callable[[Outcome], dict[str, Any]] | None = None,
+                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``--json`` document of the contract; ``fields`` adds task fields per host."""
+    hosts = []
+    for outcome in report:
+        entry: dict[str, Any] = {
+            "host": str(outcome.host),
+            "ok": outcome.ok,
+            "error": outcome.error.to_json() if outcome.error else None,
+        }
+        if fields is not None:
+            entry.update(fields(outcome))
+        hosts.append(entry)
+    doc: dict[str, Any] = {"task": task, "hosts": hosts,
+                           "summary": {"ok": len(report.ok), "failed": len(report.failed)}}
+    if extra:
+        doc.update(extra)
+    return doc
+
+
+def print_json(doc: dict[str, Any], stream: TextIO | None = None) -> None:
+    stream = stream or sys.stdout
+    stream.write(json.dumps(doc, indent=2, default=str) + "\n")
+    stream.flush()
+
+
+def output_groups(report: Report, console: Console) -> None:
+    """clush -b style: one header per group of hosts with identical output."""
+    for group in fold_outputs(report):
+        outcome = group.outcome
+        header = Text(f"---- {group.folded} ", style="bold cyan")
+        header.append(f"({len(group.hosts)}) ", style="dim")
+        header.append_text(status_cell(outcome))
+        console.print(header)
+        if outcome.stdout:
+            console.print(escape(outcome.stdout.rstrip("\n")), markup=True, highlight=False)
+        if outcome.error is not None:
+            console.print(failure_text(outcome))
+
+
+@contextmanager
+def progress(total: int, label: str, enabled: bool | None = None,
+             delay: float = 1.0) -> Iterator[Callable[..., None]]:
+    """Live "N/M hosts done" on stderr when it is a TTY and the work lasts > ``delay`` s.
+
+    Yields a callback to call once per finished host (it accepts and ignores
+    arguments so it can be passed as the engine's ``on_done``).
+    """
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    if not enabled or total == 0:
+        yield lambda *args: None
+        return
+    console = stderr_console()
+    state = {"done": 0, "failed": 0}
+    status = console.status(f"{label}: 0/{total} hosts done", spinner="dots")
+    lock = threading.Lock()
+
+    def text() -> str:
+        failed = f", {state['failed']} failed" if state["failed"] else ""
+        return f"{label}: {state['done']}/{total} hosts done{failed}"
+
+    def tick(*args: Any) -> None:
+        with lock:
+            state["done"] += 1
+            if args and isinstance(args[-1], BaseException):
+                state["failed"] += 1
+            status.update(text())
+
+    # Only show the spinner when the work outlasts ``delay``: quick tasks stay quiet.
+    timer = threading.Timer(delay, status.start)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield tick
+    finally:
+        timer.cancel()
+        status.stop()

@@ -1,0 +1,475 @@
+"""Connections and bounded fan-out over Fabric.
+
+What this layer adds to Fabric (see shared/reference/peers.md):
+
+* `BoundedGroup`: a ``ThreadingGroup`` whose ``_do`` runs at most ``fanout``
+  hosts at a time on a thread pool. Fabric starts one thread per host with no
+  limit; here the thread count depends on the fanout, never on the host count.
+* `Engine`: one shared `fabric.Config`, one private key loaded once and
+  handed to every connection as ``pkey``, one shared known_hosts store with
+  our host-key policy, a connect timeout that is always set (TCP, banner and
+  auth), and a cache of open connections so later rounds (``--watch``,
+  ``--follow``, start-pd readiness polls) reuse them without new handshakes.
+* `HostSession`: run one command on one host and capture its output. Remote
+  commands go straight to a paramiko channel (no Invoke runner threads, no
+  pty, stdin closed); ``local`` goes through Invoke's local runner.
+
+No parsing, classification or rendering happens here.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import subprocess
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import paramiko
+from fabric import Config, Connection, ThreadingGroup
+from fabric.group import GroupResult
+from invoke import Context
+from invoke.exceptions import CommandTimedOut
+from invoke.runners import Result as LocalResult
+
+from .errors import InputError
+from .hostkeys import HostKeyStore, fingerprint
+from .hosts import Host
+from .inventory import SSHSettings
+
+DEFAULT_KEYS = ("~/.ssh/id_ed25519", "~/.ssh/id_ecdsa", "~/.ssh/id_rsa")
+_READ_SIZE = 65536
+
+
+@dataclass
+class CommandResult:
+    """Captured result of one command on one host (remote or local)."""
+
+    command: str
+    stdout: str
+    stderr: str
+    exited: int
+
+    @property
+    def ok(self) -> bool:
+        return self.exited == 0
+
+    @property
+    def failed(self) -> bool:
+        return not self.ok
+
+
+def _timed_out(command: str, out: bytes, err: bytes, timeout: float) -> CommandTimedOut:
+    result = LocalResult(stdout=_text(out), stderr=_text(err), command=command, exited=-1)
+    return CommandTimedOut(result, timeout)
+
+
+def _text(data: bytes | list[bytes]) -> str:
+    raw = b"".join(data) if isinstance(data, list) else data
+    return raw.decode("utf-8", "replace")
+
+
+class HostSession:
+    """One host of an engine: a lazily opened connection plus command helpers.
+
+    Hashable by identity so it can key a Fabric ``GroupResult``.
+    """
+
+    def __init__(self, host: Host, engine: "Engine") -> None:
+        self.host = host
+        self.engine = engine
+        self._connection: Connection | None = None
+        self.elapsed = 0.0
+
+    def __repr__(self) -> str:
+        return f"<HostSession {self.host}>"
+
+    # -- connection -------------------------------------------------------
+    @property
+    def connection(self) -> Connection:
+        if self._connection is None:
+            self._connection = self.engine.make_connection(self.host)
+        return self._connection
+
+    @property
+    def is_connected(self) -> bool:
+        return self._connection is not None and self._connection.is_connected
+
+    def open(self) -> None:
+        """Connect and authenticate (no-op for ``local`` or when already open)."""
+        if not self.host.is_local:
+            self.connection.open()
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+
+    # -- commands -----------------------------------------------------------
+    def run(self, command: str, timeout: float | None = None) -> CommandResult:
+        """Run ``command`` and capture stdout/stderr/exit code.
+
+        A non-zero exit is a result, not an exception. Raises on transport
+        errors and `CommandTimedOut` past ``timeout`` seconds.
+        """
+        if self.host.is_local:
+            return self._run_local(command, timeout)
+        return self._run_remote(command, timeout)
+
+    def _run_local(self, command: str, timeout: float | None) -> CommandResult:
+        result = self.engine.local_context.run(
+            command, hide=True, warn=True, in_stream=False, timeout=timeout
+        )
+        return CommandResult(command, result.stdout, result.stderr, result.exited)
+
+    def _run_remote(self, command: str, timeout: float | None) -> CommandResult:
+        channel = self._open_channel(command)
+        deadline = time.monotonic() + timeout if timeout else None
+        out: list[bytes] = []
+        err: list[bytes] = []
+        try:
+            _drain(channel, out, err, deadline, command, timeout)
+            code = channel.recv_exit_status()
+        finally:
+            channel.close()
+        return CommandResult(command, _text(out), _text(err), code)
+
+    def _open_channel(self, command: str) -> paramiko.Channel:
+        self.open()
+        transport = self.connection.client.get_transport()
+        if transport is None or not transport.is_active():
+            # The cached connection died (host rebooted, sshd restarted): reconnect once.
+            self.connection.close()
+            self.connection.open()
+            transport = self.connection.client.get_transport()
+        channel = transport.open_session(timeout=self.engine.settings.connect_timeout)
+        channel.exec_command(command)
+        channel.shutdown_write()  # no stdin: remote reads see EOF instead of hanging
+        return channel
+
+    def stream(self, command: str, on_line: Callable[[str], None],
+               stop: threading.Event | None = None, timeout: float | None = None) -> CommandResult:
+        """Run ``command`` and call ``on_line`` for each complete stdout line as it arrives.
+
+        Stops (closing the channel / killing the local process) when ``stop`` is set.
+        Returns the exit code (-1 when stopped) and the captured stderr.
+        """
+        stop = stop or threading.Event()
+        if self.host.is_local:
+            return _stream_local(command, on_line, stop, timeout)
+        channel = self._open_channel(command)
+        deadline = time.monotonic() + timeout if timeout else None
+        try:
+            err = _stream_channel(channel, on_line, stop, deadline, command, timeout)
+            code = channel.recv_exit_status() if not stop.is_set() else -1
+        finally:
+            channel.close()
+        return CommandResult(command, "", err, code)
+
+
+def _drain(channel: paramiko.Channel, out: list[bytes], err: list[bytes],
+           deadline: float | None, command: str, timeout: float | None) -> None:
+    """Read both streams until EOF and the exit status, without busy polling."""
+    while True:
+        got = False
+        while channel.recv_ready():
+            out.append(channel.recv(_READ_SIZE))
+            got = True
+        while channel.recv_stderr_ready():
+            err.append(channel.recv_stderr(_READ_SIZE))
+            got = True
+        if got:
+            continue
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            raise _timed_out(command, b"".join(out), b"".join(err), timeout or 0)
+        if channel.exit_status_ready() and channel.eof_received:
+            # Exit status arrives after EOF; anything still buffered was read above.
+            if not channel.recv_ready() and not channel.recv_stderr_ready():
+                return
+        if channel.eof_received:
+            # Both streams are at EOF: the channel's pipe stays readable from now
+            # on, so wait on the exit-status event instead of select().
+            channel.status_event.wait(remaining if remaining is not None else 1.0)
+            continue
+        select.select([channel], [], [], min(remaining, 1.0) if remaining is not None else 1.0)
+
+
+def _stream_channel(channel: paramiko.Channel, on_line: Callable[[str], None],
+                    stop: threading.Event, deadline: float | None, command: str,
+                    timeout: float | None) -> str:
+    pending = b""
+    err: list[bytes] = []
+    while not stop.is_set():
+        if channel.recv_ready():
+            chunk = channel.recv(_READ_SIZE)
+            if not chunk:
+                break
+            pending = _emit_lines(pending + chunk, on_line)
+            continue
+        if channel.recv_stderr_ready():
+            err.append(channel.recv_stderr(_READ_SIZE))
+            continue
+        if channel.eof_received or channel.closed:
+            break
+        if deadline is not None and time.monotonic() > deadline:
+            raise _timed_out(command, pending, b"".join(err), timeout or 0)
+        select.select([channel], [], [], 0.2)
+    if pending and not stop.is_set():
+        on_line(_text(pending))
+    return _text(err)
+
+
+def _emit_lines(buffer: bytes, on_line: Callable[[str], None]) -> bytes:
+    """Call ``on_line`` for each complete line; return the incomplete tail."""
+    *lines, tail = buffer.split(b"\n")
+    for line in lines:
+        on_line(_text(line))
+    return tail
+
+
+def _stream_local(command: str, on_line: Callable[[str], None], stop: threading.Event,
+                  timeout: float | None) -> CommandResult:
+    proc = subprocess.Popen(["/bin/sh", "-c", command], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + timeout if timeout else None
+    pending = b""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    try:
+        while not stop.is_set():
+            if deadline is not None and time.monotonic() > deadline:
+                raise _timed_out(command, pending, b"", timeout or 0)
+            ready, _, _ = select.select([fd], [], [], 0.2)
+            if not ready:
+                continue
+            chunk = os.read(fd, _READ_SIZE)
+            if not chunk:
+                break
+            pending = _emit_lines(pending + chunk, on_line)
+        if pending and not stop.is_set():
+            on_line(_text(pending))
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 15)
+        proc.wait()
+        err = proc.stderr.read() if proc.stderr else b""
+    return CommandResult(command, "", _text(err), -1 if stop.is_set() else proc.returncode)
+
+
+class BoundedGroup(ThreadingGroup):
+    """A Fabric ``ThreadingGroup`` with at most ``fanout`` hosts in flight.
+
+    Members are `HostSession` objects. ``run``/``call`` return a
+    ``GroupResult`` (session -> result or exception) in member order and never
+    raise for per-host failures.
+    """
+
+    def __init__(self, sessions: Iterable[HostSession], fanout: int = 64,
+                 on_done: Callable[[HostSession, Any], None] | None = None) -> None:
+        super().__init__()
+        self.extend(sessions)
+        self.fanout = max(1, int(fanout))
+        self.on_done = on_done
+
+    def _do(self, method: str, *args: Any, **kwargs: Any) -> GroupResult:
+        return self.call(lambda session: getattr(session, method)(*args, **kwargs))
+
+    def call(self, fn: Callable[[HostSession], Any]) -> GroupResult:
+        """Apply ``fn(session)`` to every member, ``fanout`` at a time."""
+        done: dict[HostSession, Any] = {}
+        if len(self):
+            with ThreadPoolExecutor(max_workers=min(self.fanout, len(self)),
+                                    thread_name_prefix="cluster-host") as pool:
+                self._collect(pool, fn, done)
+        results = GroupResult()
+        for session in self:
+            results[session] = done[session]
+        return results
+
+    def _collect(self, pool: ThreadPoolExecutor, fn: Callable[[HostSession], Any],
+                 done: dict[HostSession, Any]) -> None:
+        futures: dict[Future, HostSession] = {pool.submit(_timed, fn, s): s for s in self}
+        pending = set(futures)
+        try:
+            while pending:
+                finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    session = futures[future]
+                    done[session] = future.result()
+                    if self.on_done:
+                        self.on_done(session, done[session])
+        except BaseException:
+            # Ctrl-C: drop queued hosts and unblock running ones by closing them.
+            for future in pending:
+                future.cancel()
+            for session in self:
+                session.close()
+            raise
+
+
+def _timed(fn: Callable[[HostSession], Any], session: HostSession) -> Any:
+    started = time.monotonic()
+    try:
+        return fn(session)
+    except Exception as exc:  # a per-host failure is a value, not a crash
+        return exc
+    finally:
+        session.elapsed = time.monotonic() - started
+
+
+class Engine:
+    """Shared SSH state for a set of hosts: config, key, host keys, open connections."""
+
+    def __init__(self, settings: SSHSettings | None = None) -> None:
+        self.settings = settings or SSHSettings()
+        self.config = self._make_config()
+        self.key_path, self.pkey = load_private_key(self.settings)
+        self.host_keys = HostKeyStore(self.settings.known_hosts, self.settings.host_key_policy)
+        self._sessions: dict[Host, HostSession] = {}
+        self._lock = threading.Lock()
+        self._local_context: Context | None = None
+
+    def _make_config(self) -> Config:
+        overrides: dict[str, Any] = {
+            "run": {"hide": True, "warn": True, "in_stream": False},
+            "timeouts": {"connect": self.settings.connect_timeout},
+            "load_ssh_configs": True,
+        }
+        if self.settings.ssh_config:
+            path = Path(self.settings.ssh_config).expanduser()
+            if not path.exists():
+                raise InputError(f"ssh.ssh_config: file not found: {path}")
+            return Config(overrides=overrides, runtime_ssh_path=str(path))
+        return Config(overrides=overrides)
+
+    @property
+    def local_context(self) -> Context:
+        if self._local_context is None:
+            self._local_context = Context(config=self.config)
+        return self._local_context
+
+    @property
+    def key_description(self) -> str:
+        if self.pkey is None:
+            return "ssh-agent and default keys"
+        return f"{self.key_path} ({self.pkey.get_name()} {fingerprint(self.pkey)})"
+
+    def session(self, host: Host) -> HostSession:
+        """The (cached) session of ``host``; connections are reused across calls."""
+        with self._lock:
+            if host not in self._sessions:
+                self._sessions[host] = HostSession(host, self)
+            return self._sessions[host]
+
+    def make_connection(self, host: Host) -> Connection:
+        """A Fabric Connection with our settings, host-key store and shared key."""
+        user = host.user or self.settings.user
+        connection = Connection(
+            host.hostname,
+            user=user,
+            port=host.port or self.settings.port,
+            config=self.config,
+            connect_kwargs=self._connect_kwargs(),
+        )
+        timeout = self.settings.connect_timeout
+        # Fabric truncates connect_timeout with int(); keep fractions ourselves.
+        connection.connect_timeout = timeout
+        connection.client._host_keys = self.host_keys.host_keys
+        connection.client.set_missing_host_key_policy(self.host_keys.missing_host_key_policy())
+        return connection
+
+    def _connect_kwargs(self) -> dict[str, Any]:
+        timeout = self.settings.connect_timeout
+        kwargs: dict[str, Any] = {
+            "banner_timeout": timeout,
+            "auth_timeout": timeout,
+            "channel_timeout": timeout,
+            "look_for_keys": False,
+            "allow_agent": True,
+        }
+        if self.pkey is not None:
+            kwargs["pkey"] = self.pkey
+        return kwargs
+
+    def group(self, hosts: Sequence[Host], fanout: int | None = None,
+              on_done: Callable[[HostSession, Any], None] | None = None) -> BoundedGroup:
+        return BoundedGroup([self.session(h) for h in hosts], fanout or self.settings.fanout, on_done)
+
+    def call(self, hosts: Sequence[Host], fn: Callable[[HostSession], Any], *,
+             fanout: int | None = None, keep_open: bool = False,
+             on_done: Callable[[HostSession, Any], None] | None = None) -> GroupResult:
+        """Apply ``fn`` to each host's session with bounded concurrency.
+
+        Unless ``keep_open``, each host's connection is closed as soon as its
+        work ends, so open connections (and paramiko transport threads) never
+        exceed the fanout either.
+        """
+        work = fn if keep_open else _closing(fn)
+        return self.group(hosts, fanout, on_done).call(work)
+
+    def run(self, hosts: Sequence[Host], command: str, *, timeout: float | None = None,
+            fanout: int | None = None, keep_open: bool = False,
+            on_done: Callable[[HostSession, Any], None] | None = None) -> GroupResult:
+        """Run one command on every host; see `call`."""
+        return self.call(hosts, lambda s: s.run(command, timeout=timeout), fanout=fanout,
+                         keep_open=keep_open, on_done=on_done)
+
+    def close(self) -> None:
+        with self._lock:
+            sessions = list(self._sessions.values())
+        for session in sessions:
+            session.close()
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _closing(fn: Callable[[HostSession], Any]) -> Callable[[HostSession], Any]:
+    def work(session: HostSession) -> Any:
+        try:
+            return fn(session)
+        finally:
+            session.close()
+
+    return work
+
+
+def load_private_key(settings: SSHSettings) -> tuple[str | None, paramiko.PKey | None]:
+    """Load the configured key (or GCE key, or first default key) once.
+
+    A configured key that is missing or unreadable is bad input (exit 2);
+    an encrypted default key is skipped (ssh-agent may hold it).
+    """
+    configured = settings.resolved_key()
+    if configured:
+        return configured, _load_key(configured, required=True)
+    for candidate in DEFAULT_KEYS:
+        path = os.path.expanduser(candidate)
+        if os.path.exists(path):
+            key = _load_key(path, required=False)
+            if key is not None:
+                return path, key
+    return None, None
+
+
+def _load_key(path: str, required: bool) -> paramiko.PKey | None:
+    try:
+        return paramiko.PKey.from_path(path)
+    except FileNotFoundError:
+        if required:
+            raise InputError(f"ssh key not found: {path} (set ssh.key_filename, or run `inv ensure-key`)") from None
+    except paramiko.PasswordRequiredException:
+        if required:
+            raise InputError(f"ssh key {path} is passphrase-protected: load it into ssh-agent "
+                             "(ssh-add) and leave ssh.key_filename unset") from None
+    except (paramiko.SSHException, ValueError, OSError) as exc:
+        if required:
+            raise InputError(f"cannot load ssh key {path}: {exc}") from None
+    return None

@@ -1,0 +1,1 @@
+"""Command-line layer: invoke tasks (thin) and the ``cluster`` console script."""

@@ -1,0 +1,118 @@
+"""What every task shares: the common options, error mapping, output and exit codes.
+
+Tasks stay thin: parse options, call one library function, render, exit.
+Exit codes (DESIGN.md): 0 all hosts ok, 1 some host failed, 2 bad input
+found before any connection.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import sys
+import time
+from typing import Any, Callable, Iterator
+
+from contextlib import contextmanager
+from invoke import Exit, Task
+
+from cluster.api import Cluster
+from cluster.errors import InputError
+from cluster.result import Report
+from cluster.render import core as render
+
+COMMON_HELP = {
+    "hosts": "Host expression: 'a,b c', 'user@host:port', ranges '10.8.0.[81-83]', "
+             "'@file', 'local'. Added to --role hosts.",
+    "role": "Role(s) from the roles file, comma-separated (e.g. 'prefill,decode'). "
+            "Default: every role's hosts.",
+    "roles_file": "Roles file (default: $CLUSTER_ROLES, else ./roles.yaml).",
+    "json": "Print one JSON document instead of the table.",
+    "fanout": "Hosts in flight at once (default: ssh.fanout in the roles file, else 64).",
+}
+
+# Short flags are explicit: invoke would derive -h from "hosts", clashing with --help.
+COMMON_SHORTFLAGS = {"hosts": "H", "role": "r"}
+
+
+class ClusterTask(Task):
+    """An invoke Task with explicit short flags (``-H/--hosts``, ``-r/--role`` ...)."""
+
+    def __init__(self, *args: Any, shortflags: dict[str, str] | None = None, **kwargs: Any) -> None:
+        self.shortflags = {**COMMON_SHORTFLAGS, **(shortflags or {})}
+        kwargs.setdefault("auto_shortflags", False)
+        super().__init__(*args, **kwargs)
+
+    def arg_opts(self, name: str, default: Any, taken_names: set[str]) -> dict[str, Any]:
+        opts = super().arg_opts(name, default, taken_names)
+        short = self.shortflags.get(name)
+        if short and short not in taken_names:
+            opts["names"] = list(opts["names"]) + [short]
+        return opts
+
+
+def cluster_task(*args: Any, help: dict[str, str] | None = None, **kwargs: Any) -> Callable:
+    """``@task`` with the common help texts, explicit short flags and error mapping."""
+    merged_help = {**COMMON_HELP, **(help or {})}
+
+    def decorate(body: Callable) -> ClusterTask:
+        wrapped = _map_errors(body)
+        names = set(inspect.signature(body).parameters)
+        task_help = {k: v for k, v in merged_help.items() if k in names}
+        return ClusterTask(wrapped, help=task_help, **kwargs)
+
+    if args and callable(args[0]):
+        return decorate(args[0])
+    return decorate
+
+
+def _map_errors(body: Callable) -> Callable:
+    @functools.wraps(body)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return body(*args, **kwargs)
+        except InputError as exc:
+            raise Exit(f"error: {exc}", code=2) from None
+        except KeyboardInterrupt:
+            raise Exit("interrupted", code=130) from None
+
+    return run
+
+
+def open_cluster(roles_file: str | None = None, fanout: int | None = None,
+                 **ssh_overrides: Any) -> Cluster:
+    """Load the roles file and apply CLI overrides (raises InputError on bad input)."""
+    return Cluster.from_roles(roles_file, fanout=fanout, **ssh_overrides)
+
+
+@contextmanager
+def opened(roles_file: str | None = None, fanout: int | None = None,
+           **ssh_overrides: Any) -> Iterator[Cluster]:
+    cluster = open_cluster(roles_file, fanout, **ssh_overrides)
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+def finish(report: Report) -> None:
+    """Exit 1 when any host failed (the table or JSON was already printed)."""
+    sys.stdout.flush()
+    if not report.all_ok:
+        raise Exit(code=1)
+
+
+def emit(task: str, report: Report, as_json: bool, render_table: Callable[[Report], Any],
+         fields: Callable | None = None, started: float | None = None,
+         extra: dict[str, Any] | None = None) -> None:
+    """Print the report as JSON or as the task's table + summary, then set the exit code."""
+    elapsed = time.monotonic() - started if started is not None else None
+    if as_json:
+        render.print_json(render.json_document(task, report, fields, extra))
+    else:
+        console = render.stdout_console()
+        table = render_table(report)
+        if table is not None:
+            console.print(table)
+        console.print(render.summary_line(report, elapsed))
+    finish(report)

@@ -1,0 +1,98 @@
+"""Connectivity tasks: hosts, run, check, keyscan, ensure-key."""
+
+from __future__ import annotations
+
+import time
+
+from invoke import Exit
+
+from cluster.checks import ensure_key as ensure_key_op
+from cluster.render import basic, core as render
+from cluster.result import Outcome, Report
+
+from .common import cluster_task, emit, opened
+
+
+@cluster_task
+def hosts(c, hosts=None, role=None, roles_file=None, json=False, fanout=None):
+    """List roles and the hosts a selection expands to (no connection is made)."""
+    with opened(roles_file, fanout) as cluster:
+        selected = cluster.hosts(hosts, role)
+        report = Report([Outcome(h, True) for h in selected])
+        emit("hosts", report, json,
+             lambda r: _hosts_view(cluster.inventory, selected),
+             fields=basic.hosts_fields(cluster.inventory),
+             extra={"roles": {k: [str(h) for h in v] for k, v in cluster.inventory.roles.items()}})
+
+
+def _hosts_view(inventory, selected):
+    from rich.console import Group
+    from cluster.hosts import fold_names
+
+    return Group(basic.roles_table(inventory, selected),
+                 f"selected ({len(selected)}): {fold_names([str(h) for h in selected])}")
+
+
+@cluster_task(positional=["command"], help={
+    "command": "Shell command to run on every host (quote it).",
+    "timeout": "Command timeout in seconds (default: none).",
+})
+def run(c, command, hosts=None, role=None, roles_file=None, json=False, fanout=None, timeout=None):
+    """Run a command on every host; identical outputs are folded into one group."""
+    started = time.monotonic()
+    with opened(roles_file, fanout) as cluster:
+        targets = cluster.hosts(hosts, role)
+        with render.progress(len(targets), "run") as tick:
+            report = cluster.run(command, hosts=hosts, role=role,
+                                 timeout=float(timeout) if timeout else None, on_done=tick)
+        if json:
+            emit("run", report, True, None, fields=basic.run_fields, started=started)
+        console = render.stdout_console()
+        render.output_groups(report, console)
+        emit("run", report, False, lambda r: None, started=started)
+
+
+@cluster_task
+def check(c, hosts=None, role=None, roles_file=None, json=False, fanout=None):
+    """Connect, authenticate and run `uname -n` on every host; show latencies."""
+    started = time.monotonic()
+    with opened(roles_file, fanout) as cluster:
+        targets = cluster.hosts(hosts, role)
+        with render.progress(len(targets), "check") as tick:
+            report = cluster.check(hosts=hosts, role=role, on_done=tick)
+        emit("check", report, json, basic.check_table, fields=basic.check_fields, started=started)
+
+
+@cluster_task(help={"policy": "Host-key policy for this scan: accept-new (record unknown keys) "
+                              "or strict (only verify). Default: ssh.host_key_policy."})
+def keyscan(c, hosts=None, role=None, roles_file=None, json=False, fanout=None, policy=None):
+    """Fetch host keys, record new ones per the policy, print fingerprints; flag changed keys."""
+    started = time.monotonic()
+    with opened(roles_file, fanout, host_key_policy=_policy(policy)) as cluster:
+        targets = cluster.hosts(hosts, role)
+        with render.progress(len(targets), "keyscan") as tick:
+            report = cluster.keyscan(hosts=hosts, role=role, on_done=tick)
+        emit("keyscan", report, json, basic.keyscan_table, fields=basic.keyscan_fields,
+             started=started)
+
+
+def _policy(policy):
+    from cluster.errors import InputError
+    from cluster.inventory import HOST_KEY_POLICIES
+
+    if policy is not None and policy not in HOST_KEY_POLICIES:
+        raise InputError(f"--policy: {policy!r} is not one of {', '.join(HOST_KEY_POLICIES)}")
+    return policy
+
+
+@cluster_task(name="ensure-key")
+def ensure_key(c, roles_file=None, json=False):
+    """Show the SSH key in use; create ~/.ssh/google_compute_engine with gcloud if missing."""
+    with opened(roles_file) as cluster:
+        report = ensure_key_op(cluster.settings)
+    if json:
+        render.print_json({"task": "ensure-key", **report.to_json()})
+    else:
+        basic.print_key_report(report, render.stdout_console())
+    if not report.ok:
+        raise Exit(code=1)

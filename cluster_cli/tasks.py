@@ -1,0 +1,13 @@
+"""The task collection: every task module's tasks in one flat namespace."""
+
+from invoke import Collection, Task
+
+from . import core_tasks
+
+TASK_MODULES = (core_tasks,)
+
+ns = Collection()
+for module in TASK_MODULES:
+    for task_obj in vars(module).values():
+        if isinstance(task_obj, Task):
+            ns.add_task(task_obj)
