@@ -316,8 +316,10 @@ def test_sglang_router_command():
         "python3", "-m", "sglang_router.launch_router", "--pd-disaggregation",
         "--prefill", "http://10.8.0.81:30000", "8998",
         "--decode", "http://10.8.0.82:30001", "--decode", "http://10.8.0.83:30001",
-        "--host", "10.8.0.90", "--port", "8000", "--policy", "round_robin",
+        "--host", "10.8.0.90", "--port", "8000",
+        "--prometheus-host", "10.8.0.90", "--prometheus-port", "29000", "--policy", "round_robin",
     ]
+    assert cmd.router_launch(router).ports == (8000, 29000)
     assert router.url == "http://10.8.0.90:8000"
     assert router.log_path == "~/.cluster/run/sglang-router-10.8.0.90-8000-R.log"
 
@@ -337,6 +339,12 @@ def test_router_launcher_override_and_port_clash():
         cmd.plan_router(cfg, specs)
     cfg = config(router={"host": "10.8.0.90", "launcher": "smg"})
     assert cmd.router_argv(cmd.plan_router(cfg, specs))[:2] == ["smg", "--pd-disaggregation"]
+    # The metrics port is a port too: it may not collide with a server or the router.
+    cfg = config(router={"host": "10.8.0.81", "metrics_port": 8998})
+    with pytest.raises(InputError, match="router port 8998 on 10.8.0.81 is also used by prefill"):
+        cmd.plan_router(cfg, specs)
+    with pytest.raises(InputError, match="both 8000"):
+        cmd.plan_router(config(router={"host": "10.8.0.90", "metrics_port": 8000}), specs)
 
 
 def test_vllm_router_command():
@@ -346,6 +354,7 @@ def test_vllm_router_command():
         "vllm-router", "--vllm-pd-disaggregation", "--prefill", "http://10.8.0.81:8100",
         "--decode", "http://10.8.0.82:8200", "--kv-connector", "nixl",
         "--host", "10.8.0.90", "--port", "8090",
+        "--prometheus-host", "10.8.0.90", "--prometheus-port", "29000",
     ]
 
 

@@ -76,6 +76,7 @@ def test_full_section_parses_every_key():
     assert dict(config.decode.env) == {"CUDA_VISIBLE_DEVICES": "4,5,6,7"}
     assert config.port(DECODE) == 30001  # not set: engine default
     assert config.router == RouterConfig(host="local", port=8080, policy="round_robin")
+    assert config.router.metrics_port == 29000
 
 
 def test_vllm_default_ports_follow_engine():
@@ -156,7 +157,7 @@ def test_overrides_apply_and_validate():
     config = load(FULL).with_overrides(
         engine="vllm", model_path="Qwen/Qwen3-8B", tp_size=4, decode_tp_size=2, prefill_port="32000",
         env={"NCCL_SOCKET_IFNAME": "eth1", "HF_TOKEN": "t"}, extra_args="--seed 1",
-        router_host="10.8.0.90", router_port=9000,
+        router_host="10.8.0.90", router_port=9000, router_metrics_port=29100,
     )
     assert config.engine == "vllm"
     assert config.model_path == "Qwen/Qwen3-8B"
@@ -168,6 +169,7 @@ def test_overrides_apply_and_validate():
     assert config.prefill.extra_args[-2:] == ("--seed", "1")
     assert config.prefill.extra_args[0] == "--trust-remote-code"  # file's args kept, CLI's after
     assert (config.router.host, config.router.port, config.router.policy) == ("10.8.0.90", 9000, "round_robin")
+    assert config.router.metrics_port == 29100
 
 
 def test_override_errors_name_the_option():

@@ -156,6 +156,7 @@ class RouterSpec:
     target: str
     bind: str
     port: int
+    metrics_port: int
     policy: str | None
     launcher: tuple[str, ...]
     prefill: tuple[tuple[str, int | None], ...]
@@ -275,6 +276,7 @@ def plan_router(
         target=str(target_host),
         bind=bind,
         port=router.port,
+        metrics_port=router.metrics_port,
         policy=router.policy,
         launcher=router.launcher or _default_router_launcher(config),
         prefill=prefill,
@@ -286,12 +288,15 @@ def plan_router(
     )
     # A wildcard bind takes the port on every address of the router's host.
     router_addresses = {bind, "127.0.0.1" if address == LOCAL else address}
+    if router.metrics_port == router.port:
+        raise InputError(f"router port and router metrics port are both {router.port}")
     for server in servers:
-        if server.host in router_addresses and router.port in server.ports:
-            raise InputError(
-                f"router port {router.port} on {bind} is also used by {server.role} server "
-                f"{server.server_index} (node-rank {server.node_rank})"
-            )
+        for port in (router.port, router.metrics_port):
+            if server.host in router_addresses and port in server.ports:
+                raise InputError(
+                    f"router port {port} on {bind} is also used by {server.role} server "
+                    f"{server.server_index} (node-rank {server.node_rank})"
+                )
     return spec
 
 
@@ -335,6 +340,9 @@ def router_argv(spec: RouterSpec) -> list[str]:
             argv += ["--decode", url]
         argv += ["--kv-connector", "nixl"]
     argv += ["--host", spec.bind, "--port", str(spec.port)]
+    # Both routers export Prometheus metrics on 29000 unless told otherwise, and
+    # sglang-router panics when that port is taken: keep it explicit and checkable.
+    argv += ["--prometheus-host", spec.bind, "--prometheus-port", str(spec.metrics_port)]
     if spec.policy:
         argv += ["--policy", spec.policy]
     return argv + list(spec.extra_args)
@@ -366,7 +374,7 @@ def router_launch(spec: RouterSpec) -> Launch:
         log_path=spec.log_path,
         pid_path=spec.pid_path,
         bind_host=spec.bind,
-        ports=(spec.port,),
+        ports=(spec.port, spec.metrics_port),
     )
 
 

@@ -14,7 +14,7 @@ Example (all keys optional; defaults shown in comments)::
       side_channel_port: 5600         # vLLM NIXL side channel base port
       prefill: {port: 30000, tp_size: 8, nnodes: 1, dist_init_port: 5000, extra_args: "--trust-remote-code"}
       decode:  {port: 30001, tp_size: 8, nnodes: 1, dist_init_port: 5000, env: {...}}
-      router:  {host: local, port: 8000, policy: cache_aware}
+      router:  {host: local, port: 8000, policy: cache_aware, metrics_port: 29000}
 
 Errors name the file and the key: ``roles.yaml: serving.prefill.port: expected an
 integer 1-65535, got 'abc'`` (:class:`cluster.errors.InventoryError`, exit 2).
@@ -48,6 +48,9 @@ DEFAULT_BOOTSTRAP_PORT = 8998
 DEFAULT_SIDE_CHANNEL_PORT = 5600
 DEFAULT_DIST_INIT_PORT = 5000
 DEFAULT_ROUTER_PORT = 8000
+# sglang-router and vllm-router both start a Prometheus exporter on 29000 by default, and
+# sglang-router 0.3.x panics at start when that port is taken: we always pass it.
+DEFAULT_ROUTER_METRICS_PORT = 29000
 
 
 @dataclass(frozen=True)
@@ -69,10 +72,12 @@ class RouterConfig:
     ``host`` is an address (or ``local`` = the controller). ``bind`` is the
     address the router listens on (default: ``host``, or 127.0.0.1 for local).
     ``launcher`` replaces the engine's default router command (e.g. ``smg``).
+    ``metrics_port`` is the router's Prometheus port (bound on ``bind`` too).
     """
 
     host: str | None = None
     port: int = DEFAULT_ROUTER_PORT
+    metrics_port: int = DEFAULT_ROUTER_METRICS_PORT
     policy: str | None = None
     bind: str | None = None
     launcher: tuple[str, ...] = ()
@@ -118,7 +123,8 @@ class ServingConfig:
         dist_init_port (both roles), prefill_port, decode_port, prefill_tp_size,
         decode_tp_size, prefill_nnodes, decode_nnodes, extra_args (string or list,
         appended to both roles' args, so later flags win), prefill_extra_args,
-        decode_extra_args, router_host, router_port, router_policy, router_bind.
+        decode_extra_args, router_host, router_port, router_metrics_port, router_policy,
+        router_bind.
         Bad values raise InputError naming the option (``--prefill-port``).
         """
         given = {k: v for k, v in kwargs.items() if v is not None}
@@ -182,13 +188,13 @@ _TOP_KEYS = (
     "bootstrap_port", "side_channel_port", "prefill", "decode", "router",
 )
 _ROLE_KEYS = ("port", "tp_size", "nnodes", "dist_init_port", "extra_args", "env")
-_ROUTER_KEYS = ("host", "port", "policy", "bind", "launcher", "env_file", "extra_args")
+_ROUTER_KEYS = ("host", "port", "metrics_port", "policy", "bind", "launcher", "env_file", "extra_args")
 _OVERRIDE_KEYS = frozenset({
     "engine", "model_path", "python", "env_file", "run_dir", "bootstrap_port",
     "side_channel_port", "env", "tp_size", "nnodes", "dist_init_port", "extra_args",
     "prefill_port", "decode_port", "prefill_tp_size", "decode_tp_size", "prefill_nnodes",
     "decode_nnodes", "prefill_extra_args", "decode_extra_args", "router_host",
-    "router_port", "router_policy", "router_bind", "prefill_dist_init_port",
+    "router_port", "router_policy", "router_bind", "router_metrics_port", "prefill_dist_init_port",
     "decode_dist_init_port",
 })
 
@@ -339,8 +345,9 @@ def _parse_router(value: Any, ctx: _Ctx) -> RouterConfig:
     for key in ("host", "bind", "env_file"):
         if doc.get(key) is not None:
             values[key] = _string(doc[key], ctx.at(key))
-    if "port" in doc:
-        values["port"] = _port(doc["port"], ctx.at("port"))
+    for key in ("port", "metrics_port"):
+        if key in doc:
+            values[key] = _port(doc[key], ctx.at(key))
     if doc.get("policy") is not None:
         values["policy"] = _policy(doc["policy"], ctx.at("policy"))
     for key in ("launcher", "extra_args"):
@@ -373,6 +380,8 @@ def _router_overrides(router: RouterConfig, given: dict[str, Any], ctx: _Ctx) ->
         changes["bind"] = _string(given["router_bind"], ctx.at("router_bind"))
     if "router_port" in given:
         changes["port"] = _port(given["router_port"], ctx.at("router_port"))
+    if "router_metrics_port" in given:
+        changes["metrics_port"] = _port(given["router_metrics_port"], ctx.at("router_metrics_port"))
     if "router_policy" in given:
         changes["policy"] = _policy(given["router_policy"], ctx.at("router_policy"))
     return dataclasses.replace(router, **changes)

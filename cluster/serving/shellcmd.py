@@ -20,7 +20,7 @@ ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Substrings of environment-variable names whose values are never shown.
 SECRET_NAME_PARTS = ("TOKEN", "KEY", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL")
 # Command-line options whose *value* is a secret (``--api-key X``, ``--hf-token=X``).
-_SECRET_OPTION = re.compile(r"^--?[A-Za-z0-9-]*(token|key|secret|password|passwd)$", re.I)
+_SECRET_OPTION = re.compile(r"^--?[A-Za-z0-9-]*(tokens?|keys?|secrets?|password|passwd)$", re.I)
 MASK = "***"
 
 
