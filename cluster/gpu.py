@@ -566,7 +566,8 @@ def _nvml_failure(code: int, first: str, _parsed: GpuStatus) -> Failure:
     if "no supported gpus" in first.lower():
         hint = "the driver is loaded but sees no GPU: check `lspci | grep -i nvidia` and dmesg"
     else:
-        hint = "NVML could not talk to the driver: check dmesg for Xid errors; a reboot may be needed"
+        hint = ("NVML could not talk to the driver: check dmesg for Xid errors; "
+                "a reboot may be needed")
     return Failure(NVML, first or "NVML error (nvidia-smi exit 255)", hint, code)
 
 
@@ -600,8 +601,9 @@ def _classify_generic(exit_code: int, stdout: str, stderr: str,
         if parsed.lost:
             return _lost_failure(0, first, parsed)
         if parsed.bad_lines and "no devices were found" not in stdout.lower():
-            return Failure(BAD_OUTPUT, f"nvidia-smi output not understood: {parsed.bad_lines[0][:160]}",
-                           "unexpected nvidia-smi version or wrapper; run the command by hand", None)
+            return Failure(BAD_OUTPUT,
+                           f"nvidia-smi output not understood: {parsed.bad_lines[0][:160]}",
+                           "unexpected nvidia-smi version or wrapper; run the command by hand")
         return _no_gpu_failure(0, first, parsed)
     meaning = RETURN_CODES.get(exit_code, "")
     hints = {

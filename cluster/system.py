@@ -177,7 +177,7 @@ class SystemStatus:
 
     @property
     def mem_used_kib(self) -> int | None:
-        """Memory applications hold: MemTotal - MemAvailable (free+buffers+cached on old kernels)."""
+        """MemTotal - MemAvailable (total - free - buffers - cached on pre-3.14 kernels)."""
         if self.mem_total_kib is None:
             return None
         if self.mem_available_kib is not None:
@@ -264,7 +264,8 @@ def _parse_vmstat(lines: list[str], status: SystemStatus, drop_first: bool) -> N
             candidate = _Header(tokens)
             if not candidate.valid:
                 status.bad_lines.append(line)
-                status.warnings.append(f"vmstat column names not understood (non-C locale?): {line}")
+                status.warnings.append(
+                    f"vmstat column names not understood (non-C locale?): {line}")
                 header = None
                 continue
             if not status.columns:

@@ -167,7 +167,8 @@ def test_h100_busy_processes_and_summary():
 
 def test_h200_and_a100_reference_values():
     h200 = parsed("h200").gpus[0]
-    assert (h200.name, h200.memory_used_mib, h200.memory_total_mib) == ("NVIDIA H200", 32362, 143771)
+    assert (h200.name, h200.memory_used_mib, h200.memory_total_mib) == (
+        "NVIDIA H200", 32362, 143771)
     assert (h200.utilization_pct, h200.power_w) == (100, pytest.approx(627.40))
     assert parsed("h200").processes[0].name == "./gpu_burn"
     a100 = parsed("a100")
@@ -266,13 +267,14 @@ def test_lost_gpu_line_in_the_middle_driver_610_form():
     assert failure("lost-gpu-610").exit_code is None  # exit 0, still degraded
 
 
-@pytest.mark.parametrize("line, bus", [
-    ("Unable to determine the device handle for GPU 0000:0B:00.0: Unknown Error", "00000000:0B:00.0"),
-    ("Unable to determine the device handle for GPU0000:65:00.0: Unknown Error", "00000000:65:00.0"),
-    ("Unable to determine the device handle for GPU1: 0000:34:00.0: Unknown Error", "00000000:34:00.0"),
-    ("Unable to determine the device handle for GPU 00000000:db:00.0: GPU is lost", "00000000:DB:00.0"),
+@pytest.mark.parametrize("tail, bus", [
+    (" 0000:0B:00.0: Unknown Error", "00000000:0B:00.0"),  # older, with a space
+    ("0000:65:00.0: Unknown Error", "00000000:65:00.0"),   # newer, glued to "GPU"
+    ("1: 0000:34:00.0: Unknown Error", "00000000:34:00.0"),  # driver 610: index + bus id
+    (" 00000000:db:00.0: GPU is lost", "00000000:DB:00.0"),
 ])
-def test_lost_line_forms(line, bus):
+def test_lost_line_forms(tail, bus):
+    line = "Unable to determine the device handle for GPU" + tail
     assert parse(line + "\n").lost == [bus]
 
 
@@ -333,7 +335,8 @@ def test_truncated_row_and_garbage_are_bad_lines_not_crashes():
 def test_process_query_failure_after_good_gpu_query():
     status = parsed("apps-failed")
     assert len(status.gpus) == 2 and status.processes == []
-    assert status.processes_error == "process query exited 255: Failed to initialize NVML: Unknown Error"
+    assert status.processes_error == (
+        "process query exited 255: Failed to initialize NVML: Unknown Error")
     assert status.bad_lines == []
 
 

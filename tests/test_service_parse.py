@@ -93,7 +93,7 @@ def test_pgrep_missing_is_unknown_not_inactive():
 
 def test_systemctl_error_is_a_warning():
     (nginx,) = parse(text("systemctl-error"))
-    assert nginx.warnings and nginx.warnings[0].startswith("systemctl show failed (exit 1): System has not")
+    assert nginx.warnings[0].startswith("systemctl show failed (exit 1): System has not")
 
 
 def test_inactive_unit_with_stray_processes_warns():

@@ -174,7 +174,8 @@ def test_command_shape():
         assert f"echo '{marker}'" in cmd
 
 
-@pytest.mark.parametrize("samples, interval", [(0, 1), (-1, 1), (1, 0), (True, 1), ("3", 1), (2.5, 1)])
+@pytest.mark.parametrize("samples, interval",
+                         [(0, 1), (-1, 1), (1, 0), (True, 1), ("3", 1), (2.5, 1)])
 def test_command_rejects_bad_options(samples, interval):
     with pytest.raises(InputError):
         command(samples, interval)
