@@ -47,7 +47,7 @@ class HostKeyStore:
         self._lock = threading.Lock()
         self.added: list[tuple[str, paramiko.PKey]] = []
         if self.path.exists():
-            self.host_keys.load(str(self.path))
+            self.host_keys = load_tolerant(self.path)
 
     def missing_host_key_policy(self) -> paramiko.MissingHostKeyPolicy:
         return _StorePolicy(self)
@@ -101,7 +101,7 @@ class HostKeyStore:
     def _append_locked(self, entry: str, key: paramiko.PKey) -> None:
         # Another process may have recorded this host meanwhile: honour its entry.
         if self.path.exists():
-            fresh = paramiko.HostKeys(str(self.path)).lookup(entry)
+            fresh = load_tolerant(self.path).lookup(entry)
             if fresh:
                 recorded = fresh.get(key.get_name()) or next(iter(fresh.values()))
                 if recorded != key:
@@ -115,6 +115,25 @@ class HostKeyStore:
             os.write(fd, line.encode())
         finally:
             os.close(fd)
+
+
+def load_tolerant(path: Path) -> paramiko.HostKeys:
+    """Load known_hosts, skipping lines paramiko cannot read (markers, bad base64).
+
+    ``HostKeys.load`` raises on one malformed line; OpenSSH ignores it, so do we.
+    """
+    keys = paramiko.HostKeys()
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            try:
+                entry = paramiko.hostkeys.HostKeyEntry.from_line(line)
+            except (paramiko.hostkeys.InvalidHostKey, paramiko.SSHException, ValueError, TypeError):
+                continue
+            if entry is not None:
+                keys._entries.append(entry)
+    return keys
 
 
 def _ends_with_newline(path: Path) -> bool:

@@ -160,7 +160,11 @@ def classify_exception(
     from invoke.exceptions import CommandTimedOut
 
     from .hostkeys import HostKeyRejected
+    from .ssh import HandshakeTimeout
 
+    if isinstance(exc, HandshakeTimeout):
+        return Failure(TIMEOUT, str(exc), "the port accepts TCP but no SSH server answers: overloaded "
+                       "sshd, a firewall/tarpit, or not an SSH port")
     if isinstance(exc, CommandTimedOut):
         return Failure(
             COMMAND_TIMEOUT,

@@ -19,6 +19,7 @@ No parsing, classification or rendering happens here.
 
 from __future__ import annotations
 
+import logging
 import os
 import select
 import subprocess
@@ -43,6 +44,16 @@ from .inventory import SSHSettings
 
 DEFAULT_KEYS = ("~/.ssh/id_ed25519", "~/.ssh/id_ecdsa", "~/.ssh/id_rsa")
 _READ_SIZE = 65536
+
+
+# paramiko logs transport-thread errors (e.g. banner timeouts) with tracebacks;
+# we classify those errors ourselves, so keep its logger quiet.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
+logging.getLogger("paramiko").propagate = False
+
+
+class HandshakeTimeout(paramiko.SSHException):
+    """TCP connected but the SSH banner/key exchange did not finish in time."""
 
 
 @dataclass
@@ -101,8 +112,19 @@ class HostSession:
 
     def open(self) -> None:
         """Connect and authenticate (no-op for ``local`` or when already open)."""
-        if not self.host.is_local:
+        if self.host.is_local:
+            return
+        try:
             self.connection.open()
+        except paramiko.SSHException as exc:
+            # paramiko's start_client() gives up waiting after the timeout but
+            # carries on, and the failure surfaces later as "No existing
+            # session": report what really happened, a handshake that never ended.
+            if "No existing session" in str(exc):
+                raise HandshakeTimeout(
+                    f"no SSH banner/handshake within {self.engine.settings.connect_timeout:g} s"
+                ) from None
+            raise
 
     def close(self) -> None:
         if self._connection is not None:
