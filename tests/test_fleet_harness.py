@@ -82,6 +82,13 @@ def test_host_bin_shadows_system_tools(fleet: Fleet) -> None:
     assert run(fleet, fleet.addresses[3], "uname")[1].strip() == "Linux"
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="the ~/.profile hook is only for clustertest")
+def test_login_shell_keeps_host_bin_first(fleet: Fleet) -> None:
+    name = f"probe-{uuid.uuid4().hex[:8]}"
+    [path] = fleet.install(fleet.addresses[1], name, "#!/bin/sh\necho hi\n")
+    assert run(fleet, fleet.addresses[1], f"bash -lc 'command -v {name}'") == (0, f"{path}\n")
+
+
 def test_each_sshd_has_its_own_host_key(fleet: Fleet) -> None:
     keys = [server_key(a, fleet.port).get_base64() for a in fleet.addresses]
     assert len(set(keys)) == len(keys)
@@ -156,6 +163,7 @@ def test_good_hosts_are_not_in_known_hosts_initially(fleet: Fleet) -> None:
 
 
 # ------------------------------------------------------------ other fleets
+@pytest.mark.fleet
 def test_shared_sshd_serves_forty_hosts(tmp_path: Path) -> None:
     with Fleet(tmp_path / "f40", count=40, base="127.1.0.", specials=False,
                hosts_per_sshd=16) as big:
@@ -169,15 +177,23 @@ def test_shared_sshd_serves_forty_hosts(tmp_path: Path) -> None:
         assert all(big.connection_count(a) == 1 for a in big.addresses)
 
 
+@pytest.mark.fleet
 def test_stop_kills_everything_and_is_idempotent(tmp_path: Path) -> None:
     small = Fleet(tmp_path / "small", count=2, base="127.0.3.", special_base="127.0.4.")
     small.start()
     pids, port = small.sshd_pids, small.port
     client = connect(small, small.addresses[0])  # an open connection must not survive
+    leftovers = ("sleep 300 >/dev/null 2>&1 & echo $!; "
+                 "setsid sleep 301 </dev/null >/dev/null 2>&1 & echo $!")
+    session_pids = [int(p) for p in client.exec_command(leftovers, timeout=10)[1].read().split()]
+    assert all(_alive(pid) for pid in session_pids)
     small.stop()
     small.stop()
     assert small.sshd_pids == []
     assert all(not _alive(pid) for pid in pids)
+    # Background and setsid'd leftovers of the fleet's sessions are swept (dedicated user only).
+    if small.user == "clustertest":
+        assert wait_for(lambda: not any(_alive(pid) for pid in session_pids))
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection((small.addresses[0], port), timeout=2).close()
     with pytest.raises(ConnectionRefusedError):
@@ -185,6 +201,7 @@ def test_stop_kills_everything_and_is_idempotent(tmp_path: Path) -> None:
     client.close()
 
 
+@pytest.mark.fleet
 def test_port_taken_by_another_process_is_a_clear_error(tmp_path: Path) -> None:
     with socket.socket() as blocker:
         blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -200,7 +217,8 @@ def test_port_taken_by_another_process_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_missing_sshd_says_how_to_install(tmp_path: Path) -> None:
-    with pytest.raises(FleetError, match="OpenSSH server not found: apt-get install openssh-server"):
+    install = "OpenSSH server not found: apt-get install openssh-server"
+    with pytest.raises(FleetError, match=install):
         Fleet(tmp_path, sshd_path=tmp_path / "no-sshd").start()
 
 

@@ -17,8 +17,9 @@ Layout under ``workdir``::
 Per-address environment comes from ``Match LocalAddress`` + ``SetEnv`` in the
 sshd config, so one sshd can serve several addresses that still look like
 different hosts. ``SetEnv PATH=...`` wins for exec sessions (what Fabric
-runs: ``$SHELL -c CMD``); a *login* shell re-reads /etc/profile, which resets
-PATH (checked on OpenSSH 9.2p1 / Debian 12).
+runs: ``$SHELL -c CMD``), checked on OpenSSH 9.2p1 / Debian 12. A *login*
+shell (``bash -lc``) re-reads /etc/profile, which resets PATH; a guarded line
+in the dedicated user's ~/.profile puts ``$CLUSTER_SIM_ROOT/bin`` back first.
 
 When run as root, sessions log in as a dedicated user ``clustertest`` with a
 clean home (root's rc files are slow and noisy on these machines); otherwise
@@ -27,21 +28,22 @@ as the current user, on a high port.
 
 from __future__ import annotations
 
-import ctypes
 import ipaddress
 import os
 import pwd
 import random
 import re
+import shutil
 import signal
 import socket
 import stat
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 
@@ -149,14 +151,14 @@ class Fleet:
         return [a for s in self._servers if s.name != "tarpit" for a in s.addresses]
 
     # ------------------------------------------------------------- lifecycle
-    def __enter__(self) -> "Fleet":
+    def __enter__(self) -> Fleet:
         self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def start(self) -> "Fleet":
+    def start(self) -> Fleet:
         """Create keys, user and configs, start every sshd (and the tarpit), wait until they listen.
 
         Raises :class:`FleetError` with the failing sshd's log tail when one does not come up.
@@ -185,7 +187,11 @@ class Fleet:
         raise FleetError("could not find a port free on every fleet address after 5 tries")
 
     def stop(self) -> None:
-        """Kill every sshd (with its connection and session processes) and the tarpit. Idempotent."""
+        """Kill every sshd (with its connection and session processes) and the tarpit. Idempotent.
+
+        Detached leftovers of this fleet's sessions (``setsid`` servers) are
+        swept too when the login user is the dedicated one.
+        """
         servers, self._servers = self._servers, []
         running = [s.proc for s in servers if s.proc is not None and s.proc.poll() is None]
         doomed = descendants([p.pid for p in running])
@@ -200,6 +206,8 @@ class Fleet:
                 proc.kill()
                 proc.wait(timeout=5)
         self._server_of = {}
+        if servers:
+            self.kill_user_processes()
 
     # ------------------------------------------------------------ inspection
     def connection_count(self, address: str) -> int:
@@ -325,10 +333,11 @@ class Fleet:
                         server.addresses[0], str(self.port), str(server.log)]
             else:
                 argv = self._sshd_argv(server)
+            if self.die_with_parent:
+                argv = with_death_signal(argv)
             with open(server.stderr, "wb") as err:
-                server.proc = subprocess.Popen(
-                    argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err,
-                    preexec_fn=_die_with_parent if self.die_with_parent else None)
+                server.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
+                                               stdout=err, stderr=err)
         wait_listening(servers, self.port, self.start_timeout)
         self._server_of = {a: s for s in servers if s.name != "tarpit" for a in s.addresses}
         self._seed_known_hosts()
@@ -461,7 +470,25 @@ def ensure_login_user() -> str:
             time.sleep(0.2)  # /etc/passwd lock held by a concurrent run
         if _account_locked(TEST_USER):
             raise FleetError(f"could not unlock user {TEST_USER}: usermod -p '*' {TEST_USER}")
+    ensure_profile_hook(TEST_USER)
     return TEST_USER
+
+
+PROFILE_HOOK = (
+    "# cluster.testing: login shells reset PATH in /etc/profile; keep the fleet host's bin first\n"
+    'if [ -n "$CLUSTER_SIM_ROOT" ]; then PATH="$CLUSTER_SIM_ROOT/bin:$PATH"; fi\n'
+)
+
+
+def ensure_profile_hook(user: str) -> None:
+    """Append :data:`PROFILE_HOOK` to the dedicated user's ~/.profile once (login shells)."""
+    entry = pwd.getpwnam(user)
+    profile = Path(entry.pw_dir) / ".profile"
+    text = _read(profile)
+    if PROFILE_HOOK not in text:
+        with open(profile, "a") as handle:
+            handle.write(("\n" if text and not text.endswith("\n") else "") + PROFILE_HOOK)
+        os.chown(profile, entry.pw_uid, entry.pw_gid)
 
 
 def _user_exists(name: str) -> bool:
@@ -595,7 +622,8 @@ def descendants(roots: list[int]) -> list[int]:
 
 
 def kill_processes_of(uid: int, env_marker: str | None = None) -> list[int]:
-    """SIGKILL processes of ``uid`` (only those whose CLUSTER_SIM_ROOT starts with ``env_marker``)."""
+    """SIGKILL the processes of ``uid``; with ``env_marker``, only those whose
+    ``CLUSTER_SIM_ROOT`` lies under it. Returns the PIDs signalled."""
     killed: list[int] = []
     for _ in range(5):  # a dying session may still fork; sweep until quiet
         victims = [pid for pid in _pids_of(uid) if pid != os.getpid()
@@ -638,17 +666,19 @@ def _signal(pid: int, sig: int) -> None:
         pass
 
 
-def _die_with_parent() -> None:
-    """In the child: get SIGTERM when the process that started the fleet dies (Linux)."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+def with_death_signal(argv: list[str]) -> list[str]:
+    """Prefix ``setpriv --pdeathsig TERM`` (util-linux) so the process dies with its starter.
+
+    setpriv execs the command in place, so the PID stays the one Popen returns.
+    Without setpriv the command runs as is (a killed test run may then leave it).
+    """
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", "--", *argv] if setpriv else argv
 
 
 def _run(argv: list[str]) -> subprocess.CompletedProcess:
     try:
-        return subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        return subprocess.run(argv, check=False, capture_output=True, text=True, timeout=30)
     except FileNotFoundError as exc:
         return subprocess.CompletedProcess(argv, 127, "", str(exc))
 
