@@ -14,7 +14,7 @@ from .hosts import Host
 from .inventory import Inventory, load_inventory
 from .result import Report, build_report
 from .ssh import Engine, HostSession
-from . import checks
+from . import checks, status
 
 Targets = str | Iterable[str] | None
 
@@ -64,6 +64,36 @@ class Cluster:
                 on_done: Callable[..., None] | None = None) -> Report:
         """Fetch host keys and record/verify them per the host-key policy."""
         return checks.keyscan(self.engine, self.hosts(hosts, role), on_done=on_done)
+
+    def gpu_status(self, *, hosts: Targets = None, role: Targets = None,
+                   timeout: float | None = status.GPU_TIMEOUT_S,
+                   on_done: Callable[..., None] | None = None) -> Report:
+        """nvidia-smi GPUs and compute processes per host (``.data``: `cluster.gpu.GpuStatus`)."""
+        return status.gpu_status(self.engine, self.hosts(hosts, role), timeout=timeout,
+                                 on_done=on_done)
+
+    def watch_gpu_status(self, interval: float, on_tick: Callable[[status.Tick], None], *,
+                         hosts: Targets = None, role: Targets = None,
+                         timeout: float | None = status.GPU_TIMEOUT_S,
+                         max_ticks: int | None = None,
+                         stop: Any = None) -> "status.Tick | None":
+        """`gpu_status` every ``interval`` s on the same open connections; see `cluster.status.watch`."""
+        return status.watch(self.engine, self.hosts(hosts, role), status.gpu_probe(timeout),
+                            interval, on_tick, max_ticks=max_ticks, stop=stop)
+
+    def sys_status(self, *, hosts: Targets = None, role: Targets = None, samples: int = 2,
+                   interval: int = 1, timeout: float | None = None,
+                   on_done: Callable[..., None] | None = None) -> Report:
+        """vmstat samples, load and memory per host (``.data``: `cluster.system.SystemStatus`)."""
+        return status.sys_status(self.engine, self.hosts(hosts, role), samples=samples,
+                                 interval=interval, timeout=timeout, on_done=on_done)
+
+    def service_status(self, names: str | Iterable[str], *, hosts: Targets = None,
+                       role: Targets = None, timeout: float | None = status.SERVICE_TIMEOUT_S,
+                       on_done: Callable[..., None] | None = None) -> Report:
+        """systemd state or matching processes of each service per host (``.data``: list)."""
+        return status.service_status(self.engine, self.hosts(hosts, role), names,
+                                     timeout=timeout, on_done=on_done)
 
     def close(self) -> None:
         if self._engine is not None:

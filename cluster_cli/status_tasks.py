@@ -1,0 +1,174 @@
+"""Status tasks: gpu-status (with --watch), sys-status, service-status.
+
+Thin: parse options, call one library function (`cluster.status` through
+`cluster.api.Cluster`), render (`cluster.render.gpu` / `cluster.render.system`),
+map the outcome to the exit code.
+
+``gpu-status --watch N`` decisions (docs/gpu-status.md):
+
+* Ctrl-C ends the watch cleanly; the exit code is the last completed round's
+  (0 every host ok, 1 some host failed), 130 when no round completed yet.
+* ``--watch`` with ``--json`` prints one JSON document per round on one line
+  (JSON lines), each with ``tick`` and ``time`` added.
+* ``--count N`` stops after N rounds (scripts, tests); the exit code is then
+  the last round's.
+"""
+
+from __future__ import annotations
+
+import json as jsonlib
+import sys
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from invoke import Exit
+from rich.console import Group
+from rich.live import Live
+from rich.text import Text
+
+from cluster import status
+from cluster.errors import InputError
+from cluster.render import core as render
+from cluster.render import gpu as gpu_render
+from cluster.render import system as sys_render
+from cluster.result import Report
+
+from .common import cluster_task, emit, finish, opened
+
+GPU_HELP = {
+    "gpus": "Also show one row per GPU under each host.",
+    "procs": "Also list GPU compute processes (host, GPU, pid, name, memory).",
+    "timeout": "nvidia-smi timeout per host in seconds (default 20); a wedged GPU shows as "
+               "command-timeout.",
+    "watch": "Refresh every SECONDS on the same open connections until Ctrl-C "
+             "(with --json: one JSON document per line per refresh).",
+    "count": "With --watch: stop after N refreshes (default: until Ctrl-C).",
+}
+
+
+@cluster_task(name="gpu-status", help=GPU_HELP)
+def gpu_status(c, hosts=None, role=None, roles_file=None, json=False, fanout=None, gpus=False,
+               procs=False, timeout=None, watch=None, count=None):
+    """GPU state of every host: utilization, memory, temperature, power, processes, faults."""
+    started = time.monotonic()
+    limit = status.check_timeout(timeout) or status.GPU_TIMEOUT_S
+    interval = status.check_interval(watch) if watch is not None else None
+    rounds = status.check_count(count)
+    if rounds is not None and interval is None:
+        raise InputError("--count only applies with --watch SECONDS")
+    with opened(roles_file, fanout) as cluster:
+        targets = cluster.hosts(hosts, role)
+        if interval is not None:
+            _watch_gpus(cluster, hosts, role, len(targets), interval, rounds, json, gpus, procs,
+                        limit)
+            return
+        with render.progress(len(targets), "gpu-status") as tick:
+            report = cluster.gpu_status(hosts=hosts, role=role, timeout=limit, on_done=tick)
+    if json:
+        render.print_json(gpu_render.gpu_document(report))
+    else:
+        console = render.stdout_console()
+        console.print(gpu_render.gpu_view(report, gpus, procs))
+        console.print(gpu_render.gpu_summary_line(report, time.monotonic() - started))
+    finish(report)
+
+
+def _watch_gpus(cluster, hosts, role, host_count: int, interval: float, rounds: int | None,
+                as_json: bool, gpus: bool, procs: bool, limit: float) -> None:
+    """Run the watch loop, showing each round; exit with the last round's code."""
+    last: list[status.Tick] = []
+
+    def frame(tick: status.Tick) -> Group:
+        when = datetime.fromtimestamp(tick.started_at).strftime("%H:%M:%S")
+        header = Text(f"Every {interval:g} s: gpu-status on {host_count} hosts · "
+                      f"round {tick.number} at {when}", style="bold")
+        if rounds is None:
+            header.append(" · Ctrl-C to stop", style="dim")
+        return Group(header, gpu_render.gpu_view(tick.report, gpus, procs),
+                     gpu_render.gpu_summary_line(tick.report, tick.elapsed))
+
+    def show(tick: status.Tick) -> None:
+        last[:] = [tick]
+        if as_json:
+            stamp = datetime.fromtimestamp(tick.started_at, timezone.utc).isoformat()
+            doc = gpu_render.gpu_document(tick.report, {"tick": tick.number, "time": stamp})
+            sys.stdout.write(jsonlib.dumps(doc, default=str) + "\n")
+            sys.stdout.flush()
+        elif live is not None:
+            live.update(frame(tick), refresh=True)
+        else:  # not a terminal: one frame after the other, like `watch` into a file
+            console.print(frame(tick))
+            console.print()
+
+    console = render.stdout_console()
+    live = None if as_json or not console.is_terminal else Live(console=console,
+                                                                auto_refresh=False)
+    def loop() -> None:
+        cluster.watch_gpu_status(interval, show, hosts=hosts, role=role, timeout=limit,
+                                 max_ticks=rounds)
+
+    try:
+        if live is not None:
+            with live:
+                loop()
+        else:
+            loop()
+    except KeyboardInterrupt:
+        # Ctrl-C is how a watch normally ends: exit with the last round's code.
+        if not last:
+            raise Exit("interrupted before the first refresh", code=130) from None
+    finish(last[0].report if last else Report())
+
+
+def _whole(value: Any, option: str, default: int) -> int:
+    """A whole number >= 1 from an option string (exit 2 on anything else)."""
+    if value is None:
+        return default
+    text = str(value).strip()
+    if not text.isdigit() or int(text) < 1:
+        raise InputError(f"{option} must be a whole number >= 1, got {value!r}")
+    return int(text)
+
+
+@cluster_task(name="sys-status", help={
+    "samples": "vmstat samples to take (default 2); the seed's `vmstat 2 15` is "
+               "--interval 2 --samples 15.",
+    "interval": "Seconds between samples (default 1).",
+    "timeout": "Command timeout per host in seconds (default: samples x interval + 15).",
+})
+def sys_status(c, hosts=None, role=None, roles_file=None, json=False, fanout=None, samples=None,
+               interval=None, timeout=None):
+    """System load of every host: vmstat (r, b, memory, swap, CPU) means, memory, load average."""
+    started = time.monotonic()
+    count = _whole(samples, "--samples", 2)
+    every = _whole(interval, "--interval", 1)
+    limit = status.check_timeout(timeout)
+    status.sys_probe(count, every, limit)  # validate everything before connecting
+    with opened(roles_file, fanout) as cluster:
+        targets = cluster.hosts(hosts, role)
+        with render.progress(len(targets), "sys-status", delay=0.5) as tick:
+            report = cluster.sys_status(hosts=hosts, role=role, samples=count, interval=every,
+                                        timeout=limit, on_done=tick)
+        emit("sys-status", report, json, sys_render.sys_table, fields=sys_render.sys_fields,
+             started=started, extra={"samples": count, "interval_s": every})
+
+
+@cluster_task(name="service-status", positional=["names"], help={
+    "names": "Service name(s), comma-separated: a systemd unit (sglang, nginx.service) or a "
+             "command-line pattern matched literally (e.g. sglang.launch_server).",
+    "timeout": "Command timeout per host in seconds (default 20).",
+})
+def service_status(c, names, hosts=None, role=None, roles_file=None, json=False, fanout=None,
+                   timeout=None):
+    """Per host and service: systemd state, or the matching processes where there is no unit."""
+    started = time.monotonic()
+    limit = status.check_timeout(timeout) or status.SERVICE_TIMEOUT_S
+    status.service_probe(names, limit)  # validate the names before connecting
+    with opened(roles_file, fanout) as cluster:
+        targets = cluster.hosts(hosts, role)
+        with render.progress(len(targets), "service-status") as tick:
+            report = cluster.service_status(names, hosts=hosts, role=role, timeout=limit,
+                                            on_done=tick)
+        emit("service-status", report, json, sys_render.service_table,
+             fields=sys_render.service_fields, started=started)
