@@ -256,7 +256,9 @@ def test_launch_script_order_and_exit_codes():
     assert "exit 3" in lines[first("[ -f")] and "env file not found: /opt/deepep/unified-env.sh" in lines[first("[ -f")]
     start = lines[first("setsid nohup")]
     assert start.endswith(f">> {spec.log_path.replace('~', chr(34) + '$HOME' + chr(34))} 2>&1 < /dev/null &")
-    assert lines[-2:] == ['echo $! > "$HOME"/.cluster/run/sglang-prefill-10.8.0.81-30000.pid', 'echo "$!"']
+    assert lines[-4] == "pid=$!"
+    assert lines[-3] == 'echo "$pid" > "$HOME"/.cluster/run/sglang-prefill-10.8.0.81-30000.pid'
+    assert lines[-1] == 'echo "$pid"'  # the pid is the last line of stdout
 
 
 # --- vLLM --------------------------------------------------------------------------------------

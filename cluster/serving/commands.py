@@ -394,7 +394,8 @@ def launch_script(launch: Launch, *, refuse_running: bool = True, check_ports: b
     file (5), ports free on the bind address (6); then source the env file (its
     output goes to the log), export the env, check the launcher is on PATH (7), and
     ``setsid nohup ARGV >> LOG 2>&1 < /dev/null &`` — PGID = PID, so stop can kill
-    the whole group. Prints the pid as the last line of stdout.
+    the whole group; it waits (at most 1 s) until the new process leads its group.
+    Prints the pid as the last line of stdout.
     Contains secrets in clear: run it (preferably via :data:`STDIN_RUNNER`), never print it.
     """
     return "\n".join(_launch_lines(launch, refuse_running, check_ports, mask=False)) + "\n"
@@ -581,18 +582,21 @@ def sweep_command(engine: str, user: str | None = None, spare_router: bool = Tru
     return "\n".join([
         # $$ and its ancestors (this shell, sshd's session shell) are never candidates.
         'anc=" $$ "; a=$$',
-        'while [ "${a:-1}" -gt 1 ]; do a=$(ps -o ppid= -p "$a" 2>/dev/null | tr -d " "); '
-        '[ -n "$a" ] && anc="$anc$a "; done',
+        'while [ "${a:-1}" -gt 1 ]; do a=$(ps -o ppid= -p "$a" 2>/dev/null | tr -d " ") || a=""; '
+        'if [ -n "$a" ]; then anc="$anc$a "; fi; done',
         "killed=''",
-        f"list=$(pgrep -u {who} -a -f {pattern} 2>/dev/null)",
+        # `|| true` everywhere: callers may run this under `set -e`, and "no match" is fine.
+        f"list=$(pgrep -u {who} -a -f {pattern} 2>/dev/null) || true",
         'while read -r pid cmd; do [ -n "$pid" ] || continue; '
         'case "$anc" in *" $pid "*) continue;; esac; '
+        # A zombie is already dead (its parent has not reaped it yet): nothing to kill.
+        'case "$(ps -o stat= -p "$pid" 2>/dev/null || true)" in ""|Z*) continue;; esac; '
         f'{skip}'
         'if kill -KILL "$pid" 2>/dev/null; then echo "KILLED $pid $cmd"; killed="$killed $pid"; fi; '
         'done <<EOF\n$list\nEOF',
         'if [ -n "$killed" ]; then sleep 0.3; left=""; for p in $killed; do '
-        'st=$(ps -o stat= -p "$p" 2>/dev/null); case "$st" in ""|Z*) ;; *) left="$left $p";; esac; '
-        'done; [ -z "$left" ] || echo "SURVIVED$left"; fi',
+        'st=$(ps -o stat= -p "$p" 2>/dev/null) || st=""; case "$st" in ""|Z*) ;; *) left="$left $p";; esac; '
+        'done; if [ -n "$left" ]; then echo "SURVIVED$left"; fi; fi',
         "true",
     ]) + "\n"
 
@@ -948,10 +952,16 @@ def _env_file_check(env_file: str) -> str:
 
 
 def _running_check(pid_path: str) -> str:
+    """Exit 5 when the pid file names a process group that still has a live member.
+
+    The group, not just the pid: a dead leader can leave schedulers holding the GPUs.
+    Zombies do not count (``kill -0`` would).
+    """
     pidfile = shellcmd.path(pid_path)
     return (
-        f"if [ -f {pidfile} ]; then old=$(cat {pidfile} 2>/dev/null | tr -dc 0-9); "
-        'if [ -n "$old" ] && [ "$old" -gt 1 ] && kill -0 -"$old" 2>/dev/null; then '
+        f"if [ -f {pidfile} ]; then old=$(cat {pidfile} 2>/dev/null | tr -dc 0-9) || old=''; "
+        'if [ -n "$old" ] && [ "$old" -gt 1 ] && ps -eo pgid=,stat= 2>/dev/null | '
+        "awk -v g=\"$old\" '$1==g && $2 !~ /^Z/ {f=1} END {exit !f}'; then "
         f'echo "already running: process group $old (pid file {_plain(pid_path)})" >&2; '
         f"exit {EXIT_ALREADY_RUNNING}; fi; fi"
     )
@@ -995,8 +1005,13 @@ def _launch_lines(launch: Launch, refuse_running: bool, check_ports: bool, *, ma
                  f"exit {EXIT_LAUNCHER_MISSING}; }}")
     argv = shellcmd.display_argv(launch.argv) if mask else shellcmd.join(launch.argv)
     lines.append(f"setsid nohup {argv} >> {log} 2>&1 < /dev/null &")
-    lines.append(f'echo $! > {pidfile}')
-    lines.append('echo "$!"')
+    lines.append("pid=$!")
+    lines.append(f'echo "$pid" > {pidfile}')
+    # The forked child calls setsid() a moment after $! is known: wait (up to 1 s) until
+    # it leads its own group, so a stop right after the start signals the whole group.
+    lines.append('i=0; while [ "$(ps -o pgid= -p "$pid" 2>/dev/null | tr -d ' ')" != "$pid" ] '
+                 '&& [ $i -lt 50 ]; do sleep 0.02; i=$((i+1)); done')
+    lines.append('echo "$pid"')
     return lines
 
 
