@@ -1009,8 +1009,8 @@ def _launch_lines(launch: Launch, refuse_running: bool, check_ports: bool, *, ma
     lines.append(f'echo "$pid" > {pidfile}')
     # The forked child calls setsid() a moment after $! is known: wait (up to 1 s) until
     # it leads its own group, so a stop right after the start signals the whole group.
-    lines.append('i=0; while [ "$(ps -o pgid= -p "$pid" 2>/dev/null | tr -d ' ')" != "$pid" ] '
-                 '&& [ $i -lt 50 ]; do sleep 0.02; i=$((i+1)); done')
+    lines.append("i=0; while [ \"$(ps -o pgid= -p \"$pid\" 2>/dev/null | tr -d '[:space:]')\" != \"$pid\" ] "
+                 "&& [ $i -lt 50 ]; do sleep 0.02; i=$((i+1)); done")
     lines.append('echo "$pid"')
     return lines
 
