@@ -432,7 +432,11 @@ def _pd_through_router(groups: Groups, tmp_path: Path, engine: str) -> tuple[lis
     body = ({"text": "hello through the router", "sampling_params": {"max_new_tokens": 4}}
             if engine == "sglang" else {"model": "test/model", "prompt": "hello", "max_tokens": 4})
     code, text = http("POST", router.url + path, body, timeout=30)
-    assert code == 200, (text, Path(router.log_path).read_text()[-2000:])
+    router_log = Path(router.log_path).read_text()
+    assert code == 200, (text, router_log[-2000:])
+    # The stand-ins advertise no model/tokenizer path, so the router must not have tried
+    # to fetch a tokenizer from the internet (sglang-router does when given one).
+    assert "huggingface" not in router_log.lower()
     run_dir = Path(cfg.run_dir)
     prefill_log = standin.read_requests(standin.request_log_path(run_dir, HOST, specs[0].port))
     decode_log = standin.read_requests(standin.request_log_path(run_dir, HOST, specs[1].port))
