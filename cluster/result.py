@@ -141,14 +141,15 @@ def fold_outputs(outcomes: Iterable[Outcome]) -> list[OutputGroup]:
 # ---------------------------------------------------------------------------
 
 
-def _hint_port(host: Host) -> str:
-    return f"[{host.hostname}]:{host.port}" if host.port and host.port != 22 else host.hostname
+def _known_hosts_entry(hostname: str, port: int) -> str:
+    return f"[{hostname}]:{port}" if port != 22 else hostname
 
 
 def classify_exception(
     exc: BaseException,
     host: Host,
     *,
+    port: int | None = None,
     key_description: str = "",
     known_hosts: str = "~/.ssh/known_hosts",
     connect_timeout: float | None = None,
@@ -172,7 +173,7 @@ def classify_exception(
             "raise the task's --timeout, or check what hangs on that host",
         )
     if isinstance(exc, (paramiko.BadHostKeyException, HostKeyRejected)):
-        return _host_key_failure(exc, host, known_hosts)
+        return _host_key_failure(exc, host, port or host.port or 22, known_hosts)
     if isinstance(exc, paramiko.AuthenticationException):
         tried = f" (tried {key_description})" if key_description else ""
         return Failure(
@@ -187,8 +188,9 @@ def classify_exception(
             f"cannot resolve {host.hostname}: {exc.strerror or exc}",
             "check the host name (DNS or /etc/hosts) or use the IP address",
         )
+    port = port or host.port or 22
     if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
-        return _refused_failure(exc, host)
+        return _refused_failure(exc, port)
     if isinstance(exc, (socket.timeout, TimeoutError)):
         limit = f" within {connect_timeout:g} s" if connect_timeout else ""
         return Failure(
@@ -200,14 +202,14 @@ def classify_exception(
     if isinstance(exc, paramiko.SSHException):
         return _ssh_protocol_failure(exc, connect_timeout)
     if isinstance(exc, OSError):
-        return _os_failure(exc, host)
+        return _os_failure(exc, port)
     return Failure(SSH, f"{type(exc).__name__}: {exc}", "unexpected error; rerun with --json for details")
 
 
-def _host_key_failure(exc: BaseException, host: Host, known_hosts: str) -> Failure:
+def _host_key_failure(exc: BaseException, host: Host, port: int, known_hosts: str) -> Failure:
     from .hostkeys import HostKeyRejected
 
-    entry = _hint_port(host)
+    entry = getattr(exc, "hostname", None) or _known_hosts_entry(host.hostname, port)
     if isinstance(exc, HostKeyRejected):
         return Failure(
             HOST_KEY,
@@ -223,12 +225,12 @@ def _host_key_failure(exc: BaseException, host: Host, known_hosts: str) -> Failu
     )
 
 
-def _refused_failure(exc: BaseException, host: Host) -> Failure:
+def _refused_failure(exc: BaseException, port: int) -> Failure:
     codes = {getattr(e, "errno", None) for e in getattr(exc, "errors", {}).values()}
     if codes & {errno.ECONNREFUSED}:
         return Failure(
             UNREACHABLE,
-            f"connection refused on port {host.port or 22}",
+            f"connection refused on port {port}",
             "is sshd running on the host and listening on that port?",
         )
     return Failure(
@@ -253,11 +255,11 @@ def _ssh_protocol_failure(exc: BaseException, connect_timeout: float | None) -> 
     return Failure(SSH, f"SSH error: {text}", "protocol-level failure; check sshd logs on the host")
 
 
-def _os_failure(exc: OSError, host: Host) -> Failure:
+def _os_failure(exc: OSError, port: int) -> Failure:
     if exc.errno in (errno.ECONNREFUSED,):
         return Failure(
             UNREACHABLE,
-            f"connection refused on port {host.port or 22}",
+            f"connection refused on port {port}",
             "is sshd running on the host and listening on that port?",
         )
     if exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EADDRNOTAVAIL):
@@ -289,11 +291,12 @@ def order_like(hosts: Sequence[Host], outcomes: dict[Host, Outcome]) -> list[Out
 # From a Fabric GroupResult to a Report
 # ---------------------------------------------------------------------------
 
-def to_outcome(host: Host, value: Any, elapsed: float, *, key_description: str = "",
+def to_outcome(host: Host, value: Any, elapsed: float, *, port: int | None = None,
+               key_description: str = "",
                known_hosts: str = "~/.ssh/known_hosts", connect_timeout: float | None = None) -> Outcome:
     """One host's command result (stdout/stderr/exited) or exception, as an `Outcome`."""
     if isinstance(value, BaseException):
-        failure = classify_exception(value, host, key_description=key_description,
+        failure = classify_exception(value, host, port=port, key_description=key_description,
                                      known_hosts=known_hosts, connect_timeout=connect_timeout)
         partial = getattr(getattr(value, "result", None), "stdout", "") or ""
         return Outcome(host, False, stdout=partial if isinstance(partial, str) else "",
@@ -317,7 +320,7 @@ def build_report(results: Any, engine: Any, interpret: Any = None) -> Report:
     settings = engine.settings
     outcomes = []
     for session, value in results.items():
-        outcome = to_outcome(session.host, value, session.elapsed,
+        outcome = to_outcome(session.host, value, session.elapsed, port=session.port,
                              key_description=engine.key_description,
                              known_hosts=settings.known_hosts,
                              connect_timeout=settings.connect_timeout)

@@ -107,6 +107,11 @@ class HostSession:
         return self._connection
 
     @property
+    def port(self) -> int | None:
+        """The port actually used (host, roles file or ssh_config), None for local."""
+        return None if self.host.is_local else int(self.connection.port)
+
+    @property
     def is_connected(self) -> bool:
         return self._connection is not None and self._connection.is_connected
 
@@ -127,8 +132,14 @@ class HostSession:
             raise
 
     def close(self) -> None:
-        if self._connection is not None:
-            self._connection.close()
+        if self._connection is None:
+            return
+        transport = self._connection.client.get_transport()
+        self._connection.close()
+        # paramiko's close() does not wait for the transport thread; joining it
+        # keeps the thread count bounded by the fanout during large runs.
+        if transport is not None and transport is not threading.current_thread():
+            transport.join(2.0)
 
     # -- commands -----------------------------------------------------------
     def run(self, command: str, timeout: float | None = None) -> CommandResult:

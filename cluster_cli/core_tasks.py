@@ -47,8 +47,8 @@ def run(c, command, hosts=None, role=None, roles_file=None, json=False, fanout=N
                                  timeout=float(timeout) if timeout else None, on_done=tick)
         if json:
             emit("run", report, True, None, fields=basic.run_fields, started=started)
-        console = render.stdout_console()
-        render.output_groups(report, console)
+            return
+        render.output_groups(report, render.stdout_console())
         emit("run", report, False, lambda r: None, started=started)
 
 

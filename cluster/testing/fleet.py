@@ -550,9 +550,12 @@ def open_path_for_others(path: Path) -> None:
 
 
 def pick_port(addresses: list[str]) -> int:
-    """22 when root and free on every address, else a random high port free on all of them."""
-    candidates = [22] if os.geteuid() == 0 else []
-    candidates += random.sample(range(*_HIGH_PORTS), 50)
+    """A random high port free on every address.
+
+    Not 22: several fleets (parallel test runs, a rehearsal cluster) may share
+    the 127.0.1.x addresses, and a random port keeps them from colliding.
+    """
+    candidates = random.sample(range(*_HIGH_PORTS), 50)
     for port in candidates:
         if all(_bindable(a, port) for a in addresses):
             return port
