@@ -28,7 +28,7 @@ def refused() -> Exception:
     (HandshakeTimeout("no SSH banner/handshake within 5 s"), "timeout", "no SSH server"),
     (paramiko.SSHException("Error reading SSH protocol banner"), "timeout", "banner"),
     (paramiko.AuthenticationException("Authentication failed."), "auth", "ensure-key"),
-    (paramiko.BadHostKeyException("10.8.0.81", paramiko.Ed25519Key.generate() if hasattr(
+    (paramiko.BadHostKeyException("[10.8.0.81]:2222", paramiko.Ed25519Key.generate() if hasattr(
         paramiko.Ed25519Key, "generate") else paramiko.RSAKey.generate(1024),
         paramiko.RSAKey.generate(1024)), "host-key", "ssh-keygen -R '[10.8.0.81]:2222'"),
     (HostKeyRejected("unknown host key"), "host-key", "strict"),
