@@ -204,7 +204,7 @@ def test_stop_command_graceful_when_nothing_is_stubborn(groups, tmp_path):
 
 
 def test_generate_is_recorded_and_answered_like_sglang(groups, tmp_path):
-    proc, port, _ = start_sglang(groups, tmp_path, "--disaggregation-mode", "decode")
+    _, port, _ = start_sglang(groups, tmp_path, "--disaggregation-mode", "decode")
     base = f"http://{HOST}:{port}"
     wait_for(lambda: http("GET", base + "/health")[0] == 200, what="ready")
     code, text = http("POST", base + "/generate", {"text": "hello", "sampling_params": {"max_new_tokens": 5},
@@ -227,7 +227,7 @@ def test_generate_is_recorded_and_answered_like_sglang(groups, tmp_path):
 
 def test_prefill_serves_bootstrap_port(groups, tmp_path):
     bootstrap = free_port()
-    proc, port, _ = start_sglang(groups, tmp_path, "--disaggregation-mode", "prefill",
+    start_sglang(groups, tmp_path, "--disaggregation-mode", "prefill",
                                  "--disaggregation-bootstrap-port", str(bootstrap))
     assert wait_for(lambda: http("GET", f"http://{HOST}:{bootstrap}/health")[0] == 200, what="bootstrap")
     info = json.loads(http("GET", f"http://{HOST}:{bootstrap}/route")[1])
@@ -244,7 +244,7 @@ def test_early_death_exits_1_with_traceback(groups, tmp_path):
 
 
 def test_nonzero_rank_has_only_a_dummy_health_server(groups, tmp_path):
-    proc, port, log = start_sglang(groups, tmp_path, "--tp-size", "4", "--nnodes", "2",
+    proc, port, _ = start_sglang(groups, tmp_path, "--tp-size", "4", "--nnodes", "2",
                                    "--node-rank", "1", "--dist-init-addr", f"{HOST}:{free_port()}",
                                    STANDIN_LOAD_SECONDS="2.5")
     base = f"http://{HOST}:{port}"
@@ -257,7 +257,7 @@ def test_nonzero_rank_has_only_a_dummy_health_server(groups, tmp_path):
 
 def test_rank0_of_multi_node_holds_the_dist_init_port(groups, tmp_path):
     dist = free_port()
-    proc, port, _ = start_sglang(groups, tmp_path, "--tp-size", "2", "--nnodes", "2",
+    _, port, _ = start_sglang(groups, tmp_path, "--tp-size", "2", "--nnodes", "2",
                                  "--node-rank", "0", "--dist-init-addr", f"{HOST}:{dist}")
     wait_for(lambda: http("GET", f"http://{HOST}:{port}/health")[0] == 200, what="ready")
     free = cmd.parse_ports_free(run_sh(cmd.ports_free_command([dist], HOST)).stdout)

@@ -30,7 +30,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from ..errors import InputError
 from ..hosts import LOCAL, Host, parse_hosts
 from . import shellcmd
-from .config import DECODE, PREFILL, ROLES, SGLANG, VLLM, ServingConfig
+from .config import DECODE, PREFILL, SGLANG, VLLM, ServingConfig
 
 # Exit codes of launch_script (and preflight_script). 1 and 2 are left to the shell
 # and to tools; 126/127 mean "cannot execute" / "not found" as usual.
@@ -509,7 +509,7 @@ def stop_command(pgid: int, grace_s: float = 30) -> str:
     """
     if int(pgid) <= 1:
         raise InputError(f"refusing to signal process group {pgid}")
-    ticks = max(0, int(round(grace_s * 10)))
+    ticks = max(0, round(grace_s * 10))
     return "\n".join([
         f"g={int(pgid)}",
         _GROUP_FUNCS,
@@ -578,27 +578,38 @@ def sweep_command(engine: str, user: str | None = None, spare_router: bool = Tru
     who = shellcmd.quote(user) if user else '"$(id -un)"'
     pattern = shellcmd.quote("|".join(patterns))
     spare_case = " | ".join(shellcmd.quote(t) + "*" for t in spared)
-    skip = f'case "$cmd" in {spare_case}) continue;; esac; ' if spared else ""
-    return "\n".join([
+    skip = [f'  case "$cmd" in {spare_case}) continue;; esac'] if spared else []
+    lines = [
         # $$ and its ancestors (this shell, sshd's session shell) are never candidates.
         'anc=" $$ "; a=$$',
-        'while [ "${a:-1}" -gt 1 ]; do a=$(ps -o ppid= -p "$a" 2>/dev/null | tr -d " ") || a=""; '
-        'if [ -n "$a" ]; then anc="$anc$a "; fi; done',
+        'while [ "${a:-1}" -gt 1 ]; do',
+        '  a=$(ps -o ppid= -p "$a" 2>/dev/null | tr -d " ") || a=""',
+        '  if [ -n "$a" ]; then anc="$anc$a "; fi',
+        "done",
         "killed=''",
         # `|| true` everywhere: callers may run this under `set -e`, and "no match" is fine.
         f"list=$(pgrep -u {who} -a -f {pattern} 2>/dev/null) || true",
-        'while read -r pid cmd; do [ -n "$pid" ] || continue; '
-        'case "$anc" in *" $pid "*) continue;; esac; '
+        'while read -r pid cmd; do',
+        '  [ -n "$pid" ] || continue',
+        '  case "$anc" in *" $pid "*) continue;; esac',
         # A zombie is already dead (its parent has not reaped it yet): nothing to kill.
-        'case "$(ps -o stat= -p "$pid" 2>/dev/null || true)" in ""|Z*) continue;; esac; '
-        f'{skip}'
-        'if kill -KILL "$pid" 2>/dev/null; then echo "KILLED $pid $cmd"; killed="$killed $pid"; fi; '
-        'done <<EOF\n$list\nEOF',
-        'if [ -n "$killed" ]; then sleep 0.3; left=""; for p in $killed; do '
-        'st=$(ps -o stat= -p "$p" 2>/dev/null) || st=""; case "$st" in ""|Z*) ;; *) left="$left $p";; esac; '
-        'done; if [ -n "$left" ]; then echo "SURVIVED$left"; fi; fi',
+        '  case "$(ps -o stat= -p "$pid" 2>/dev/null || true)" in ""|Z*) continue;; esac',
+        *skip,
+        '  if kill -KILL "$pid" 2>/dev/null; then echo "KILLED $pid $cmd"; killed="$killed $pid"; fi',
+        "done <<EOF",
+        "$list",
+        "EOF",
+        'if [ -n "$killed" ]; then',
+        '  sleep 0.3; left=""',
+        "  for p in $killed; do",
+        '    st=$(ps -o stat= -p "$p" 2>/dev/null) || st=""',
+        '    case "$st" in ""|Z*) ;; *) left="$left $p";; esac',
+        "  done",
+        '  if [ -n "$left" ]; then echo "SURVIVED$left"; fi',
+        "fi",
         "true",
-    ]) + "\n"
+    ]
+    return "\n".join(lines) + "\n"
 
 
 @dataclass(frozen=True)

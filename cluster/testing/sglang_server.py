@@ -9,7 +9,14 @@ from __future__ import annotations
 
 import sys
 
-from .standin_server import Options, child_titles, parse_sglang, read_requests, request_log_path, run
+from .standin_server import (
+    Options,
+    child_titles,
+    parse_sglang,
+    read_requests,
+    request_log_path,
+    run,
+)
 from .standin_server import sglang_main as main
 
 __all__ = ["Options", "child_titles", "main", "parse_sglang", "read_requests", "request_log_path", "run"]
