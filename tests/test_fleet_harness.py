@@ -157,9 +157,18 @@ def test_badkey_host_key_differs_from_known_hosts(fleet: Fleet) -> None:
     assert fleet.host_key_line(address).endswith(real.get_base64())
 
 
-def test_good_hosts_are_not_in_known_hosts_initially(fleet: Fleet) -> None:
-    names = paramiko.HostKeys(str(fleet.known_hosts)).keys()
-    assert not set(names) & {known_hosts_name(a, fleet.port) for a in fleet.addresses}
+def test_write_known_hosts_gives_a_pristine_or_fully_known_file(fleet: Fleet,
+                                                                 tmp_path: Path) -> None:
+    good = fleet.addresses[:2]
+    path = fleet.write_known_hosts(tmp_path / "kh", good)
+    keys = paramiko.HostKeys(str(path))
+    badkey = known_hosts_name(fleet.special["badkey"], fleet.port)
+    assert set(keys.keys()) == {badkey} | {known_hosts_name(a, fleet.port) for a in good}
+    for address in good:
+        recorded = keys.lookup(known_hosts_name(address, fleet.port))["ssh-ed25519"]
+        assert recorded.get_base64() == server_key(address, fleet.port).get_base64()
+    pristine = paramiko.HostKeys(str(fleet.write_known_hosts(tmp_path / "kh0")))
+    assert set(pristine.keys()) == {badkey}
 
 
 # ------------------------------------------------------------ other fleets
@@ -182,6 +191,9 @@ def test_stop_kills_everything_and_is_idempotent(tmp_path: Path) -> None:
     small = Fleet(tmp_path / "small", count=2, base="127.0.3.", special_base="127.0.4.")
     small.start()
     pids, port = small.sshd_pids, small.port
+    # Fresh known_hosts: only the deliberately wrong key of the badkey host.
+    assert list(paramiko.HostKeys(str(small.known_hosts)).keys()) == [
+        known_hosts_name(small.special["badkey"], port)]
     client = connect(small, small.addresses[0])  # an open connection must not survive
     leftovers = ("sleep 300 >/dev/null 2>&1 & echo $!; "
                  "setsid sleep 301 </dev/null >/dev/null 2>&1 & echo $!")

@@ -118,6 +118,7 @@ class Fleet:
         self._servers: list[_Server] = []
         self._server_of: dict[str, _Server] = {}  # address -> the sshd serving it
         self._host_keys: dict[str, str] = {}  # server name -> public host key line
+        self._seed = ""  # known_hosts content at start: the wrong key for "badkey"
 
     # ----------------------------------------------------------------- paths
     @property
@@ -223,6 +224,17 @@ class Fleet:
         if server is None or server.name not in self._host_keys:
             raise FleetError(f"{address} is not served by a running sshd of this fleet")
         return f"{known_hosts_name(address, self.port or 22)} {self._host_keys[server.name]}"
+
+    def write_known_hosts(self, path: Path, addresses: Iterable[str] = ()) -> Path:
+        """Write a known_hosts as it was at start, plus the real keys of ``addresses``.
+
+        The session fleet's own known_hosts fills up as tests accept new keys;
+        tests that need a pristine or fully known file write their own.
+        """
+        lines = [self._seed] + [self.host_key_line(a) + "\n" for a in addresses]
+        path = Path(path)
+        path.write_text("".join(lines))
+        return path
 
     def ssh_command(self, address: str) -> list[str]:
         """An OpenSSH client command line that logs in to ``address`` (handy when debugging)."""
@@ -363,8 +375,9 @@ class Fleet:
     def _seed_known_hosts(self) -> None:
         """Record a key that is *not* badkey's real one, so connecting to it is a changed key."""
         if "badkey" in self.special:
-            line = f"{known_hosts_name(self.special['badkey'], self.port)} {new_public_key()}\n"
-            self.known_hosts.write_text(line)
+            name = known_hosts_name(self.special["badkey"], self.port)
+            self._seed = f"{name} {new_public_key()}\n"
+        self.known_hosts.write_text(self._seed)
 
 
 # ------------------------------------------------------------------ pure helpers
