@@ -56,19 +56,27 @@ def cluster_task(*args: Any, help: dict[str, str] | None = None, **kwargs: Any) 
     merged_help = {**COMMON_HELP, **(help or {})}
 
     def decorate(body: Callable) -> ClusterTask:
-        wrapped = _map_errors(body)
+        holder: list[ClusterTask] = []
+        wrapped = _map_errors(body, kwargs.get("positional") or [], holder)
         names = set(inspect.signature(body).parameters)
         task_help = {k: v for k, v in merged_help.items() if k in names}
-        return ClusterTask(wrapped, help=task_help, **kwargs)
+        task_obj = ClusterTask(wrapped, help=task_help, **kwargs)
+        holder.append(task_obj)
+        return task_obj
 
     if args and callable(args[0]):
         return decorate(args[0])
     return decorate
 
 
-def _map_errors(body: Callable) -> Callable:
+def _map_errors(body: Callable, positional: list[str], holder: list[ClusterTask]) -> Callable:
     @functools.wraps(body)
     def run(*args: Any, **kwargs: Any) -> Any:
+        # invoke hands `inv run --help` to a positional argument as its value.
+        if any(kwargs.get(name) in ("-h", "--help") for name in positional) or any(
+                a in ("-h", "--help") for a in args[1:]):
+            print_task_help(holder[0])
+            return None
         try:
             return body(*args, **kwargs)
         except InputError as exc:
@@ -77,6 +85,18 @@ def _map_errors(body: Callable) -> Callable:
             raise Exit("interrupted", code=130) from None
 
     return run
+
+
+def print_task_help(task_obj: ClusterTask) -> None:
+    """Help for a task whose positional argument swallowed ``--help``."""
+    name = task_obj.name.replace("_", "-")
+    positional = " ".join(p.upper() for p in task_obj.positional)
+    lines = [f"Usage: inv[oke] [--core-opts] {name} [--options] {positional}", "",
+             "Docstring:", f"  {inspect.getdoc(task_obj.body) or ''}", "", "Options:"]
+    for arg in sorted(task_obj.get_arguments(), key=lambda a: a.name):
+        flags = ", ".join(("-" if len(n) == 1 else "--") + n for n in sorted(arg.names, key=len))
+        lines.append(f"  {flags:<28} {arg.help or ''}")
+    print("\n".join(lines))
 
 
 def open_cluster(roles_file: str | None = None, fanout: int | None = None,

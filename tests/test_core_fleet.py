@@ -283,7 +283,10 @@ def test_ensure_key_runs_gcloud_when_the_key_is_missing(tmp_path, clean_env):
 
 
 def test_ensure_key_without_gcloud_prints_steps_and_exits_1(tmp_path, clean_env):
-    env = {"HOME": str(clean_env), "PATH": "/usr/bin:/bin"}
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    # Only an empty dir on PATH: a real gcloud on the machine must never run in tests.
+    env = {"HOME": str(clean_env), "PATH": str(empty)}
     code, out, _ = cli("ensure-key", env=env, cwd=tmp_path)
     assert code == 1
     assert "gcloud compute config-ssh --quiet" in out and "ssh-keygen" in out
