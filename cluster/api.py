@@ -8,13 +8,14 @@ message, hint) and ``.data`` (what a probe parsed).
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
+from typing import Any
 
+from . import checks, status
 from .hosts import Host
 from .inventory import Inventory, load_inventory
 from .result import Report, build_report
 from .ssh import Engine, HostSession
-from . import checks, status
 
 Targets = str | Iterable[str] | None
 
@@ -28,7 +29,7 @@ class Cluster:
         self._engine: Engine | None = None
 
     @classmethod
-    def from_roles(cls, path: str | os.PathLike | None = None, **ssh_overrides: Any) -> "Cluster":
+    def from_roles(cls, path: str | os.PathLike | None = None, **ssh_overrides: Any) -> Cluster:
         """Load ``path`` (default: $CLUSTER_ROLES, then ./roles.yaml)."""
         return cls(load_inventory(path), **ssh_overrides)
 
@@ -76,7 +77,7 @@ class Cluster:
                          hosts: Targets = None, role: Targets = None,
                          timeout: float | None = status.GPU_TIMEOUT_S,
                          max_ticks: int | None = None,
-                         stop: Any = None) -> "status.Tick | None":
+                         stop: Any = None) -> status.Tick | None:
         """`gpu_status` every ``interval`` s on the same open connections; see `cluster.status.watch`."""
         return status.watch(self.engine, self.hosts(hosts, role), status.gpu_probe(timeout),
                             interval, on_tick, max_ticks=max_ticks, stop=stop)
@@ -99,12 +100,9 @@ class Cluster:
         if self._engine is not None:
             self._engine.close()
 
-    def __enter__(self) -> "Cluster":
+    def __enter__(self) -> Cluster:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-
-def targets_of(hosts: Sequence[Host]) -> list[str]:
-    return [str(h) for h in hosts]

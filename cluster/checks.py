@@ -6,16 +6,17 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import paramiko
 
 from .hostkeys import fingerprint
 from .hosts import Host
 from .inventory import GCE_KEY, SSHSettings
-from .result import Failure, Report, build_report
+from .result import Report, build_report
 from .ssh import Engine, HostSession, load_private_key
 
 CHECK_COMMAND = "uname -n"
@@ -165,6 +166,3 @@ def ensure_key(settings: SSHSettings, *, gcloud: str | None = None,
 def _run(command: list[str]) -> int:
     return subprocess.call(command)
 
-
-def failure_for(report: KeyReport) -> Failure | None:
-    return None if report.ok else Failure("auth", report.description, "follow the steps below")

@@ -15,9 +15,9 @@ Order is kept and duplicates are dropped (first occurrence wins).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 from .errors import HostExpressionError
 
@@ -99,7 +99,7 @@ def expand_item(item: str) -> list[str]:
     tail = re.search(r"\](:\d+)$", rest)
     if tail:
         name, port = rest[: tail.start() + 1], tail.group(1)
-    from ClusterShell.NodeSet import NodeSetException, NodeSet
+    from ClusterShell.NodeSet import NodeSet, NodeSetException
 
     try:
         names = list(NodeSet(name))

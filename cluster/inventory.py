@@ -11,9 +11,10 @@ names the file, the key and the offending value (the CLI exits 2 on them).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 
@@ -46,7 +47,7 @@ class SSHSettings:
         gce = Path(GCE_KEY).expanduser()
         return str(gce) if gce.exists() else None
 
-    def with_overrides(self, **changes: Any) -> "SSHSettings":
+    def with_overrides(self, **changes: Any) -> SSHSettings:
         """Copy with the given non-None values replaced (CLI options)."""
         given = {k: v for k, v in changes.items() if v is not None}
         if "fanout" in given:

@@ -7,8 +7,9 @@ the outcome into `Outcome.data` (parsed) or a probe-specific `Failure`.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from .hosts import Host
 from .result import Failure, Outcome, Report, build_report

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import errno
 import socket
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 from .hosts import Host, fold_names
 
@@ -64,7 +65,7 @@ class Outcome:
     def failed(self) -> bool:
         return not self.ok
 
-    def fail(self, failure: Failure) -> "Outcome":
+    def fail(self, failure: Failure) -> Outcome:
         """Mark this outcome failed (used by probes that reject a 0-exit output)."""
         self.ok = False
         self.error = failure

@@ -11,15 +11,16 @@ import functools
 import inspect
 import sys
 import time
-from typing import Any, Callable, Iterator
-
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
+
 from invoke import Exit, Task
 
 from cluster.api import Cluster
 from cluster.errors import InputError
-from cluster.result import Report
 from cluster.render import core as render
+from cluster.result import Report
 
 COMMON_HELP = {
     "hosts": "Host expression: 'a,b c', 'user@host:port', ranges '10.8.0.[81-83]', "

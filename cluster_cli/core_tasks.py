@@ -7,7 +7,8 @@ import time
 from invoke import Exit
 
 from cluster.checks import ensure_key as ensure_key_op
-from cluster.render import basic, core as render
+from cluster.render import basic
+from cluster.render import core as render
 from cluster.result import Outcome, Report
 
 from .common import cluster_task, emit, opened
@@ -27,6 +28,7 @@ def hosts(c, hosts=None, role=None, roles_file=None, json=False, fanout=None):
 
 def _hosts_view(inventory, selected):
     from rich.console import Group
+
     from cluster.hosts import fold_names
 
     return Group(basic.roles_table(inventory, selected),
