@@ -25,10 +25,11 @@ import select
 import subprocess
 import threading
 import time
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import paramiko
 from fabric import Config, Connection, ThreadingGroup
@@ -90,7 +91,7 @@ class HostSession:
     Hashable by identity so it can key a Fabric ``GroupResult``.
     """
 
-    def __init__(self, host: Host, engine: "Engine") -> None:
+    def __init__(self, host: Host, engine: Engine) -> None:
         self.host = host
         self.engine = engine
         self._connection: Connection | None = None
@@ -457,7 +458,7 @@ class Engine:
         for session in sessions:
             session.close()
 
-    def __enter__(self) -> "Engine":
+    def __enter__(self) -> Engine:
         return self
 
     def __exit__(self, *exc: object) -> None:
