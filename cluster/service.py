@@ -8,6 +8,7 @@ Command and output layout
 running systemd once (``[ -d /run/systemd/system ]`` and ``systemctl`` on
 PATH), then for every name prints::
 
+    @@svc-ancestors PID...              (once, first: see below)
     @@svc NAME
     @@svc-systemd                       (only with systemd)
     Id=... LoadState=... ActiveState=... (systemctl show --property=..., one per line)
@@ -24,6 +25,12 @@ matching processes decide. Names are user input: each is shell-quoted
 matches literally. The shell running the script has the script (and so the
 pattern) on its own command line; the parser drops every process whose
 command line holds the ``@@svc`` marker, which is exactly those shells.
+Its ancestors can hold the names too when the host is ``local`` (the
+controller's own ``inv service-status NAME`` process, a ``timeout``/``bash -c``
+wrapper around it): the script lists its ancestor PIDs up to the first
+``sshd`` (exclusive, so an sshd serving the session still counts for
+``service-status sshd``) and the parser drops those as well. On a remote host
+the parent is sshd, so nothing more is dropped there.
 
 Failure kinds (`classify`)
 --------------------------
@@ -54,6 +61,8 @@ SYSTEMD = "systemd"
 PROCESS = "process"
 
 MARKER = "@@svc"
+_ANCESTORS = "@@svc-ancestors"
+_MAX_ANCESTORS = 32
 _SYSTEMD_BEGIN = "@@svc-systemd"
 _SYSTEMD_EXIT = "@@svc-systemd-exit"
 _PGREP_BEGIN = "@@svc-pgrep"
@@ -105,7 +114,8 @@ def command(names: str | Iterable[str], *, systemd_dir: str = SYSTEMD_DIR) -> st
     props = ",".join(PROPERTIES)
     parts = [
         f"if [ -d {shlex.quote(systemd_dir)} ] && command -v systemctl >/dev/null 2>&1; "
-        "then sd=1; else sd=0; fi"
+        "then sd=1; else sd=0; fi",
+        _ANCESTORS_SCRIPT,
     ]
     for name in validate_names(names):
         quoted = shlex.quote(name)
@@ -120,6 +130,17 @@ def command(names: str | Iterable[str], *, systemd_dir: str = SYSTEMD_DIR) -> st
             f'echo "{_PGREP_EXIT} $?"'
         )
     return "; ".join(parts)
+
+
+# The script's ancestors up to the first sshd (exclusive) or PID 1, at most
+# _MAX_ANCESTORS of them; stops quietly where ps is missing.
+_ANCESTORS_SCRIPT = (
+    "a=''; p=$PPID; n=0; "
+    f'while [ "$n" -lt {_MAX_ANCESTORS} ] && [ "${{p:-0}}" -gt 1 ] 2>/dev/null; do '
+    'case $(ps -o comm= -p "$p" 2>/dev/null) in sshd*|"") break;; esac; '
+    'a="$a $p"; n=$((n+1)); p=$(ps -o ppid= -p "$p" 2>/dev/null | tr -d " "); done; '
+    f'echo "{_ANCESTORS}$a"'
+)
 
 
 # ---------------------------------------------------------------------------
@@ -198,7 +219,18 @@ class _Section:
 
 def parse(stdout: str) -> list[ServiceState]:
     """Parse the command's stdout into one `ServiceState` per requested name, in order."""
-    return [_state(section) for section in _sections(stdout)]
+    exclude = _ancestors(stdout)
+    return [_state(section, exclude) for section in _sections(stdout)]
+
+
+def _ancestors(stdout: str) -> frozenset[int]:
+    """PIDs of the status script's own ancestors (the ``@@svc-ancestors`` line)."""
+    for line in stdout.splitlines():
+        if line.startswith(_ANCESTORS):
+            return frozenset(int(p) for p in line[len(_ANCESTORS):].split() if p.isdigit())
+        if line.startswith(MARKER + " "):
+            break
+    return frozenset()
 
 
 def _sections(stdout: str) -> list[_Section]:
@@ -237,8 +269,9 @@ def _code(line: str) -> int:
     return int(text) if text.isdigit() else 255
 
 
-def _processes(lines: list[str]) -> list[tuple[int, str]]:
-    """``PID CMDLINE`` lines; our own script's shells (holding the marker) are dropped."""
+def _processes(lines: list[str], exclude: frozenset[int] = frozenset()) -> list[tuple[int, str]]:
+    """``PID CMDLINE`` lines; our own script's shells (holding the marker) and the
+    script's ancestors (``exclude``) are dropped."""
     found: list[tuple[int, str]] = []
     for line in lines:
         pid, _, cmdline = line.strip().partition(" ")
@@ -246,13 +279,13 @@ def _processes(lines: list[str]) -> list[tuple[int, str]]:
             found.append((int(pid), cmdline))
         elif found:  # an argument with a newline in it: continue the previous command line
             found[-1] = (found[-1][0], f"{found[-1][1]} {line.strip()}")
-    return [(pid, cmd) for pid, cmd in found if MARKER not in cmd]
+    return [(pid, cmd) for pid, cmd in found if MARKER not in cmd and pid not in exclude]
 
 
-def _state(section: _Section) -> ServiceState:
+def _state(section: _Section, exclude: frozenset[int] = frozenset()) -> ServiceState:
     warnings: list[str] = []
     pgrep_ok = section.pgrep_rc in (0, 1)
-    processes = _processes(section.pgrep) if pgrep_ok else []
+    processes = _processes(section.pgrep, exclude) if pgrep_ok else []
     if not pgrep_ok:
         detail = section.pgrep[0].strip() if section.pgrep else "no output"
         warnings.append(f"pgrep failed (exit {section.pgrep_rc}): {detail}")

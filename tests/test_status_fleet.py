@@ -485,3 +485,15 @@ def test_service_status_finds_process_on_its_host_only(fleet, gpu_fleet):
         assert "inactive (no matching process)" in rows["127.0.1.1"]
     finally:
         os.killpg(pid, 9)  # setsid made it a group leader: the sleep child goes too
+
+
+def test_service_status_local_does_not_count_the_controller_itself():
+    """`-H local`: the inv process (and a wrapper around it) holds the name on its command line."""
+    name = f"svc-nowhere-{os.getpid()}-{time.monotonic_ns()}"
+    proc = subprocess.run(["timeout", "60", *CLI, "service-status", name, "-H", "local", "--json"],
+                          capture_output=True, text=True, cwd=REPO, timeout=90)
+    doc = json.loads(proc.stdout)
+    assert proc.returncode == 1, proc.stderr
+    (state,) = doc["hosts"][0]["services"]
+    assert state["processes"] == [] and not state["active"]
+    assert doc["hosts"][0]["error"]["kind"] == "inactive"
