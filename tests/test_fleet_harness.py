@@ -23,15 +23,15 @@ def connect(fleet: Fleet, address: str) -> paramiko.SSHClient:
     client = paramiko.SSHClient()
     client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
     client.connect(address, port=fleet.port, username=fleet.user, key_filename=str(fleet.key_file),
-                   look_for_keys=False, allow_agent=False, timeout=5, banner_timeout=5,
-                   auth_timeout=5)
+                   look_for_keys=False, allow_agent=False, timeout=15, banner_timeout=15,
+                   auth_timeout=15)  # generous: CI machines are shared and loaded
     return client
 
 
 def run(fleet: Fleet, address: str, command: str) -> tuple[int, str]:
     client = connect(fleet, address)
     try:
-        _, stdout, _ = client.exec_command(command, timeout=10)
+        _, stdout, _ = client.exec_command(command, timeout=30)
         out = stdout.read().decode()
         return stdout.channel.recv_exit_status(), out
     finally:
@@ -42,13 +42,13 @@ def server_key(address: str, port: int) -> paramiko.PKey:
     with socket.create_connection((address, port), timeout=5) as sock:
         transport = paramiko.Transport(sock)
         try:
-            transport.start_client(timeout=5)
+            transport.start_client(timeout=15)
             return transport.get_remote_server_key()
         finally:
             transport.close()
 
 
-def wait_for(predicate, timeout: float = 5.0) -> bool:
+def wait_for(predicate, timeout: float = 15.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
