@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 from rich.console import Console
-from rich.text import Text
 
 import cluster.gpu as gpu
 import cluster.service as service
@@ -283,7 +282,7 @@ def test_service_rows_one_per_service_with_state():
         outcome.fail(failure)
     text = render(rs.service_table(Report([outcome, unreachable()])))
     for state in outcome.data:
-        line = next(l for l in text.splitlines() if f" {state.name} " in l)
+        line = next(ln for ln in text.splitlines() if f" {state.name} " in ln)
         assert state.describe in line
     assert "unreachable" in row_of(text, "10.8.0.90")
     fields = rs.service_fields(outcome)

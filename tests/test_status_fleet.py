@@ -289,7 +289,7 @@ def test_watch_reuses_connections_one_handshake_per_host(fleet, gpu_fleet):
         assert len(tick.report[0].data.gpus) == len(gpu.parse(fixture_text("h100-busy")).gpus)
     # Rounds start at least the interval apart.
     starts = [t.started_at for t in ticks]
-    assert all(b - a >= 0.19 for a, b in zip(starts, starts[1:]))
+    assert all(b - a >= 0.19 for a, b in zip(starts, starts[1:], strict=False))
 
 
 def test_watch_cli_json_lines_and_flat_connection_count(fleet, gpu_fleet):
