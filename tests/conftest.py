@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -21,9 +23,30 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session")
-def fleet(tmp_path_factory: pytest.TempPathFactory):
+def fleet_dir():
+    """Make work dirs for fleets OUTSIDE pytest's temp root.
+
+    Every pytest session resets /tmp/pytest-of-<user> to mode 0700, which locks
+    the fleet's login user out of a running fleet's authorized_keys when two
+    sessions overlap (parallel developers, a rehearsal cluster). Dirs made here
+    are removed at the end of the session.
+    """
+    made: list[Path] = []
+
+    def make(name: str) -> Path:
+        path = Path(tempfile.mkdtemp(prefix=f"cluster-{name}-"))
+        made.append(path)
+        return path
+
+    yield make
+    for path in made:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def fleet(fleet_dir):
     """8 good hosts on 127.0.1.[1-8] plus the special hosts, for the whole session."""
-    with Fleet(tmp_path_factory.mktemp("fleet")) as running:
+    with Fleet(fleet_dir("fleet")) as running:
         yield running
 
 

@@ -46,9 +46,9 @@ def roles_with(fleet: Fleet, tmp_path: Path, name: str = "roles.yaml", **ssh) ->
 
 
 @pytest.fixture(scope="module")
-def big_fleet(tmp_path_factory):
+def big_fleet(fleet_dir):
     """64 hosts served by 4 sshd processes (16 addresses each), no special hosts."""
-    with Fleet(tmp_path_factory.mktemp("fleet64"), count=64, base="127.0.4.", specials=False,
+    with Fleet(fleet_dir("fleet64"), count=64, base="127.0.4.", specials=False,
                hosts_per_sshd=16) as running:
         yield running
 
