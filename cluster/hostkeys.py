@@ -13,6 +13,12 @@ policy of our own:
 * ``strict``: an unknown key is refused.
 * a changed key is always refused: paramiko raises ``BadHostKeyException``
   because the known key is loaded.
+
+Scale (docs/performance.md): paramiko's ``HostKeys.lookup`` scans every line
+for every connection, and a naive locked append would re-read the whole file
+for every new host, so 1,000 hosts cost O(N^2). `IndexedHostKeys` looks
+plain names up in a dict, and the store re-reads only what other processes
+appended since it last looked.
 """
 
 from __future__ import annotations
@@ -22,9 +28,11 @@ import fcntl
 import hashlib
 import os
 import threading
+from collections.abc import Iterable, Iterator, MutableMapping
 from pathlib import Path
 
 import paramiko
+from paramiko.hostkeys import HostKeyEntry
 
 
 class HostKeyRejected(paramiko.SSHException):
@@ -37,17 +45,124 @@ def fingerprint(key: paramiko.PKey) -> str:
     return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
 
 
+class IndexedHostKeys(paramiko.HostKeys):
+    """``paramiko.HostKeys`` whose ``lookup`` finds plain host names through a dict.
+
+    paramiko compares the name with every entry (and computes an HMAC for
+    each hashed one) on every lookup: O(lines) per connection. Here plain
+    names come from an index; hashed entries (``|1|salt|hash``) can only be
+    tested one by one, so they are kept apart and scanned as before. Results
+    are the same entries, in file order, as paramiko's.
+
+    The index follows ``_entries`` lazily: appended entries (``add``, our
+    loader, paramiko's own ``SubDict``) are indexed on the next lookup; a
+    replaced or shrunk list is re-indexed from scratch.
+    """
+
+    def __init__(self, filename: str | None = None) -> None:
+        self._index: dict[str, list[tuple[int, HostKeyEntry]]] = {}
+        self._hashed: list[tuple[int, HostKeyEntry]] = []
+        # Which list was indexed and how far (a reference, so its id cannot be reused).
+        self._indexed: tuple[list | None, int] = (None, 0)
+        self._index_lock = threading.Lock()
+        super().__init__(filename)
+
+    def lookup(self, hostname: str) -> _HostMatches | None:  # type: ignore[override]
+        """Key type -> key for ``hostname`` (or None), like ``paramiko.HostKeys.lookup``."""
+        self._refresh_index()
+        found = list(self._index.get(hostname, ()))
+        if self._hashed and not hostname.startswith("|1|"):
+            found += [(i, e) for i, e in self._hashed if self._hostname_matches(hostname, e)]
+        if not found:
+            return None
+        found.sort(key=lambda item: item[0])
+        return _HostMatches(hostname, [e for _, e in found], self)
+
+    def _refresh_index(self) -> None:
+        entries = self._entries
+        if self._indexed[0] is entries and self._indexed[1] == len(entries):
+            return
+        with self._index_lock:
+            indexed, done = self._indexed
+            if indexed is not entries or done > len(entries):
+                self._index, self._hashed, done = {}, [], 0
+            end = len(entries)  # another thread may append meanwhile: index up to here
+            for position in range(done, end):
+                entry = entries[position]
+                for name in set(entry.hostnames):
+                    if name.startswith("|1|"):
+                        self._hashed.append((position, entry))
+                    else:
+                        self._index.setdefault(name, []).append((position, entry))
+            self._indexed = (entries, end)
+
+    def add(self, hostname: str, keytype: str, key: paramiko.PKey) -> None:
+        """Add or replace the ``(hostname, keytype)`` key (paramiko scans every line)."""
+        if hostname.startswith("|1|"):
+            super().add(hostname, keytype, key)
+            return
+        self._refresh_index()
+        for _, entry in self._index.get(hostname, ()):
+            if entry.key is not None and entry.key.get_name() == keytype:
+                entry.key = key
+                return
+        self._entries.append(HostKeyEntry([hostname], key))
+
+
+class _HostMatches(MutableMapping):
+    """The entries of one host, as key type -> key (paramiko's ``SubDict`` contract).
+
+    ``keys()`` returns a list because ``SSHClient.connect`` indexes it.
+    """
+
+    def __init__(self, hostname: str, entries: list[HostKeyEntry], owner: IndexedHostKeys):
+        self._hostname, self._entries, self._owner = hostname, entries, owner
+
+    def keys(self) -> list[str]:  # type: ignore[override]
+        return [e.key.get_name() for e in self._entries if e.key is not None]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys())
+
+    def __len__(self) -> int:
+        return len(self.keys())
+
+    def __getitem__(self, key_type: str) -> paramiko.PKey:
+        for entry in self._entries:
+            if entry.key is not None and entry.key.get_name() == key_type:
+                return entry.key
+        raise KeyError(key_type)
+
+    def __setitem__(self, key_type: str, key: paramiko.PKey) -> None:
+        for entry in self._entries:
+            if entry.key is not None and entry.key.get_name() == key_type:
+                entry.key = key
+                return
+        entry = HostKeyEntry([self._hostname], key)
+        self._entries.append(entry)
+        self._owner._entries.append(entry)
+
+    def __delitem__(self, key_type: str) -> None:
+        for entry in self._entries:
+            if entry.key is not None and entry.key.get_name() == key_type:
+                self._entries.remove(entry)
+                return
+        raise KeyError(key_type)
+
+
 class HostKeyStore:
     """One known_hosts file, loaded once, shared by all connections of an engine."""
 
     def __init__(self, path: str | os.PathLike, policy: str = "accept-new") -> None:
         self.path = Path(path).expanduser()
         self.policy = policy
-        self.host_keys = paramiko.HostKeys()
+        self.host_keys: paramiko.HostKeys = IndexedHostKeys()
         self._lock = threading.Lock()
         self.added: list[tuple[str, paramiko.PKey]] = []
+        # How much of which file is in host_keys: (st_dev, st_ino, bytes read).
+        self._seen: tuple[int, int, int] | None = None
         if self.path.exists():
-            self.host_keys = load_tolerant(self.path)
+            self._read_new_lines()
 
     def missing_host_key_policy(self) -> paramiko.MissingHostKeyPolicy:
         return _StorePolicy(self)
@@ -100,8 +215,9 @@ class HostKeyStore:
 
     def _append_locked(self, entry: str, key: paramiko.PKey) -> None:
         # Another process may have recorded this host meanwhile: honour its entry.
+        # Only lines written since we last read the file can hold it.
         if self.path.exists():
-            fresh = load_tolerant(self.path).lookup(entry)
+            fresh = _indexed(self._read_new_lines()).lookup(entry)
             if fresh:
                 recorded = fresh.get(key.get_name()) or next(iter(fresh.values()))
                 if recorded != key:
@@ -110,11 +226,42 @@ class HostKeyStore:
         line = f"{entry} {key.get_name()} {key.get_base64()}\n"
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
-            if os.fstat(fd).st_size and not _ends_with_newline(self.path):
+            before = os.fstat(fd)
+            if before.st_size and not _ends_with_newline(self.path):
                 line = "\n" + line
-            os.write(fd, line.encode())
+            written = os.write(fd, line.encode())
+            after = os.fstat(fd)
         finally:
             os.close(fd)
+        seen = self._seen
+        if (seen is not None and seen[:2] == (after.st_dev, after.st_ino)
+                and seen[2] == before.st_size and after.st_size == before.st_size + written):
+            # Nobody else wrote in between: our own line needs no re-reading.
+            self._seen = (after.st_dev, after.st_ino, after.st_size)
+
+    def _read_new_lines(self) -> list[HostKeyEntry]:
+        """Add the entries written to the file since we last read it, and return them.
+
+        The whole file is read when it is new to us, was replaced or shrank
+        (``ssh-keygen -R`` rewrites it); then the loaded entries are replaced
+        in place, so connections sharing ``host_keys`` see the change.
+        """
+        with open(self.path, "rb") as handle:
+            stat = os.fstat(handle.fileno())
+            seen = self._seen
+            same_file = seen is not None and seen[:2] == (stat.st_dev, stat.st_ino)
+            start = seen[2] if same_file and seen[2] <= stat.st_size else 0
+            handle.seek(start)
+            data = handle.read()
+        # A torn last line (another writer mid-append) is read again next time.
+        complete = data[:data.rfind(b"\n") + 1] if start else data
+        new = parse_known_hosts(complete.decode("utf-8", "replace").splitlines())
+        if start == 0:
+            self.host_keys._entries = list(new)
+        else:
+            self.host_keys._entries.extend(new)
+        self._seen = (stat.st_dev, stat.st_ino, start + len(complete))
+        return new
 
 
 def load_tolerant(path: Path) -> paramiko.HostKeys:
@@ -122,17 +269,28 @@ def load_tolerant(path: Path) -> paramiko.HostKeys:
 
     ``HostKeys.load`` raises on one malformed line; OpenSSH ignores it, so do we.
     """
-    keys = paramiko.HostKeys()
     with open(path, encoding="utf-8", errors="replace") as handle:
-        for line in handle:
-            if not line.strip() or line.lstrip().startswith("#"):
-                continue
-            try:
-                entry = paramiko.hostkeys.HostKeyEntry.from_line(line)
-            except (paramiko.hostkeys.InvalidHostKey, paramiko.SSHException, ValueError, TypeError):
-                continue
-            if entry is not None:
-                keys._entries.append(entry)
+        return _indexed(parse_known_hosts(handle))
+
+
+def parse_known_hosts(lines: Iterable[str]) -> list[HostKeyEntry]:
+    """The entries of known_hosts lines paramiko can read, in order."""
+    entries = []
+    for line in lines:
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        try:
+            entry = HostKeyEntry.from_line(line)
+        except (paramiko.hostkeys.InvalidHostKey, paramiko.SSHException, ValueError, TypeError):
+            continue
+        if entry is not None:
+            entries.append(entry)
+    return entries
+
+
+def _indexed(entries: list[HostKeyEntry]) -> IndexedHostKeys:
+    keys = IndexedHostKeys()
+    keys._entries.extend(entries)
     return keys
 
 
