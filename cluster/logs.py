@@ -1,0 +1,514 @@
+"""Logs from every host: read the last lines, save them, or follow them live.
+
+Which file: by default the server log(s) of the recorded PD deployment on each
+host (the manifest ``inv start-pd`` writes, see :func:`load_deployment`), or any
+path given by the caller (``--file``). Commands are built here (pure, every path
+and pattern shell-quoted) and run over the engine's connections:
+
+* :func:`read_logs`   one round trip per host: ``tail -n N`` (or the whole file),
+  optionally through ``grep -E`` first (the last N *matching* lines).
+* :func:`save_logs`   the same output streamed into ``DIR/<host>.log`` (never held
+  in memory, so a complete multi-GB log is fine).
+* :func:`follow_logs` ``tail -F`` on every host at once, on connections kept
+  open, until stopped. Each complete line is handed to a callback with its host;
+  ``tail``'s own notices (file removed, replaced, reappeared) come as notices,
+  and a host whose stream ends (connection lost, sshd gone) is reported as it
+  happens while the others keep streaming.
+
+A missing file is that host's failure (kind ``no-log``), never the task's.
+No rendering here.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from .errors import InputError
+from .hosts import Host, parse_hosts
+from .result import Failure, Outcome, Report, build_report, classify_exception
+from .serving.commands import Manifest, ServerRecord, manifest_path
+from .serving.shellcmd import path as shell_path
+from .serving.shellcmd import quote
+from .ssh import CommandResult, Engine, HostSession
+
+DEFAULT_LINES = 100
+DEFAULT_DEPLOYMENT = "default"
+READ_TIMEOUT_S = 60.0
+
+# Failure kinds added by this module (docs/logs.md).
+NO_LOG = "no-log"            # the file does not exist (or is a directory) on that host
+UNREADABLE = "unreadable"    # it exists but the login user may not read it
+DISCONNECTED = "disconnected"  # --follow: the host's stream ended before we stopped it
+
+# Exit codes of the remote scripts (sysexits' EX_NOINPUT / EX_NOPERM).
+MISSING_EXIT = 66
+UNREADABLE_EXIT = 77
+_MESSAGE_PREFIX = "cluster-logs: "
+
+# GNU tail's messages about followed files ("has become inaccessible", "has
+# appeared", "has been replaced", "cannot open") arrive on stderr; the follow
+# command folds stderr into stdout so they show up in order, as notices.
+_TAIL_NOTICE = re.compile(r"^tail: ")
+
+
+# --------------------------------------------------------------------------- sources
+
+
+@dataclass(frozen=True)
+class LogSource:
+    """The file(s) to read on one host. ``roles`` is informative (from the manifest)."""
+
+    host: Host
+    paths: tuple[str, ...]
+    roles: tuple[str, ...] = ()
+
+
+def manifest_file(name: str | None = None) -> Path:
+    """Where the controller keeps the manifest of deployment ``name``."""
+    return Path(manifest_path(name or DEFAULT_DEPLOYMENT)).expanduser()
+
+
+def load_deployment(name: str | None = None, path: str | os.PathLike | None = None) -> Manifest:
+    """The recorded deployment (``path``, else the manifest of ``name``).
+
+    Raises `InputError` (exit 2) when there is none: the caller should then
+    name a file with ``--file``.
+    """
+    where = Path(path).expanduser() if path else manifest_file(name)
+    try:
+        text = where.read_text()
+    except FileNotFoundError:
+        raise InputError(f"no recorded deployment ({where} not found): start one with "
+                         "`inv start-pd`, or name the file with --file PATH") from None
+    except OSError as exc:
+        raise InputError(f"cannot read the deployment manifest {where}: {exc.strerror}") from None
+    return Manifest.loads(text)
+
+
+def deployment_sources(manifest: Manifest, hosts: Sequence[Host] | None = None,
+                       roles: Iterable[str] | None = None) -> list[LogSource]:
+    """One `LogSource` per host: the log files of the deployment's servers on it.
+
+    ``hosts`` None = every host of the deployment, in manifest order. Hosts are
+    matched by name/address (SSH user and port do not matter). ``roles`` keeps
+    only servers of those roles (prefill, decode) when any server has one of
+    them. A selected host without a server gets a source with no paths (the
+    read then fails it as ``no-log``).
+    """
+    wanted = {r for r in (roles or ()) if r}
+    records = manifest.servers
+    if wanted & {s.role for s in records}:
+        records = [s for s in records if s.role in wanted]
+    by_name: dict[str, list[ServerRecord]] = {}
+    order: list[Host] = []
+    for record in records:
+        target = _target_host(record)
+        if target.hostname not in by_name:
+            order.append(target)
+        by_name.setdefault(target.hostname, []).append(record)
+    chosen = list(hosts) if hosts is not None else order
+    sources = []
+    for host in chosen:
+        mine = by_name.get(host.hostname, [])
+        sources.append(LogSource(host, tuple(dict.fromkeys(r.log_path for r in mine)),
+                                 tuple(dict.fromkeys(r.role for r in mine))))
+    return sources
+
+
+def select_sources(manifest: Manifest, select: Callable[[Any, Any], list[Host]],
+                   hosts: Any = None, roles: Any = None) -> list[LogSource]:
+    """The sources for ``--hosts``/``--role`` against a recorded deployment.
+
+    ``--role prefill,decode`` (names the deployment's servers carry) picks the
+    deployment's servers of those roles, on whatever hosts they run, whether
+    or not the roles file defines those roles; ``--hosts`` adds hosts (all
+    their servers). Other role names are looked up in the roles file through
+    ``select(hosts, roles)`` (`cluster.api.Cluster.hosts`). Neither option:
+    every server of the deployment.
+    """
+    names = _names(roles)
+    served = {s.role for s in manifest.servers}
+    if names and set(names) <= served:
+        sources = deployment_sources(manifest, None, names)
+        if hosts:
+            seen = {s.host.hostname for s in sources}
+            sources += [s for s in deployment_sources(manifest, select(hosts, None))
+                        if s.host.hostname not in seen]
+        return sources
+    chosen = select(hosts, roles) if (hosts or roles) else None
+    return deployment_sources(manifest, chosen, names)
+
+
+def _names(roles: Any) -> list[str]:
+    if not roles:
+        return []
+    items = roles.replace(",", " ").split() if isinstance(roles, str) else list(roles)
+    return [str(r).strip() for r in items if str(r).strip()]
+
+
+def file_sources(hosts: Sequence[Host], path: str) -> list[LogSource]:
+    """The same ``path`` on every host (``--file``)."""
+    if not path or not str(path).strip():
+        raise InputError("--file: empty path")
+    if "\n" in path or "\0" in path:
+        raise InputError("--file: a path cannot hold a newline or NUL")
+    return [LogSource(h, (path,)) for h in hosts]
+
+
+def _target_host(record: ServerRecord) -> Host:
+    try:
+        return parse_hosts(record.target)[0]
+    except Exception:  # an odd target in a hand-edited manifest: fall back to the address
+        return Host(record.host)
+
+
+# --------------------------------------------------------------------------- options
+
+
+def check_lines(value: Any, option: str = "--lines") -> int | None:
+    """``value`` as a line count >= 0 (None stays None); `InputError` otherwise."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    if not text.isdigit():
+        raise InputError(f"{option} must be a whole number >= 0, got {value!r}")
+    return int(text)
+
+
+def check_grep(pattern: str | None) -> str | None:
+    """A non-empty extended regular expression (None stays None).
+
+    The hosts run ``grep -E``; Python's ``re`` accepts nearly every ERE, so a
+    pattern it rejects (unbalanced parenthesis...) is refused here, before
+    any connection, instead of failing on every host.
+    """
+    if pattern is None:
+        return None
+    if not str(pattern):
+        raise InputError("--grep: empty pattern")
+    if "\n" in pattern:
+        raise InputError("--grep: a pattern cannot hold a newline")
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise InputError(f"--grep: bad regular expression {pattern!r}: {exc}") from None
+    return pattern
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _checks(paths: Sequence[str]) -> list[str]:
+    """Shell lines that set ``rc`` and print a message for each path that cannot be read."""
+    lines = ["rc=0"]
+    for raw in paths:
+        p = shell_path(raw)
+        missing, directory, denied = (
+            f"echo {quote(f'{_MESSAGE_PREFIX}{problem}: {raw}')} >&2"
+            for problem in ("no such file", "is a directory", "permission denied"))
+        lines += [
+            f"if [ ! -e {p} ]; then {missing}; rc={MISSING_EXIT}",
+            f"elif [ -d {p} ]; then {directory}; rc={MISSING_EXIT}",
+            f'elif [ ! -r {p} ]; then {denied}; [ "$rc" = 0 ] && rc={UNREADABLE_EXIT}',
+            "fi",
+        ]
+    return lines
+
+
+def read_command(paths: Sequence[str], lines: int | None = DEFAULT_LINES,
+                 grep: str | None = None) -> str:
+    """Shell text printing the last ``lines`` lines (None: all) of each readable path.
+
+    With ``grep`` only lines matching that extended regex count (the last N
+    matches). Several paths get ``==> path <==`` headers, like ``tail``. Exit 66
+    when a path is missing (the others are still printed), 77 when unreadable.
+    """
+    if not paths:
+        return (f"echo {quote(_MESSAGE_PREFIX + 'no log file recorded for this host')} >&2; "
+                f"exit {MISSING_EXIT}")
+    script = _checks(paths)
+    for raw in paths:
+        p = shell_path(raw)
+        header = [f"echo {quote('==> ' + raw + ' <==')}"] if len(paths) > 1 else []
+        script += [f"if [ -e {p} ] && [ ! -d {p} ] && [ -r {p} ]; then",
+                   *("  " + h for h in header),
+                   "  " + _reader(p, lines, grep),
+                   "fi"]
+    script.append('exit "$rc"')
+    return "\n".join(script) + "\n"
+
+
+def _reader(p: str, lines: int | None, grep: str | None) -> str:
+    if grep is not None:
+        matches = f"grep -E -e {quote(grep)} -- {p}"
+        return matches if lines is None else f"{matches} | tail -n {int(lines)}"
+    return f"cat -- {p}" if lines is None else f"tail -n {int(lines)} -- {p}"
+
+
+def follow_command(paths: Sequence[str], lines: int = 10, grep: str | None = None) -> str:
+    """Shell text that follows ``paths`` by name (``tail -F``) until the connection ends.
+
+    Fails like :func:`read_command` (exit 66/77) when a path cannot be read at
+    the start. ``tail``'s notices go to stdout so they interleave in order.
+    ``--pid=$PPID`` ends tail when the SSH session process goes (no pty means
+    no SIGHUP), so a stopped follow leaves nothing behind on the host.
+    """
+    if not paths:
+        return read_command(paths)
+    quoted = " ".join(shell_path(p) for p in paths)
+    tail = f"tail -n {int(lines)} --pid=\"$PPID\" -F -- {quoted} 2>&1"
+    if grep is not None:
+        # Keep tail's notices through the filter; --line-buffered or lines wait in grep.
+        tail += f" | grep --line-buffered -E -e {quote(grep)} -e {quote(_TAIL_NOTICE.pattern)}"
+    script = _checks(paths) + ['[ "$rc" = 0 ] || exit "$rc"', tail]
+    return "\n".join(script) + "\n"
+
+
+def is_notice(line: str) -> bool:
+    """True for ``tail``'s own messages (file gone, replaced, appeared) in a follow stream."""
+    return bool(_TAIL_NOTICE.match(line))
+
+
+# --------------------------------------------------------------------------- outcomes
+
+
+def classify(outcome: Outcome) -> None:
+    """Turn the scripts' exit codes 66/77 into ``no-log`` / ``unreadable`` failures."""
+    code = outcome.exit_code
+    if code not in (MISSING_EXIT, UNREADABLE_EXIT):
+        return
+    messages = [line[len(_MESSAGE_PREFIX):] for line in outcome.stderr.splitlines()
+                if line.startswith(_MESSAGE_PREFIX)]
+    message = "; ".join(messages) or f"exit code {code}"
+    if code == MISSING_EXIT:
+        outcome.fail(Failure(NO_LOG, message, "check the path (--file), or whether the server "
+                             "was started on this host (inv pd-status)", exit_code=code))
+    else:
+        outcome.fail(Failure(UNREADABLE, message, "the login user may not read it: ask for read "
+                             "access or log in as its owner", exit_code=code))
+
+
+@dataclass
+class LogText:
+    """What was read on one host (``Outcome.data`` of :func:`read_logs`)."""
+
+    paths: tuple[str, ...]
+    lines: list[str]
+
+
+@dataclass
+class SavedLog:
+    """What :func:`save_logs` wrote for one host (``Outcome.data``)."""
+
+    paths: tuple[str, ...]
+    saved_to: Path | None
+    lines: int = 0
+    bytes: int = 0
+
+
+# --------------------------------------------------------------------------- operations
+
+
+def read_logs(engine: Engine, sources: Sequence[LogSource], lines: int | None = DEFAULT_LINES,
+              grep: str | None = None, *, timeout: float | None = READ_TIMEOUT_S,
+              on_done: Callable[[HostSession, Any], None] | None = None) -> Report:
+    """The last ``lines`` lines (None: everything) of each host's files, in host order."""
+    commands = {s.host: read_command(s.paths, lines, grep) for s in sources}
+    results = engine.call([s.host for s in sources],
+                          lambda session: session.run(commands[session.host], timeout=timeout),
+                          on_done=on_done)
+    report = build_report(results, engine, classify)
+    paths = {s.host: s.paths for s in sources}
+    for outcome in report:
+        outcome.data = LogText(paths[outcome.host], outcome.stdout.splitlines())
+    return report
+
+
+def save_file_name(host: Host, taken: set[str]) -> str:
+    """``<host>.log`` (``local.log`` for the controller), made unique within ``taken``."""
+    base = re.sub(r"[^A-Za-z0-9._-]+", "_", host.hostname).strip("_") or "host"
+    name, n = f"{base}.log", 1
+    while name in taken:
+        n += 1
+        suffix = f"-{host.port}" if host.port and n == 2 else f"-{n}"
+        name = f"{base}{suffix}.log"
+    taken.add(name)
+    return name
+
+
+def save_logs(engine: Engine, sources: Sequence[LogSource], directory: str | os.PathLike,
+              lines: int | None = None, grep: str | None = None, *,
+              timeout: float | None = None,
+              on_done: Callable[[HostSession, Any], None] | None = None) -> Report:
+    """Write each host's log (all of it, or its last ``lines`` lines) to ``directory/<host>.log``.
+
+    The output is streamed to ``<host>.log.part`` and renamed when complete, so
+    a failed host leaves no (partial) file. ``Outcome.data`` is a `SavedLog`.
+    """
+    target = Path(directory).expanduser()
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"--save: cannot create {target}: {exc.strerror}") from None
+    taken: set[str] = set()
+    files = {s.host: target / save_file_name(s.host, taken) for s in sources}
+    commands = {s.host: read_command(s.paths, lines, grep) for s in sources}
+    counts: dict[Host, tuple[int, int]] = {}
+
+    def save(session: HostSession) -> CommandResult:
+        final = files[session.host]
+        partial = final.with_name(final.name + ".part")
+        n_lines = n_bytes = 0
+        try:
+            with open(partial, "w", encoding="utf-8", errors="replace") as handle:
+                def write(line: str) -> None:
+                    nonlocal n_lines, n_bytes
+                    handle.write(line + "\n")
+                    n_lines += 1
+                    n_bytes += len(line) + 1
+                result = session.stream(commands[session.host], write, timeout=timeout)
+            if result.exited == 0:
+                partial.replace(final)
+                counts[session.host] = (n_lines, n_bytes)
+            return result
+        finally:
+            partial.unlink(missing_ok=True)
+
+    results = engine.call([s.host for s in sources], save, on_done=on_done)
+    report = build_report(results, engine, classify)
+    paths = {s.host: s.paths for s in sources}
+    for outcome in report:
+        n_lines, n_bytes = counts.get(outcome.host, (0, 0))
+        saved = files[outcome.host] if outcome.ok and outcome.host in counts else None
+        outcome.data = SavedLog(paths[outcome.host], saved, n_lines, n_bytes)
+    return report
+
+
+@dataclass(frozen=True)
+class FollowEvent:
+    """One thing that happened while following: a log line, a tail notice, or a host's end."""
+
+    host: Host
+    kind: str  # "line" | "notice" | "ended"
+    text: str = ""
+    error: Failure | None = None
+
+
+@dataclass
+class FollowStats:
+    """Per-host totals of a follow (``Outcome.data``)."""
+
+    paths: tuple[str, ...]
+    lines: int = 0
+    notices: list[str] = field(default_factory=list)
+
+
+def follow_logs(engine: Engine, sources: Sequence[LogSource],
+                on_event: Callable[[FollowEvent], None], lines: int = 10,
+                grep: str | None = None, *, stop: threading.Event | None = None,
+                duration: float | None = None) -> Report:
+    """Follow every host's files at once until ``stop`` is set, ``duration`` passes or Ctrl-C.
+
+    One SSH channel per host on a connection that stays open (one reader
+    thread per host: a follow needs every stream live at once, so this is not
+    bounded by the fanout). ``on_event`` is called from the reader threads,
+    one complete line at a time; it must be thread-safe (print under a lock).
+    A host whose stream ends early gets an ``ended`` event and fails
+    (``disconnected``, ``no-log`` ...); the others keep streaming. Ctrl-C in
+    the calling thread ends the follow normally: hosts still streaming are ok.
+    """
+    stop = stop or threading.Event()
+    stats = {s.host: FollowStats(s.paths) for s in sources}
+    values: dict[Host, Any] = {}
+    early: set[Host] = set()  # hosts whose stream ended before we stopped it
+    sessions = {s.host: engine.session(s.host) for s in sources}
+
+    def follow_one(source: LogSource) -> None:
+        session = sessions[source.host]
+        host_stats = stats[source.host]
+
+        def on_line(line: str) -> None:
+            if is_notice(line):
+                host_stats.notices.append(line)
+                on_event(FollowEvent(source.host, "notice", line))
+            else:
+                host_stats.lines += 1
+                on_event(FollowEvent(source.host, "line", line))
+
+        started = time.monotonic()
+        try:
+            values[source.host] = session.stream(follow_command(source.paths, lines, grep),
+                                                 on_line, stop)
+        except Exception as exc:  # per-host failure: classified below
+            values[source.host] = exc
+        finally:
+            session.elapsed = time.monotonic() - started
+        if not stop.is_set():
+            early.add(source.host)
+            outcome = _follow_outcome(engine, session, values[source.host])
+            on_event(FollowEvent(source.host, "ended", "", outcome.error))
+
+    threads = [threading.Thread(target=follow_one, args=(s,), name=f"follow-{s.host}", daemon=True)
+               for s in sources]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + duration if duration is not None else None
+    try:
+        while any(t.is_alive() for t in threads) and not stop.is_set():
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            for thread in threads:
+                thread.join(0.05)
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how a follow normally ends
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(5.0)
+    outcomes = []
+    for source in sources:
+        session = sessions[source.host]
+        if source.host in early:
+            outcome = _follow_outcome(engine, session, values.get(source.host))
+        else:
+            outcome = Outcome(source.host, True, elapsed=session.elapsed)
+        outcome.data = stats[source.host]
+        outcomes.append(outcome)
+    return Report(outcomes)
+
+
+def _follow_outcome(engine: Engine, session: HostSession, value: Any) -> Outcome:
+    """Why a host's follow stream ended before it was stopped, as a failed `Outcome`."""
+    host = session.host
+    if isinstance(value, BaseException):
+        failure = classify_exception(value, host, port=_port(session),
+                                     key_description=engine.key_description,
+                                     known_hosts=engine.settings.known_hosts,
+                                     connect_timeout=engine.settings.connect_timeout)
+        return Outcome(host, False, error=failure, elapsed=session.elapsed)
+    outcome = Outcome(host, False, stdout="", stderr=value.stderr, exit_code=value.exited,
+                      elapsed=session.elapsed)
+    if value.exited in (MISSING_EXIT, UNREADABLE_EXIT):
+        outcome.ok = True  # classify() decides
+        classify(outcome)
+        return outcome
+    how = ("connection closed" if value.exited == -1
+           else f"tail exited with code {value.exited}")
+    last = value.stderr.strip().splitlines()[-1:] if value.stderr.strip() else []
+    detail = f" ({last[0]})" if last else ""
+    outcome.error = Failure(DISCONNECTED, f"stream ended: {how}{detail}",
+                            "the host went away or sshd was restarted: check it with `inv check`")
+    return outcome
+
+
+def _port(session: HostSession) -> int | None:
+    try:
+        return session.port
+    except Exception:
+        return None
