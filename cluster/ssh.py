@@ -19,6 +19,7 @@ No parsing, classification or rendering happens here.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import queue
@@ -204,6 +205,7 @@ class HostSession:
         self.host = host
         self.engine = engine
         self._connection: Connection | None = None
+        self._port: int | None = None
         self.elapsed = 0.0
 
     def __repr__(self) -> str:
@@ -214,12 +216,17 @@ class HostSession:
     def connection(self) -> Connection:
         if self._connection is None:
             self._connection = self.engine.make_connection(self.host)
+            self._port = int(self._connection.port)
         return self._connection
 
     @property
     def port(self) -> int | None:
         """The port actually used (host, roles file or ssh_config), None for local."""
-        return None if self.host.is_local else int(self.connection.port)
+        if self.host.is_local:
+            return None
+        if self._port is None:
+            self._port = int(self.connection.port)
+        return self._port
 
     @property
     def is_connected(self) -> bool:
@@ -249,9 +256,22 @@ class HostSession:
             _wake_transport_thread(transport)
         self._connection.close()
         # paramiko's close() does not wait for the transport thread; joining it
-        # keeps the thread count bounded by the fanout during large runs.
-        if transport is not None and transport is not threading.current_thread():
+        # keeps the thread count bounded by the fanout during large runs. (A
+        # transport whose connect failed before the handshake never started.)
+        if (transport is not None and transport.is_alive()
+                and transport is not threading.current_thread()):
             transport.join(2.0)
+
+    def release(self) -> None:
+        """Close and forget the connection (the next use builds a new one).
+
+        For one-shot calls: a closed paramiko client still holds its transport,
+        packetizer and buffers (tens of KiB), so keeping 1,000 of them made
+        memory grow with the host count; after ``release`` it grows only with
+        the fanout. Only the thread that used the session may call it.
+        """
+        self.close()
+        self._connection = None
 
     # -- commands -----------------------------------------------------------
     def run(self, command: str, timeout: float | None = None) -> CommandResult:
@@ -564,8 +584,9 @@ class Engine:
             self._local_context = Context(config=self.config)
         return self._local_context
 
-    @property
+    @functools.cached_property
     def key_description(self) -> str:
+        """Which key authenticates (named in auth failure hints); computed once."""
         if self.pkey is None:
             return "ssh-agent and default keys"
         return f"{self.key_path} ({self.pkey.get_name()} {fingerprint(self.pkey)})"
@@ -649,7 +670,7 @@ def _closing(fn: Callable[[HostSession], Any]) -> Callable[[HostSession], Any]:
         try:
             return fn(session)
         finally:
-            session.close()
+            session.release()
 
     return work
 

@@ -1,0 +1,262 @@
+"""Engine behaviour added for speed and scale (docs/performance.md).
+
+Pure parts: the indexed known_hosts lookup agrees with paramiko's, lazy
+entries, incremental re-reads of a known_hosts file other processes append
+to, the lean Connection never writing the shared config, the transport
+factory and the handshake deadline. One fleet test: many hosts in one call
+with a small fanout, every host accounted for, threads bounded by the fanout,
+no connection kept after a one-shot call. Timings live in benchmarks/fanout.py.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from pathlib import Path
+
+import paramiko
+import pytest
+
+from cluster.hostkeys import HostKeyStore, IndexedHostKeys, load_tolerant, parse_known_hosts
+from cluster.hosts import Host
+from cluster.inventory import SSHSettings
+from cluster.result import build_report
+from cluster.ssh import (
+    PREFERRED_CIPHERS,
+    Engine,
+    LeanConnection,
+    LeanPacketizer,
+    make_transport,
+)
+from cluster.testing import Fleet
+
+
+def new_key() -> paramiko.PKey:
+    return paramiko.ECDSAKey.generate()
+
+
+def ed25519_line(name: str) -> str:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    public = Ed25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+    return f"{name} {public}\n"
+
+
+def known_hosts_text() -> str:
+    """Plain, multi-name, hashed, two key types for one host, and lines paramiko skips."""
+    hashed_name = paramiko.HostKeys.hash_host("10.8.0.83")
+    lines = [
+        "# comment\n",
+        ed25519_line("10.8.0.81"),
+        f"10.8.0.81 ecdsa-sha2-nistp256 {new_key().get_base64()}\n",
+        ed25519_line("[10.8.0.82]:2222,gpu02"),
+        ed25519_line(hashed_name),
+        "@cert-authority *.example.com ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA\n",
+        "10.8.0.84 ssh-ed25519 not-base64!\n",
+        "|1|abc=|def= ssh-ed25519 bm90LWEta2V5\n",  # bad salt and bad key material
+        ed25519_line("10.8.0.81"),  # a second entry for the same name and type
+    ]
+    return "".join(lines)
+
+
+NAMES = ["10.8.0.81", "[10.8.0.82]:2222", "gpu02", "10.8.0.82", "10.8.0.83", "10.8.0.84",
+         "*.example.com", "unknown"]
+
+
+def as_comparable(found) -> list[tuple[str, str]] | None:
+    if found is None:
+        return None
+    return [(name, found[name].get_base64()) for name in found.keys()]
+
+
+def test_indexed_lookup_agrees_with_paramiko(tmp_path: Path):
+    path = tmp_path / "known_hosts"
+    path.write_text(known_hosts_text())
+    reference = paramiko.HostKeys()
+    for line in path.read_text().splitlines():  # paramiko's own parser, tolerant like ours
+        try:
+            entry = paramiko.hostkeys.HostKeyEntry.from_line(line)
+        except Exception:
+            continue
+        if entry is not None and not line.startswith("#"):
+            reference._entries.append(entry)
+    indexed = load_tolerant(path)
+    assert isinstance(indexed, IndexedHostKeys)
+    for name in NAMES:
+        if name == "10.8.0.83":
+            # paramiko's scan would also try the bad-salt line and raise; ours skips it.
+            good = paramiko.HostKeys()
+            good._entries = [e for e in reference._entries if "|1|abc=|def=" not in e.hostnames]
+            assert as_comparable(indexed.lookup(name)) == as_comparable(good.lookup(name))
+            assert indexed.lookup(name) is not None
+            continue
+        assert as_comparable(indexed.lookup(name)) == as_comparable(reference.lookup(name)), name
+    # SSHClient.connect indexes keys(): it must be a list, in file order.
+    assert indexed.lookup("10.8.0.81").keys()[:2] == ["ssh-ed25519", "ecdsa-sha2-nistp256"]
+
+
+def test_index_follows_added_and_replaced_entries():
+    keys = IndexedHostKeys()
+    assert keys.lookup("h1") is None
+    first, second, third = new_key(), new_key(), new_key()
+    keys.add("h1", first.get_name(), first)
+    assert keys.lookup("h1")[first.get_name()] == first
+    keys.add("h1", second.get_name(), second)  # same host and type: replaced, not appended
+    assert len(keys._entries) == 1 and keys.lookup("h1")[second.get_name()] == second
+    keys["h2"] = {third.get_name(): third}  # paramiko's HostKeys.__setitem__ appends
+    assert keys.lookup("h2")[third.get_name()] == third
+    keys.clear()  # a new entries list: the index starts over
+    assert keys.lookup("h1") is None and keys.lookup("h2") is None
+
+
+def test_lazy_entries_build_keys_only_when_looked_up():
+    lines = [ed25519_line(f"10.0.0.{i}") for i in range(1, 201)]
+    entries = parse_known_hosts(lines)
+    assert len(entries) == 200
+
+    def built() -> int:  # entries whose key object exists (read without triggering a build)
+        return sum(isinstance(e.__dict__["_key"], paramiko.PKey) for e in entries)
+
+    assert built() == 0
+    keys = IndexedHostKeys()
+    keys._entries.extend(entries)
+    found = keys.lookup("10.0.0.7")
+    assert found is not None and isinstance(found["ssh-ed25519"], paramiko.Ed25519Key)
+    assert built() == 1
+
+
+def test_unreadable_key_material_is_skipped_like_the_eager_loader(tmp_path: Path):
+    path = tmp_path / "known_hosts"
+    path.write_text("h1 ssh-ed25519 bm90LWEta2V5\n" + ed25519_line("h2"))
+    keys = load_tolerant(path)
+    assert keys.lookup("h1") is None
+    assert keys.lookup("h2") is not None
+
+
+def test_store_reads_only_what_other_writers_appended(tmp_path: Path):
+    path = tmp_path / "known_hosts"
+    path.write_text(ed25519_line("h0"))
+    store = HostKeyStore(path)
+    key = new_key()
+    # Another process records h1 after we loaded: we must honour its entry...
+    with open(path, "a") as handle:
+        handle.write(f"h1 {key.get_name()} {key.get_base64()}\n")
+    store.accept("h1", key)
+    assert path.read_text().count("h1 ") == 1
+    # ...and refuse a different key for a host it recorded.
+    other = new_key()
+    with open(path, "a") as handle:
+        handle.write(f"h2 {other.get_name()} {other.get_base64()}\n")
+    with pytest.raises(paramiko.BadHostKeyException):
+        store.accept("h2", new_key())
+    # Our own appends need no re-reading, and the in-memory store has them all.
+    store.accept("h3", new_key())
+    for name in ("h0", "h1", "h2", "h3"):
+        assert store.host_keys.lookup(name) is not None, name
+
+
+def test_store_reloads_a_rewritten_file(tmp_path: Path):
+    path = tmp_path / "known_hosts"
+    old = new_key()
+    path.write_text(f"h1 {old.get_name()} {old.get_base64()}\n")
+    store = HostKeyStore(path)
+    shared = store.host_keys  # what every connection of the engine holds
+    new = new_key()
+    replacement = tmp_path / "known_hosts.new"  # `ssh-keygen -R` style: a new file
+    replacement.write_text(f"h1 {new.get_name()} {new.get_base64()}\n")
+    replacement.replace(path)
+    store.accept("h9", new_key())
+    assert store.host_keys is shared
+    assert shared.lookup("h1")[new.get_name()] == new
+
+
+def test_lean_connection_never_writes_the_shared_config():
+    engine = Engine(SSHSettings(known_hosts="/nonexistent/known_hosts", user="u", port=2222))
+    connections = [engine.make_connection(Host(f"10.8.0.{i}")) for i in range(1, 6)]
+    assert all(isinstance(c, LeanConnection) for c in connections)
+    # A plain fabric.Connection records {'inline_ssh_env': True} here, from every thread.
+    assert engine.config._modifications == {}
+    connection = connections[0]
+    assert (connection.host, connection.user, connection.port) == ("10.8.0.1", "u", 2222)
+    assert connection.inline_ssh_env is engine.config.inline_ssh_env
+    assert connection.connect_kwargs["transport_factory"] is make_transport
+
+
+def test_transport_factory_sets_nodelay_and_prefers_aead():
+    server = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(server.getsockname())
+    accepted, _ = server.accept()
+    try:
+        transport = make_transport(client)
+        assert client.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+        ciphers = transport.get_security_options().ciphers
+        assert ciphers[:len(PREFERRED_CIPHERS)] == PREFERRED_CIPHERS
+        assert set(ciphers) == set(paramiko.Transport._preferred_ciphers)  # nothing dropped
+        assert isinstance(transport.packetizer, LeanPacketizer)
+    finally:
+        for sock in (client, accepted, server):
+            sock.close()
+
+
+def test_handshake_deadline_times_out_without_a_timer_thread():
+    left, right = socket.socketpair()
+    try:
+        packetizer = LeanPacketizer(left)
+        threads = threading.active_count()
+        packetizer.start_handshake(0.05)
+        assert threading.active_count() == threads
+        assert not packetizer.handshake_timed_out()
+        time.sleep(0.08)
+        assert packetizer.handshake_timed_out()
+        packetizer.complete_handshake()
+        assert not packetizer.handshake_timed_out()
+    finally:
+        left.close()
+        right.close()
+
+
+@pytest.fixture(scope="module")
+def wide_fleet(tmp_path_factory):
+    """160 hosts on 127.0.6.x served by 10 sshd processes."""
+    with Fleet(tmp_path_factory.mktemp("wide"), count=160, base="127.0.6.", specials=False,
+               hosts_per_sshd=16) as running:
+        yield running
+
+
+def test_many_hosts_small_fanout_all_accounted_threads_bounded(wide_fleet, tmp_path):
+    fanout = 8
+    settings = SSHSettings(user=wide_fleet.user, port=wide_fleet.port,
+                           key_filename=str(wide_fleet.key_file),
+                           known_hosts=str(tmp_path / "known_hosts"), fanout=fanout,
+                           connect_timeout=30)
+    hosts = [Host(a) for a in wide_fleet.addresses]
+    baseline = threading.active_count()
+    peak = [baseline]
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], threading.active_count())
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        with Engine(settings) as engine:
+            report = build_report(engine.run(hosts, "echo $CLUSTER_SIM_HOST"), engine)
+            # One-shot call: no connection object kept per host afterwards.
+            kept = [s for s in engine._sessions.values() if s._connection is not None]
+    finally:
+        done.set()
+        watcher.join()
+    assert [o.host for o in report] == hosts
+    assert report.all_ok, [(str(o.host), o.error) for o in report.failed][:3]
+    assert [o.stdout.strip() for o in report] == wide_fleet.addresses
+    # Per host in flight: a worker and a paramiko transport thread; plus the watcher.
+    assert peak[0] - baseline <= 2 * fanout + 1, (baseline, peak[0])
+    assert kept == []
+    assert threading.active_count() == baseline
+    assert len(load_tolerant(tmp_path / "known_hosts")._entries) == len(hosts)
