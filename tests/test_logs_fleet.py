@@ -227,10 +227,9 @@ def test_bad_options_exit_2_before_connecting(deployment, args):
 
 
 @pytest.fixture
-def small_fleet(tmp_path_factory):
+def small_fleet(fleet_dir):
     """Three hosts, one sshd each, so one host's sshd can be killed without the others."""
-    with Fleet(tmp_path_factory.mktemp("follow-fleet"), count=3, base="127.0.6.",
-               specials=False) as running:
+    with Fleet(fleet_dir("follow-fleet"), count=3, base="127.0.6.", specials=False) as running:
         yield running
 
 

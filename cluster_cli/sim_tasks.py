@@ -1,0 +1,130 @@
+"""Rehearsal cluster tasks: sim-up, sim-down (see docs/rehearsal.md).
+
+Thin: validate options, call `cluster.testing.sim`, print what runs and how to use it.
+"""
+
+from __future__ import annotations
+
+import time
+
+from invoke import Exit
+from rich.text import Text
+
+from cluster.hosts import Host
+from cluster.render import core as render
+from cluster.result import Outcome, Report
+from cluster.testing import sim
+
+from .common import cluster_task
+
+SIM_HELP = {
+    "hosts": "Number of simulated GPU hosts (default 4; 127.0.5.1, 127.0.5.2, ...).",
+    "gpus": "Stand-in GPUs per host (default 8, idle H100s).",
+    "state_dir": "Where the cluster's keys, sshd configs, roles file and logs live "
+                 "(default ./.sim).",
+    "base": "Address prefix of the hosts (default 127.0.5.; loopback only).",
+    "load_seconds": "How long the stand-in servers take to become ready (default 2).",
+    "json": "Print one JSON document instead of the text.",
+}
+
+
+@cluster_task(name="sim-up", help=SIM_HELP)
+def sim_up(c, hosts=None, gpus=None, state_dir=sim.DEFAULT_STATE_DIR, base=sim.DEFAULT_BASE,
+           load_seconds=None, json=False):
+    """Start a rehearsal cluster: N simulated GPU hosts on loopback (real sshd, stand-in GPUs)."""
+    started = time.monotonic()
+    seconds = _seconds(load_seconds)
+    current = sim.status(state_dir)
+    try:
+        state = current or sim.up(state_dir, hosts=sim.DEFAULT_HOSTS if hosts is None else hosts,
+                                  gpus=sim.DEFAULT_GPUS if gpus is None else gpus, base=base,
+                                  load_seconds=seconds)
+    except sim.SimError as exc:
+        raise Exit(f"error: {exc}", code=1) from None
+    report = _report(state)
+    if json:
+        render.print_json(render.json_document(
+            "sim-up", report, lambda o: {"roles": _roles_of(state, o.host), "gpus": state.gpus},
+            extra={"already_running": current is not None, "state": state.to_json(),
+                   "exports": state.exports()}))
+        return
+    console = render.stdout_console()
+    for line in up_text(state, already=current is not None, elapsed=time.monotonic() - started):
+        console.print(line, soft_wrap=True)
+
+
+@cluster_task(name="sim-down", help={"state_dir": SIM_HELP["state_dir"], "json": SIM_HELP["json"]})
+def sim_down(c, state_dir=sim.DEFAULT_STATE_DIR, json=False):
+    """Stop the rehearsal cluster and remove its files (sshd, sessions, stand-in servers)."""
+    result = sim.down(state_dir)
+    if json:
+        render.print_json({"task": "sim-down", **result.to_json()})
+        return
+    console = render.stdout_console()
+    for line in down_text(result):
+        console.print(line, soft_wrap=True)
+
+
+def _seconds(value):
+    from cluster.errors import InputError
+
+    if value is None:
+        return sim.DEFAULT_LOAD_SECONDS
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"--load-seconds must be a number, got {value!r}") from None
+    if not 0 <= seconds <= 3600:
+        raise InputError(f"--load-seconds must be 0-3600, got {value!r}")
+    return seconds
+
+
+def _report(state: sim.SimState) -> Report:
+    return Report([Outcome(Host(a), True) for a in state.addresses])
+
+
+def _roles_of(state: sim.SimState, host: Host) -> list[str]:
+    return [role for role, members in state.roles.items() if host.hostname in members]
+
+
+def up_text(state: sim.SimState, *, already: bool, elapsed: float) -> list[Text]:
+    """What sim-up prints: the hosts, the roles, the roles file and how to use it."""
+    from cluster.hosts import fold_names
+
+    head = "rehearsal cluster already running" if already else "rehearsal cluster up"
+    lines = [Text(f"{head}: {len(state.addresses)} hosts {state.folded}, sshd port {state.port}, "
+                  f"login user {state.user}, {state.gpus} stand-in GPUs each"
+                  + ("" if already else f" ({elapsed:.1f} s)"), style="bold green")]
+    for role, members in state.roles.items():
+        lines.append(Text(f"  {role:<8} {fold_names(members)}"))
+    lines += [
+        Text(f"  roles file {state.roles_file}"),
+        Text(""),
+        Text("Use it from this shell (every task then targets the rehearsal cluster):",
+             style="bold"),
+        Text(f"  {state.exports()}"),
+        Text("  inv check"),
+        Text("  inv gpu-status"),
+        Text("  inv start-pd            # prefill/decode hosts from the roles file"),
+        Text("  inv pd-status"),
+        Text("  inv logs -r decode -n 20"),
+        Text("  inv stop-pd"),
+        Text("Stop it: inv sim-down", style="bold"),
+    ]
+    return lines
+
+
+def down_text(result: sim.DownResult) -> list[Text]:
+    """What sim-down prints."""
+    if not result.was_running and not result.removed:
+        return [Text(f"no rehearsal cluster in {result.state_dir}: nothing to stop")]
+    what = ("stopped the rehearsal cluster" if result.was_running
+            else "cleaned up a stopped rehearsal cluster")
+    lines = [Text(f"{what} in {result.state_dir}", style="bold green")]
+    if result.stopped:
+        pids = " ".join(map(str, result.stopped))
+        lines.append(Text(f"  signalled supervisor/sshd pids: {pids}"))
+    lines.append(Text(f"  leftover processes killed: {len(result.swept)}"
+                      + (f" ({' '.join(map(str, result.swept))})" if result.swept else "")))
+    lines.append(Text(f"  removed: {', '.join(result.removed) if result.removed else 'nothing'}"))
+    return lines
