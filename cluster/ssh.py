@@ -247,6 +247,7 @@ class HostSession:
                     f"no SSH banner/handshake within {self.engine.settings.connect_timeout:g} s"
                 ) from None
             raise
+        _relax_polling(self._connection.client.get_transport())
 
     def close(self) -> None:
         if self._connection is None:
@@ -333,6 +334,24 @@ class HostSession:
         finally:
             channel.close()
         return CommandResult(command, "", err, code)
+
+
+# How often an idle transport thread wakes once the handshake is over (paramiko: 0.1 s).
+IDLE_POLL_S = 1.0
+
+
+def _relax_polling(transport: paramiko.Transport | None) -> None:
+    """Let an authenticated connection's transport thread sleep longer in ``recv()``.
+
+    paramiko's transport thread wakes every 0.1 s to see whether it was
+    closed: with open connections kept for ``--watch`` that measured 3 % of a
+    core for 64 idle hosts and 9.5 % for 256, all through the GIL. After the
+    handshake nothing needs that pace: `HostSession.close` wakes the thread
+    with ``shutdown()``, and keepalives/rekeys only get 1 s granularity.
+    """
+    sock = getattr(transport, "sock", None)
+    if isinstance(sock, socket.socket) and (sock.gettimeout() or 0) < IDLE_POLL_S:
+        sock.settimeout(IDLE_POLL_S)
 
 
 def _wake_transport_thread(transport: paramiko.Transport) -> None:

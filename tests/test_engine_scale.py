@@ -23,6 +23,7 @@ from cluster.hosts import Host
 from cluster.inventory import SSHSettings
 from cluster.result import build_report
 from cluster.ssh import (
+    IDLE_POLL_S,
     PREFERRED_CIPHERS,
     Engine,
     LeanConnection,
@@ -260,3 +261,31 @@ def test_many_hosts_small_fanout_all_accounted_threads_bounded(wide_fleet, tmp_p
     assert kept == []
     assert threading.active_count() == baseline
     assert len(load_tolerant(tmp_path / "known_hosts")._entries) == len(hosts)
+
+
+def test_open_connections_poll_slowly_and_close_promptly(wide_fleet, tmp_path):
+    settings = SSHSettings(user=wide_fleet.user, port=wide_fleet.port,
+                           key_filename=str(wide_fleet.key_file),
+                           known_hosts=str(tmp_path / "known_hosts"), connect_timeout=30)
+    hosts = [Host(a) for a in wide_fleet.addresses[:8]]
+    baseline = threading.active_count()
+    engine = Engine(settings)
+    try:
+        first = build_report(engine.run(hosts, "true", keep_open=True), engine)
+        assert first.all_ok
+        transports = [engine.session(h).connection.client.get_transport() for h in hosts]
+        assert all(t.is_active() for t in transports)
+        # Idle transport threads wake once a second, not ten times.
+        assert {t.sock.gettimeout() for t in transports} == {IDLE_POLL_S}
+        second = build_report(engine.run(hosts, "echo again", keep_open=True), engine)
+        assert [o.stdout for o in second] == ["again\n"] * len(hosts)
+        started = time.monotonic()
+        engine.close()
+        closing = time.monotonic() - started
+    finally:
+        engine.close()
+    # Each close wakes its transport thread at once; waiting out the recv timeout
+    # instead would take about IDLE_POLL_S / 2 per host.
+    assert closing < IDLE_POLL_S, closing
+    assert not any(t.is_alive() for t in transports)
+    assert threading.active_count() == baseline
