@@ -1,0 +1,631 @@
+#!/usr/bin/env python3
+"""Fan-out benchmark on a loopback sshd fleet: this library vs Fabric, parallel-ssh and clush.
+
+One command produces the table in docs/performance.md::
+
+    python benchmarks/fanout.py --hosts 64,128,1000 --repeat 5
+
+What it does
+------------
+* Starts a loopback fleet of ``max(--hosts)`` real sshd hosts on
+  ``127.1.0.1`` upwards (16 addresses per sshd), or reuses a running one
+  (``--workdir DIR`` of a fleet started with ``--serve``).
+* For each host count N, runs ``true`` on the first N hosts through every
+  method, ``--repeat`` times *in alternation* (engine, fabric, pssh, clush,
+  engine, fabric, ...), each run in a fresh Python subprocess so that CPU,
+  peak RSS and thread counts belong to one method only.
+* Prints a markdown table per N: median wall, client CPU (user+sys) of the
+  measured operation, client CPU per host, CPU of the whole subprocess
+  (interpreter start and imports included), peak RSS, peak thread count, and
+  the wall ratio to parallel-ssh measured in the same run.
+
+Methods
+-------
+``engine``   this library: ``Engine(settings).run(hosts, "true")`` + ``build_report``
+             (the same path as ``inv run``), host keys checked against a
+             known_hosts file recorded in a warm-up run.
+``fabric``   raw ``fabric.ThreadingGroup(*hosts, user=, port=,
+             connect_kwargs={"key_filename": KEY}).run("true", hide=True, warn=True)``
+             with Fabric's default AutoAddPolicy: the baseline of issue 6.
+``pssh``     ``pssh.clients.ParallelSSHClient(hosts, pool_size=fanout)``
+             (libssh2 + gevent), ``run_command`` + ``join``; no host-key checks.
+``clush``    ClusterShell's Task API (what ``clush -f FANOUT`` runs): one
+             OpenSSH ``ssh`` process per host, ``StrictHostKeyChecking=no``,
+             ``UserKnownHostsFile=/dev/null``. Its CPU includes the ssh processes.
+
+Modes
+-----
+``--probe gpu-status``  every host gets the stand-in ``nvidia-smi`` (8-GPU
+    ``h100-idle`` output); compares ``engine`` running ``true`` with
+    ``engine-gpu`` (``cluster.status.gpu_status``) on the same hosts.
+``--second-round``      opens every connection in a first round, then times
+    only a second ``true`` round on the open connections: ``engine``
+    (``keep_open=True``) and ``pssh`` (its cached clients).
+``--serve``             start the fleet, print its workdir and wait (Ctrl-C
+    stops it); later runs pass ``--workdir`` to skip the start.
+
+Everything connects to 127.0.0.0/8 only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+BASE = "127.1.0."
+HOSTS_PER_SSHD = 16
+RUN_METHODS = ("engine", "fabric", "pssh", "clush")
+GPU_METHODS = ("engine", "engine-gpu")
+SECOND_METHODS = ("engine", "pssh")
+SAMPLE_INTERVAL_S = 0.01
+
+
+# --------------------------------------------------------------------------- fleet
+@dataclass
+class FleetInfo:
+    """What a child needs to reach the fleet (read back from its roles.yaml)."""
+
+    workdir: str
+    user: str
+    port: int
+    key: str
+    addresses: list[str]
+
+    @property
+    def known_hosts(self) -> str:
+        """The benchmark's own known_hosts, recorded by the warm-up run."""
+        return str(Path(self.workdir) / "bench_known_hosts")
+
+
+def fleet_info(workdir: Path) -> FleetInfo:
+    """Read user/port/key/hosts of a fleet from its roles.yaml."""
+    import yaml
+
+    from cluster.hosts import parse_hosts
+
+    doc = yaml.safe_load((workdir / "roles.yaml").read_text())
+    ssh = doc["ssh"]
+    addresses = [h.hostname for h in parse_hosts(doc["roles"]["all"])]
+    return FleetInfo(str(workdir), ssh["user"], int(ssh["port"]), ssh["key_filename"], addresses)
+
+
+def fleet_alive(info: FleetInfo) -> bool:
+    """True when the fleet's first and last hosts accept TCP connections."""
+    import socket
+
+    for address in (info.addresses[0], info.addresses[-1]):
+        try:
+            socket.create_connection((address, info.port), timeout=1).close()
+        except OSError:
+            return False
+    return True
+
+
+def start_fleet(workdir: Path, count: int):
+    """Start a fleet of ``count`` hosts on 127.1.0.1 upwards (16 per sshd)."""
+    from cluster.testing import Fleet
+
+    fleet = Fleet(workdir, count=count, base=BASE, specials=False,
+                  hosts_per_sshd=HOSTS_PER_SSHD, start_timeout=120)
+    return fleet.start()
+
+
+def install_gpu_standin(info: FleetInfo, addresses: list[str]) -> None:
+    """Symlink the stand-in nvidia-smi into each host's bin (default state: 8x H100 idle)."""
+    source = ROOT / "cluster" / "testing" / "bin" / "nvidia-smi"
+    for address in addresses:
+        link = Path(info.workdir) / "hosts" / address / "bin" / "nvidia-smi"
+        if not link.exists():
+            link.symlink_to(source)
+
+
+# --------------------------------------------------------------------------- child side
+class PeakThreads:
+    """Samples this process's thread count (/proc, so native threads count too)."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="bench-sampler", daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _threads_now())
+            self._stop.wait(SAMPLE_INTERVAL_S)
+
+    def __enter__(self) -> "PeakThreads":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _threads_now())
+
+
+def _threads_now() -> int:
+    return _status_field("Threads:")
+
+
+def _status_field(name: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(name):
+                return int(line.split()[1])
+    return 0
+
+
+def peak_rss_mib() -> float:
+    """This process's peak RSS (VmHWM).
+
+    Not the parent's ``ru_maxrss`` from wait4: Linux carries the parent's peak
+    RSS over fork+exec into the child's ``ru_maxrss``.
+    """
+    return _status_field("VmHWM:") / 1024
+
+
+class ThreadProfiles:
+    """cProfile in every thread (cProfile alone sees only the thread that enabled it)."""
+
+    def __init__(self) -> None:
+        import cProfile
+
+        # Per-thread CPU time, not wall time: with 64+ threads, wall time
+        # mostly measures waiting for the GIL and the network.
+        self._new = lambda: cProfile.Profile(time.thread_time)
+        self.profiles: list[Any] = []
+
+    def _install(self, *_: Any) -> None:
+        sys.setprofile(None)
+        profile = self._new()
+        self.profiles.append(profile)
+        profile.enable()
+
+    def start(self) -> None:
+        threading.setprofile(self._install)
+        self._install()
+
+    def stop(self, path: str) -> None:
+        import pstats
+
+        threading.setprofile(None)
+        for profile in self.profiles:
+            profile.disable()  # other threads' profilers stop when those threads end
+        stats = pstats.Stats(self.profiles[0])
+        for profile in self.profiles[1:]:
+            try:
+                stats.add(profile)
+            except TypeError:  # a profile with no data yet
+                pass
+        stats.dump_stats(path)
+
+
+def _cpu_now() -> float:
+    """User+sys CPU of this process and its waited-for children (ssh for clush)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def engine_settings(info: FleetInfo, fanout: int):
+    from cluster.inventory import SSHSettings
+
+    return SSHSettings(user=info.user, port=info.port, key_filename=info.key,
+                       known_hosts=info.known_hosts, fanout=fanout, connect_timeout=10.0)
+
+
+def _engine_run(info: FleetInfo, hosts: list[str], fanout: int) -> Callable[[], int]:
+    from cluster.hosts import Host
+    from cluster.result import build_report
+    from cluster.ssh import Engine
+
+    def op() -> int:
+        with Engine(engine_settings(info, fanout)) as engine:
+            targets = [Host(h) for h in hosts]
+            report = build_report(engine.run(targets, "true"), engine)
+        return len(report.ok)
+
+    return op
+
+
+def _engine_gpu(info: FleetInfo, hosts: list[str], fanout: int) -> Callable[[], int]:
+    """``cluster.status.gpu_status``: nvidia-smi + parse + classify (what ``inv gpu-status`` runs)."""
+    from cluster.hosts import Host
+    from cluster.ssh import Engine
+    from cluster.status import gpu_status
+
+    def op() -> int:
+        with Engine(engine_settings(info, fanout)) as engine:
+            report = gpu_status(engine, [Host(h) for h in hosts])
+        good = [o for o in report if o.ok and o.data is not None and len(o.data.gpus) == 8]
+        if len(good) < len(report):
+            bad = next(o for o in report if o not in good)
+            print(f"gpu-status: {len(report) - len(good)} hosts not ok, e.g. {bad.host}: "
+                  f"{bad.error}", file=sys.stderr)
+        return len(good)
+
+    return op
+
+
+def _fabric_run(info: FleetInfo, hosts: list[str], fanout: int) -> Callable[[], int]:
+    from fabric import ThreadingGroup
+
+    def op() -> int:
+        group = ThreadingGroup(*hosts, user=info.user, port=info.port,
+                               connect_kwargs={"key_filename": info.key})
+        try:
+            results = group.run("true", hide=True, warn=True)
+        except Exception as exc:  # GroupException: some hosts raised
+            results = exc.result  # type: ignore[attr-defined]
+        finally:
+            group.close()
+        return sum(1 for r in results.values() if getattr(r, "ok", False))
+
+    return op
+
+
+def _pssh_run(info: FleetInfo, hosts: list[str], fanout: int) -> Callable[[], int]:
+    from pssh.clients import ParallelSSHClient
+
+    def op() -> int:
+        client = ParallelSSHClient(hosts, user=info.user, port=info.port, pkey=info.key,
+                                   pool_size=fanout, num_retries=1, timeout=10)
+        output = client.run_command("true", stop_on_errors=False)
+        client.join(output)
+        ok = sum(1 for o in output if o.exception is None and o.exit_code == 0)
+        return ok
+
+    return op
+
+
+def _clush_run(info: FleetInfo, hosts: list[str], fanout: int) -> Callable[[], int]:
+    from ClusterShell.NodeSet import NodeSet
+    from ClusterShell.Task import task_self
+
+    def op() -> int:
+        task = task_self()
+        task.set_info("fanout", fanout)
+        task.set_info("ssh_user", info.user)
+        task.set_info("ssh_options", f"-p {info.port} -i {info.key} -oBatchMode=yes "
+                      "-oStrictHostKeyChecking=no -oUserKnownHostsFile=/dev/null "
+                      "-oLogLevel=ERROR")
+        task.set_info("connect_timeout", 10)
+        task.shell("true", nodes=NodeSet.fromlist(hosts))
+        task.run()
+        return sum(len(nodes) for rc, nodes in task.iter_retcodes() if rc == 0)
+
+    return op
+
+
+def _engine_second(info: FleetInfo, hosts: list[str], fanout: int):
+    from cluster.hosts import Host
+    from cluster.result import build_report
+    from cluster.ssh import Engine
+
+    engine = Engine(engine_settings(info, fanout))
+    targets = [Host(h) for h in hosts]
+
+    def setup() -> None:
+        engine.run(targets, "true", keep_open=True)
+
+    def op() -> int:
+        report = build_report(engine.run(targets, "true", keep_open=True), engine)
+        return len(report.ok)
+
+    return setup, op
+
+
+def _pssh_second(info: FleetInfo, hosts: list[str], fanout: int):
+    from pssh.clients import ParallelSSHClient
+
+    client = ParallelSSHClient(hosts, user=info.user, port=info.port, pkey=info.key,
+                               pool_size=fanout, num_retries=1, timeout=10)
+
+    def setup() -> None:
+        client.join(client.run_command("true", stop_on_errors=False))
+
+    def op() -> int:
+        output = client.run_command("true", stop_on_errors=False)
+        client.join(output)
+        return sum(1 for o in output if o.exception is None and o.exit_code == 0)
+
+    return setup, op
+
+
+ONE_ROUND = {"engine": _engine_run, "engine-gpu": _engine_gpu, "fabric": _fabric_run,
+             "pssh": _pssh_run, "clush": _clush_run}
+TWO_ROUNDS = {"engine": _engine_second, "pssh": _pssh_second}
+
+
+def child(method: str, mode: str, info: FleetInfo, count: int, fanout: int,
+          profile: str | None) -> dict[str, Any]:
+    """Run one measurement in this (fresh) process; return wall/CPU/threads/ok."""
+    hosts = info.addresses[:count]
+    if mode == "second":
+        setup, op = TWO_ROUNDS[method](info, hosts, fanout)
+        setup()  # the first round opens every connection, outside the measurement
+    else:
+        op = ONE_ROUND[method](info, hosts, fanout)
+    profilers = ThreadProfiles() if profile else None
+    with PeakThreads() as threads:
+        cpu0, wall0 = _cpu_now(), time.perf_counter()
+        if profilers:
+            profilers.start()
+        ok = op()
+        if profilers:
+            profilers.stop(profile)
+        wall, cpu = time.perf_counter() - wall0, _cpu_now() - cpu0
+    return {"ok": ok, "wall": wall, "cpu": cpu, "threads": threads.peak, "rss_mib": peak_rss_mib()}
+
+
+# --------------------------------------------------------------------------- parent side
+@dataclass
+class Sample:
+    wall: float
+    cpu: float
+    proc_cpu: float
+    rss_mib: float
+    threads: int
+    ok: int
+
+
+@dataclass
+class Row:
+    method: str
+    hosts: int
+    samples: list[Sample] = field(default_factory=list)
+
+    def median(self, name: str) -> float:
+        return statistics.median(getattr(s, name) for s in self.samples)
+
+    def peak(self, name: str) -> float:
+        return max(getattr(s, name) for s in self.samples)
+
+
+def measure(method: str, mode: str, info: FleetInfo, count: int, fanout: int,
+            profile: str | None = None, timeout: float = 900) -> Sample:
+    """Run one child; add the CPU of the whole subprocess (wait4 rusage) to its report."""
+    argv = [sys.executable, str(Path(__file__).resolve()), "--child", method, "--mode", mode,
+            "--workdir", info.workdir, "--count", str(count), "--fanout", str(fanout)]
+    if profile:
+        argv += ["--profile-out", profile]
+    with tempfile.TemporaryFile() as out:
+        proc = subprocess.Popen(argv, stdout=out, stdin=subprocess.DEVNULL, cwd=ROOT)
+        deadline = time.monotonic() + timeout
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() > deadline:
+                proc.kill()
+                pid, status, usage = os.wait4(proc.pid, 0)
+                break
+            time.sleep(0.05)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        text = out.read().decode()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{method} child failed (exit {proc.returncode}): {text[-2000:]}")
+    report = json.loads(text.strip().splitlines()[-1])
+    return Sample(report["wall"], report["cpu"], usage.ru_utime + usage.ru_stime,
+                  report["rss_mib"], report["threads"], report["ok"])
+
+
+def load_average() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def bench(info: FleetInfo, counts: list[int], methods: list[str], mode: str, repeat: int,
+          fanout: int, log: Callable[[str], None]) -> list[list[Row]]:
+    """All measurements, methods in alternation within each repetition."""
+    tables = []
+    for count in counts:
+        rows = {m: Row(m, count) for m in methods}
+        for rep in range(repeat):
+            for method in methods:
+                sample = measure(method, mode, info, count, fanout)
+                rows[method].samples.append(sample)
+                log(f"N={count} rep {rep + 1}/{repeat} {method:<10} wall {sample.wall:6.2f} s  "
+                    f"cpu {sample.cpu:6.2f} s  ok {sample.ok}/{count}  threads {sample.threads}  "
+                    f"rss {sample.rss_mib:.0f} MiB  load {load_average()}")
+        tables.append(list(rows.values()))
+    return tables
+
+
+def render(rows: list[Row], reference: str | None, fanout: int) -> str:
+    """A markdown table for one host count."""
+    count = rows[0].hosts
+    ref = next((r for r in rows if r.method == reference), None)
+    lines = [
+        f"N={count}, fanout {fanout}, {len(rows[0].samples)} runs each (medians; RSS and threads: peak)",
+        "",
+        "| method | ok | wall s | client CPU s | CPU ms/host | process CPU s | peak RSS MiB "
+        f"| peak threads | wall vs {reference or 'ref'} |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        wall, cpu = row.median("wall"), row.median("cpu")
+        ratio = f"{wall / ref.median('wall'):.2f}x" if ref and ref.samples else "-"
+        ok = min(s.ok for s in row.samples)
+        lines.append(
+            f"| {row.method} | {ok}/{count} | {wall:.2f} | {cpu:.2f} | {cpu / count * 1000:.1f} | "
+            f"{row.median('proc_cpu'):.2f} | {row.peak('rss_mib'):.0f} | {row.peak('threads'):.0f} | "
+            f"{ratio} |")
+    return "\n".join(lines)
+
+
+def available_methods(wanted: list[str]) -> tuple[list[str], list[str]]:
+    """Split ``wanted`` into installed and missing (with a reason)."""
+    present, missing = [], []
+    for method in wanted:
+        module = {"pssh": "pssh.clients", "clush": "ClusterShell.Task"}.get(method)
+        if module:
+            try:
+                __import__(module)
+            except ImportError as exc:
+                missing.append(f"{method} ({exc}; pip install -e '.[bench]')")
+                continue
+        present.append(method)
+    return present, missing
+
+
+def warm_up(info: FleetInfo, count: int, fanout: int) -> None:
+    """Record every host key once (accept-new), so measured engine runs check known keys."""
+    from cluster.hosts import Host
+    from cluster.result import build_report
+    from cluster.ssh import Engine
+
+    with Engine(engine_settings(info, fanout)) as engine:
+        report = build_report(engine.run([Host(h) for h in info.addresses[:count]], "true"), engine)
+    if not report.all_ok:
+        first = report.failed[0]
+        raise SystemExit(f"warm-up failed on {len(report.failed)} hosts, e.g. {first.host}: "
+                         f"{first.error}")
+
+
+SECTIONS = {
+    # name: (title, methods, reference for the ratio column)
+    "run": ("`true` on every host", RUN_METHODS, "pssh"),
+    "gpu": ("gpu-status vs `true`, both through this library (8-GPU stand-in nvidia-smi)",
+            GPU_METHODS, "engine"),
+    "second": ("second round on already-open connections (only that round is timed)",
+               SECOND_METHODS, "pssh"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.child:
+        info = fleet_info(Path(args.workdir))
+        result = child(args.child, args.mode, info, args.count, args.fanout, args.profile_out)
+        print(json.dumps(result))
+        return 0
+    plan = sections(args)
+    needed = max(max(counts) for _, counts in plan) if plan else 1
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="fanout-fleet-")).resolve()
+    fleet = None
+    info = fleet_info(workdir) if (workdir / "roles.yaml").exists() else None
+    if info is None or not fleet_alive(info) or len(info.addresses) < needed:
+        log(f"starting a fleet of {needed} hosts in {workdir} ...")
+        fleet = start_fleet(workdir, needed)
+        info = fleet_info(workdir)
+    else:
+        log(f"reusing the fleet in {workdir} ({len(info.addresses)} hosts, port {info.port})")
+    try:
+        if args.serve:
+            log(f"fleet running: --workdir {workdir}  (Ctrl-C stops it)")
+            wanted = {signal.SIGINT, signal.SIGTERM}
+            signal.pthread_sigmask(signal.SIG_BLOCK, wanted)
+            signal.sigwait(wanted)
+            return 0
+        return run_benchmark(args, info, plan)
+    finally:
+        if fleet is not None:
+            fleet.stop()
+
+
+def sections(args: argparse.Namespace) -> list[tuple[str, list[int]]]:
+    """Which tables to produce, each with its host counts."""
+    plan = []
+    if not args.no_run:
+        plan.append(("run", _counts(args.hosts)))
+    if args.probe:
+        plan.append(("gpu", _counts(args.extra_hosts)))
+    if args.second_round:
+        plan.append(("second", _counts(args.extra_hosts)))
+    return plan
+
+
+def _counts(text: str) -> list[int]:
+    counts = sorted({int(c) for c in text.split(",") if c.strip()})
+    if not counts or counts[0] < 1 or counts[-1] > 4000:
+        raise SystemExit(f"host counts must be between 1 and 4000: {text!r}")
+    return counts
+
+
+def run_benchmark(args: argparse.Namespace, info: FleetInfo,
+                  plan: list[tuple[str, list[int]]]) -> int:
+    needed = max(max(counts) for _, counts in plan)
+    if any(mode == "gpu" for mode, _ in plan):
+        install_gpu_standin(info, info.addresses[:needed])
+    log(f"warm-up (recording host keys) ... load {load_average()}")
+    warm_up(info, needed, args.fanout)
+    results: dict[str, list[list[Row]]] = {}
+    for mode, counts in plan:
+        title, default, reference = SECTIONS[mode]
+        wanted = args.methods.split(",") if args.methods and mode == "run" else list(default)
+        methods, missing = available_methods(wanted)
+        if args.profile:
+            sample = measure(methods[0], mode, info, counts[0], args.fanout, profile=args.profile)
+            log(f"profile of {methods[0]} ({mode}) N={counts[0]} in {args.profile}: {sample}")
+            return 0
+        before = load_average()
+        tables = bench(info, counts, methods, mode, args.repeat, args.fanout, log)
+        results[mode] = tables
+        print(f"\n### {title}\n")
+        print(f"{os.cpu_count()} CPUs; load average (1/5/15 min) before: {before}, "
+              f"after: {load_average()}\n")
+        for rows in tables:
+            print(render(rows, reference if reference in methods else None, args.fanout) + "\n")
+        if missing:
+            print("not measured: " + "; ".join(missing) + "\n")
+        sys.stdout.flush()
+    if args.json:
+        Path(args.json).write_text(json.dumps(
+            {mode: [[{"method": r.method, "hosts": r.hosts,
+                      "samples": [asdict(s) for s in r.samples]} for r in rows] for rows in tables]
+             for mode, tables in results.items()}, indent=1))
+    return 0
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hosts", default="64,128,1000",
+                        help="host counts of the `true` table (default 64,128,1000)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per method (default 3)")
+    parser.add_argument("--fanout", type=int, default=64, help="hosts in flight (default 64)")
+    parser.add_argument("--methods", help="subset for the `true` table, comma-separated: "
+                        f"{','.join(RUN_METHODS)} (default: all installed)")
+    parser.add_argument("--probe", choices=["gpu-status"],
+                        help="add the table gpu-status vs `true` (library)")
+    parser.add_argument("--second-round", action="store_true",
+                        help="add the table of a second round on already-open connections")
+    parser.add_argument("--extra-hosts", default="64,128",
+                        help="host counts of the --probe and --second-round tables (default 64,128)")
+    parser.add_argument("--no-run", action="store_true", help="skip the `true` table")
+    parser.add_argument("--workdir", help="fleet directory: reused when its fleet is running")
+    parser.add_argument("--serve", action="store_true", help="start the fleet and wait")
+    parser.add_argument("--json", help="also write all samples to this JSON file")
+    parser.add_argument("--profile", metavar="PATH",
+                        help="instead of measuring: cProfile (CPU time, all threads) one run of "
+                             "the first method at the first host count into PATH")
+    # Internal: one measurement in a fresh process.
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--mode", default="run", help=argparse.SUPPRESS)
+    parser.add_argument("--count", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--profile-out", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
