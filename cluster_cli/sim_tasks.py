@@ -108,7 +108,8 @@ def up_text(state: sim.SimState, *, already: bool, elapsed: float) -> list[Text]
         Text("  inv start-pd            # prefill/decode hosts from the roles file"),
         Text("  inv pd-status"),
         Text("  inv logs -r decode -n 20"),
-        Text("  inv stop-pd"),
+        Text("  inv stop-pd --sweep deployment   # the hosts share one kernel: sweep only this"
+             " deployment"),
         Text("Stop it: inv sim-down", style="bold"),
     ]
     return lines
