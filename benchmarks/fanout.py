@@ -71,6 +71,9 @@ BASE = "127.1.0."
 HOSTS_PER_SSHD = 16
 RUN_METHODS = ("engine", "fabric", "pssh", "clush")
 GPU_METHODS = ("engine", "engine-gpu")
+# Measured only up to --baseline-max-hosts: at 1,000 hosts one raw Fabric run took
+# 241 s and 380 s of CPU (1,191 threads), one clush run minutes of both cores.
+SLOW_METHODS = ("fabric", "clush")
 SECOND_METHODS = ("engine", "pssh")
 SAMPLE_INTERVAL_S = 0.01
 
@@ -431,13 +434,17 @@ def load_average() -> str:
 
 
 def bench(info: FleetInfo, counts: list[int], methods: list[str], mode: str, repeat: int,
-          fanout: int, log: Callable[[str], None]) -> list[list[Row]]:
-    """All measurements, methods in alternation within each repetition."""
+          fanout: int, log: Callable[[str], None], slow_max: int = 0) -> list[list[Row]]:
+    """All measurements, methods in alternation within each repetition.
+
+    The slow baselines (`SLOW_METHODS`) run only up to ``slow_max`` hosts.
+    """
     tables = []
     for count in counts:
-        rows = {m: Row(m, count) for m in methods}
+        rows = {m: Row(m, count) for m in methods
+                if m not in SLOW_METHODS or count <= slow_max}
         for rep in range(repeat):
-            for method in methods:
+            for method in rows:
                 sample = measure(method, mode, info, count, fanout)
                 rows[method].samples.append(sample)
                 log(f"N={count} rep {rep + 1}/{repeat} {method:<10} wall {sample.wall:6.2f} s  "
@@ -452,21 +459,34 @@ def render(rows: list[Row], reference: str | None, fanout: int) -> str:
     count = rows[0].hosts
     ref = next((r for r in rows if r.method == reference), None)
     lines = [
-        f"N={count}, fanout {fanout}, {len(rows[0].samples)} runs each (medians; RSS and threads: peak)",
+        f"N={count}, fanout {fanout}, {len(rows[0].samples)} runs each in alternation "
+        "(medians; wall range in brackets; RSS and threads: peak)",
         "",
         "| method | ok | wall s | client CPU s | CPU ms/host | process CPU s | peak RSS MiB "
-        f"| peak threads | wall vs {reference or 'ref'} |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"| peak threads | wall vs {reference or 'ref'} | CPU vs {reference or 'ref'} |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         wall, cpu = row.median("wall"), row.median("cpu")
-        ratio = f"{wall / ref.median('wall'):.2f}x" if ref and ref.samples else "-"
+        walls = [s.wall for s in row.samples]
+        ratio = cpu_ratio = "-"
+        if ref and ref.samples:
+            ratio = f"{wall / ref.median('wall'):.2f}x"
+            cpu_ratio = f"{cpu / ref.median('cpu'):.2f}x"
         ok = min(s.ok for s in row.samples)
         lines.append(
-            f"| {row.method} | {ok}/{count} | {wall:.2f} | {cpu:.2f} | {cpu / count * 1000:.1f} | "
-            f"{row.median('proc_cpu'):.2f} | {row.peak('rss_mib'):.0f} | {row.peak('threads'):.0f} | "
-            f"{ratio} |")
+            f"| {row.method} | {ok}/{count} | {wall:.2f} ({min(walls):.2f}-{max(walls):.2f}) | "
+            f"{cpu:.2f} | {cpu / count * 1000:.1f} | {row.median('proc_cpu'):.2f} | "
+            f"{row.peak('rss_mib'):.0f} | {row.peak('threads'):.0f} | {ratio} | {cpu_ratio} |")
     return "\n".join(lines)
+
+
+LEGEND = (
+    "client CPU: user+sys of the measured call only (clush: with its ssh processes); "
+    "process CPU: the whole subprocess, interpreter start and imports included; "
+    "peak RSS: VmHWM of the Python process (not clush's ssh processes); "
+    "threads: /proc/self/status peak, main thread and the sampler included."
+)
 
 
 def available_methods(wanted: list[str]) -> tuple[list[str], list[str]]:
@@ -575,13 +595,19 @@ def run_benchmark(args: argparse.Namespace, info: FleetInfo,
             log(f"profile of {methods[0]} ({mode}) N={counts[0]} in {args.profile}: {sample}")
             return 0
         before = load_average()
-        tables = bench(info, counts, methods, mode, args.repeat, args.fanout, log)
+        tables = bench(info, counts, methods, mode, args.repeat, args.fanout, log,
+                       args.baseline_max_hosts)
         results[mode] = tables
         print(f"\n### {title}\n")
         print(f"{os.cpu_count()} CPUs; load average (1/5/15 min) before: {before}, "
               f"after: {load_average()}\n")
         for rows in tables:
             print(render(rows, reference if reference in methods else None, args.fanout) + "\n")
+        print(LEGEND + "\n")
+        skipped = [m for m in methods if m in SLOW_METHODS and counts[-1] > args.baseline_max_hosts]
+        if skipped:
+            missing.append(f"{', '.join(skipped)} above {args.baseline_max_hosts} hosts "
+                           "(--baseline-max-hosts)")
         if missing:
             print("not measured: " + "; ".join(missing) + "\n")
         sys.stdout.flush()
@@ -606,6 +632,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--fanout", type=int, default=64, help="hosts in flight (default 64)")
     parser.add_argument("--methods", help="subset for the `true` table, comma-separated: "
                         f"{','.join(RUN_METHODS)} (default: all installed)")
+    parser.add_argument("--baseline-max-hosts", type=int, default=128,
+                        help="largest N for the slow baselines fabric and clush (default 128)")
     parser.add_argument("--probe", choices=["gpu-status"],
                         help="add the table gpu-status vs `true` (library)")
     parser.add_argument("--second-round", action="store_true",

@@ -167,6 +167,22 @@ class LeanConnection(Connection):
 _CONNECTION_ATTRIBUTES = frozenset(dir(LeanConnection))
 
 
+class LeanConfig(Config):
+    """The engine's one `fabric.Config`, with cheap misses on two internal names.
+
+    Reading a nested section (``config.timeouts``, ``config.connect_kwargs``:
+    four times per connection) makes invoke probe the root for ``_keypath``
+    and ``_root``, which a root does not have. Each miss went through
+    ``DataProxy.__getattr__``, which builds its error message from ``dir()``
+    of the class and the sorted config keys before raising AttributeError.
+    """
+
+    def __getattr__(self, key: str) -> Any:
+        if key in ("_keypath", "_root"):
+            raise AttributeError(key)
+        return super().__getattr__(key)
+
+
 @dataclass
 class CommandResult:
     """Captured result of one command on one host (remote or local)."""
@@ -594,8 +610,8 @@ class Engine:
             path = Path(self.settings.ssh_config).expanduser()
             if not path.exists():
                 raise InputError(f"ssh.ssh_config: file not found: {path}")
-            return Config(overrides=overrides, runtime_ssh_path=str(path))
-        return Config(overrides=overrides)
+            return LeanConfig(overrides=overrides, runtime_ssh_path=str(path))
+        return LeanConfig(overrides=overrides)
 
     @property
     def local_context(self) -> Context:

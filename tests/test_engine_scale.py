@@ -180,6 +180,9 @@ def test_lean_connection_never_writes_the_shared_config():
     assert all(isinstance(c, LeanConnection) for c in connections)
     # A plain fabric.Connection records {'inline_ssh_env': True} here, from every thread.
     assert engine.config._modifications == {}
+    # The root config is still a root (no _root/_keypath) and reads as before.
+    assert not hasattr(engine.config, "_root") and not hasattr(engine.config, "_keypath")
+    assert engine.config.timeouts.connect == 10.0 and engine.config.run.hide is True
     connection = connections[0]
     assert (connection.host, connection.user, connection.port) == ("10.8.0.1", "u", 2222)
     assert connection.inline_ssh_env is engine.config.inline_ssh_env
