@@ -15,6 +15,8 @@ from . import checks, status
 from .hosts import Host
 from .inventory import Inventory, load_inventory
 from .result import Report, build_report
+from .serving import lifecycle
+from .serving.config import ServingConfig, parse_serving
 from .ssh import Engine, HostSession
 
 Targets = str | Iterable[str] | None
@@ -95,6 +97,53 @@ class Cluster:
         """systemd state or matching processes of each service per host (``.data``: list)."""
         return status.service_status(self.engine, self.hosts(hosts, role), names,
                                      timeout=timeout, on_done=on_done)
+
+    # -- PD serving (cluster.serving.lifecycle) --------------------------------------------
+    def serving_config(self, **overrides: Any) -> ServingConfig:
+        """The roles file's ``serving:`` section with overrides (None = not given), validated."""
+        source = str(self.inventory.path) if self.inventory.path else "roles.yaml"
+        raw = self.inventory.sections.get("serving")
+        return parse_serving(raw, source=source).with_overrides(**overrides)
+
+    def plan_pd(self, prefill: Targets = None, decode: Targets = None, *, router: str | None = None,
+                deployment: str | None = None, **overrides: Any) -> lifecycle.StartPlan:
+        """Plan a PD deployment without connecting: hosts from the expressions, else from
+        the roles ``prefill`` / ``decode``. Raises `InputError` on bad input."""
+        config = self.serving_config(**overrides)
+        prefill_hosts = self.hosts(prefill) if prefill else self.inventory.role_hosts("prefill")
+        decode_hosts = self.hosts(decode) if decode else self.inventory.role_hosts("decode")
+        return lifecycle.plan_start(config, prefill_hosts, decode_hosts, router=router,
+                                    deployment=deployment)
+
+    def start_pd(self, prefill: Targets = None, decode: Targets = None, *, router: str | None = None,
+                 deployment: str | None = None, wait: bool = True,
+                 timeout: float = lifecycle.DEFAULT_TIMEOUT_S, restart: bool = False,
+                 grace: float = lifecycle.DEFAULT_GRACE_S,
+                 on_progress: Callable[..., None] | None = None,
+                 **overrides: Any) -> lifecycle.StartResult:
+        """Start SGLang/vLLM prefill + decode servers (and the router) and wait until ready.
+
+        ``overrides`` are `ServingConfig.with_overrides` keys (model_path, tp_size, engine...).
+        """
+        plan = self.plan_pd(prefill, decode, router=router, deployment=deployment, **overrides)
+        return lifecycle.start_pd(self.engine, plan, wait=wait, timeout=timeout, restart=restart,
+                                  grace=grace, fanout=self.settings.fanout, on_progress=on_progress)
+
+    def stop_pd(self, *, hosts: Targets = None, role: Targets = None, deployment: str | None = None,
+                grace: float = lifecycle.DEFAULT_GRACE_S, sweep: str = "user",
+                keep_router: bool = False) -> lifecycle.StopResult:
+        """Stop the recorded deployment, or what start-pd started on the selected hosts."""
+        targets = self.hosts(hosts, role) if (hosts or role) else None
+        return lifecycle.stop_pd(self.engine, lifecycle.load_manifest(deployment), hosts=targets,
+                                 run_dir=self.serving_config().run_dir, grace=grace, sweep=sweep,
+                                 keep_router=keep_router, fanout=self.settings.fanout)
+
+    def pd_status(self, *, hosts: Targets = None, role: Targets = None,
+                  deployment: str | None = None) -> lifecycle.StatusResult:
+        """Health of every server of the recorded deployment (or of the selected hosts)."""
+        targets = self.hosts(hosts, role) if (hosts or role) else None
+        return lifecycle.pd_status(self.engine, lifecycle.load_manifest(deployment), hosts=targets,
+                                   run_dir=self.serving_config().run_dir, fanout=self.settings.fanout)
 
     def close(self) -> None:
         if self._engine is not None:

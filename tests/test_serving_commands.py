@@ -10,6 +10,9 @@ import json
 import shlex
 import shutil
 import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -194,7 +197,8 @@ def test_values_round_trip_literally_through_the_shell(value):
     assert words[words.index("--model-path") + 1] == value
     assert words[words.index("--chat-template") + 1] == value
     export = next(line for line in script.splitlines() if line.startswith("export "))
-    assert shlex.split(export)[1:] == [f"NCCL_SOCKET_IFNAME={value}"]
+    # The run id marker comes last: every process of the deployment inherits it.
+    assert shlex.split(export)[1:] == [f"NCCL_SOCKET_IFNAME={value}", "CLUSTER_PD_RUN_ID=R"]
 
 
 @pytest.mark.parametrize("shell", SHELLS)
@@ -208,7 +212,15 @@ def test_scripts_are_valid_shell(shell):
               cmd.stop_command(1234, 5), cmd.sweep_command("sglang", "ops"),
               cmd.sweep_command("vllm", None, spare_router=False),
               cmd.health_command("10.8.0.81", 30000), cmd.ports_free_command([30000, 8998], "10.8.0.81"),
-              cmd.STDIN_RUNNER]
+              cmd.STDIN_RUNNER,
+              cmd.preflight_script(cmd.server_launch(specs[0]), running_ok=True),
+              cmd.stop_groups_command([1234, 5678], 2),
+              cmd.sweep_command("sglang", None, False, servers=False, run_ids=["R", "S"]),
+              cmd.probe_command([cmd.ProbeTarget("prefill-0-0", 1234, "10.8.0.81", 30000,
+                                                 "~/.cluster/run/x.log", (30000, 8998),
+                                                 fetch_path="/workers")]),
+              cmd.tail_command("~/.cluster/run/x.log"), cmd.records_command("~/run", "10.8.0.81"),
+              cmd.sections_script([("a", "echo 1"), ("b", cmd.stop_groups_command([99], 1))])]
     for text in texts:
         result = subprocess.run([shell, "-n"], input=text, text=True, capture_output=True)
         assert result.returncode == 0, (text, result.stderr)
@@ -249,11 +261,12 @@ def test_launch_script_order_and_exit_codes():
     cfg = config(env_file="/opt/deepep/unified-env.sh", env={"NCCL_SOCKET_IFNAME": "eth0"})
     spec = cmd.plan_deployment(cfg, ["10.8.0.81"], ["10.8.0.82"], run_id="R")[0]
     lines = cmd.launch_script(cmd.server_launch(spec)).splitlines()
-    first = lambda prefix: next(i for i, l in enumerate(lines) if l.startswith(prefix))  # noqa: E731
+    first = lambda prefix: next(i for i, line in enumerate(lines) if line.startswith(prefix))  # noqa: E731
     # env file checked before anything is created; sourced after the checks; start last.
     assert first("[ -f /opt/deepep/unified-env.sh ]") < first("mkdir -p") < first(". /opt/deepep")
     assert first(". /opt/deepep") < first("export ") < first("setsid nohup")
-    assert "exit 3" in lines[first("[ -f")] and "env file not found: /opt/deepep/unified-env.sh" in lines[first("[ -f")]
+    check = lines[first("[ -f")]
+    assert "exit 3" in check and "env file not found: /opt/deepep/unified-env.sh" in check
     start = lines[first("setsid nohup")]
     assert start.endswith(f">> {spec.log_path.replace('~', chr(34) + '$HOME' + chr(34))} 2>&1 < /dev/null &")
     assert lines[-4] == "pid=$!"
@@ -281,7 +294,7 @@ def test_vllm_single_node_argv_and_env():
                                              "VLLM_NIXL_SIDE_CHANNEL_PORT": "5600"}
     # The JSON survives shell quoting.
     script = cmd.launch_script(cmd.server_launch(prefill))
-    start = next(l for l in script.splitlines() if l.startswith("setsid"))
+    start = next(line for line in script.splitlines() if line.startswith("setsid"))
     assert json.loads(flag(shlex.split(start), "--kv-transfer-config"))["kv_connector"] == "NixlConnector"
 
 
@@ -444,7 +457,8 @@ def test_parse_sweep():
 
 
 def test_manifest_round_trips_through_json():
-    cfg = config(env={"HF_TOKEN": "hf_secret"}, router={"host": "local"}, prefill={"tp_size": 16, "nnodes": 2})
+    cfg = config(env={"HF_TOKEN": "hf_secret"}, router={"host": "local"},
+                 prefill={"tp_size": 16, "nnodes": 2})
     specs = cmd.plan_deployment(cfg, ["10.8.0.81", "10.8.0.82"], ["10.8.0.83"], run_id="R")
     router = cmd.plan_router(cfg, specs)
     manifest = cmd.Manifest(
@@ -475,3 +489,188 @@ def test_manifest_path_is_per_name():
     assert cmd.manifest_path("prod") == "~/.cluster/deployments/prod.json"
     odd = cmd.manifest_path("../x y")
     assert odd.startswith("~/.cluster/deployments/") and "/" not in odd.split("deployments/")[1]
+
+
+# --- lifecycle scripts: preflight, stop of several groups, probes, sections, records ----------
+
+
+def run_local(script: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["sh", "-s"], input=script, text=True, capture_output=True, timeout=30)
+
+
+def test_preflight_restart_mode_reports_the_running_group_and_skips_the_port_check(tmp_path):
+    standins = Path(__file__).resolve().parents[1] / "cluster" / "testing" / "standins"
+    import socket
+
+    with socket.socket() as a, socket.socket() as b:  # two ports free right now
+        a.bind(("127.0.0.1", 0))
+        b.bind(("127.0.0.1", 0))
+        ports = a.getsockname()[1], b.getsockname()[1]
+    cfg = config(run_dir=str(tmp_path), python=sys.executable, env={"PYTHONPATH": str(standins)},
+                 prefill={"port": ports[0]}, bootstrap_port=ports[1])
+    spec = cmd.plan_deployment(cfg, ["127.0.0.1"], ["127.0.0.2"], run_id="R")[0]
+    launch = cmd.server_launch(spec)
+    sleeper = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        Path(spec.pid_path).write_text(f"{sleeper.pid}\n")
+        refused = run_local(cmd.preflight_script(launch))
+        assert refused.returncode == cmd.EXIT_ALREADY_RUNNING
+        assert f"already running: process group {sleeper.pid}" in refused.stderr
+        allowed = run_local(cmd.preflight_script(launch, running_ok=True))
+        assert allowed.returncode == 0, allowed.stderr
+        assert allowed.stdout.splitlines() == [f"RUNNING {sleeper.pid}", "ok"]
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert run_local(cmd.preflight_script(launch, running_ok=True)).stdout.splitlines() == ["ok"]
+
+
+def test_preflight_checks_the_launcher_and_its_python_package(tmp_path):
+    env_file = tmp_path / "env.sh"
+    env_file.write_text("export PATH=/nonexistent-only\n")
+    cfg = config(run_dir=str(tmp_path), env_file=str(env_file))
+    spec = cmd.plan_deployment(cfg, ["127.0.0.1"], ["127.0.0.2"], run_id="R")[0]
+    # The env file is sourced first: after it, python3 is no longer on PATH.
+    missing = run_local(cmd.preflight_script(cmd.server_launch(spec)))
+    assert missing.returncode == cmd.EXIT_LAUNCHER_MISSING
+    assert "python3 not found on PATH" in missing.stderr
+    env_file.write_text("true\n")
+    import importlib.util
+
+    if importlib.util.find_spec("sglang") is not None:
+        pytest.skip("sglang is installed here: cannot show the missing-package message")
+    # python3 is there, but the sglang package is not.
+    no_package = run_local(cmd.preflight_script(cmd.server_launch(spec)))
+    assert no_package.returncode == cmd.EXIT_LAUNCHER_MISSING
+    assert "python3 cannot import sglang" in no_package.stderr
+    assert not list(tmp_path.glob("*.log"))  # a preflight writes nothing
+
+
+def test_stop_groups_terms_all_then_kills_the_stubborn_ones():
+    polite = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    stubborn = subprocess.Popen(["sh", "-c", "trap '' TERM; sleep 30 & wait; sleep 30"],
+                                start_new_session=True)
+    try:
+        time.sleep(0.2)
+        out = run_local(cmd.stop_groups_command([polite.pid, stubborn.pid, 999999], grace_s=0.5))
+        results = cmd.parse_stop_groups(out.stdout)
+        assert results[999999].was_running is False
+        assert results[polite.pid].how == "term" and results[polite.pid].killed == ()
+        assert results[stubborn.pid].how == "kill" and stubborn.pid in results[stubborn.pid].killed
+        assert out.returncode == 0 and results[stubborn.pid].alive == ()
+    finally:
+        for proc in (polite, stubborn):
+            proc.kill()
+            proc.wait()
+    with pytest.raises(InputError):
+        cmd.stop_groups_command([0])
+    assert cmd.stop_groups_command([]) == "true\n"
+
+
+def test_sections_keep_each_scripts_output_and_exit_code():
+    out = run_local(cmd.sections_script([("one", "echo a; echo b >&2; exit 3"), ("two", "echo c")]))
+    sections = cmd.parse_sections(out.stdout)
+    assert sections["one"] == cmd.Section("one", "a\nb", 3)
+    assert sections["two"] == cmd.Section("two", "c", 0)
+    cut = cmd.parse_sections("@@begin x\npartial")
+    assert cut["x"].rc is None and cut["x"].output == "partial"
+    with pytest.raises(ValueError):
+        cmd.sections_script([("bad key", "true")])
+
+
+def test_probe_reports_group_health_ports_and_last_log_line(tmp_path):
+    import socket
+
+    log = tmp_path / "server.log"
+    log.write_text("first\n\x1b[32mlast line\x1b[0m\r\n")
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        sleeper = subprocess.Popen(["sleep", "30"], start_new_session=True)
+        try:
+            targets = [cmd.ProbeTarget("a", sleeper.pid, "127.0.0.1", port, str(log), (port,),
+                                       health_path=None),
+                       cmd.ProbeTarget("b", None, "127.0.0.1", port, str(tmp_path / "none.log"))]
+            probes = cmd.parse_probe(run_local(cmd.probe_command(targets)).stdout)
+        finally:
+            sleeper.kill()
+            sleeper.wait()
+    a, b = probes["a"], probes["b"]
+    assert a.alive and a.leader_alive and a.members == 1 and a.uptime_s is not None
+    assert a.listening == (port,) and a.health is None and a.last_log == "last line"
+    assert not b.alive and b.last_log is None
+    assert b.health == 0  # something listens but does not speak HTTP: no status code
+
+
+def test_parse_probe_reads_a_fetched_body():
+    out = "@@probe router\nmembers 2\nleader 1\nhealth 200\n@@body-begin\n{\"workers\": []}\n\n@@body-end\n"
+    probe = cmd.parse_probe(out)["router"]
+    assert probe.alive and probe.health == 200 and probe.body == '{"workers": []}'
+
+
+def test_records_round_trip_and_only_this_hosts_files_are_read(tmp_path):
+    cfg = config(run_dir=str(tmp_path))
+    specs = cmd.plan_deployment(cfg, ["10.8.0.81"], ["10.8.0.82", "10.8.0.181"], run_id="R")
+    for i, spec in enumerate(specs):
+        record = cmd.ServerRecord.from_spec(spec, pid=100 + i)
+        assert run_local(cmd.record_write_command(record)).returncode == 0
+    found = cmd.parse_records(run_local(cmd.records_command(str(tmp_path), "10.8.0.81")).stdout)
+    assert [(r.host, r.pid, r.role) for r in found] == [("10.8.0.81", 100, "prefill")]
+    assert cmd.parse_records("garbage\n{not json\n") == []
+
+
+def test_manifest_path_honours_the_state_dir_variable(monkeypatch):
+    monkeypatch.setenv("CLUSTER_STATE_DIR", "/srv/state/")
+    assert cmd.manifest_path("prod") == "/srv/state/prod.json"
+    assert cmd.manifest_path() == "/srv/state/default.json"
+    assert cmd.manifest_path("x", base="~/b") == "~/b/x.json"
+
+
+def test_run_id_scoped_sweep_spares_processes_of_other_runs(tmp_path):
+    if not _can_unshare_pid():
+        pytest.skip("needs `unshare --pid` (root): even a scoped sweep only runs isolated here")
+    mine, theirs = tmp_path / "s-RUN1.log", tmp_path / "s-RUN2.log"
+    # (The sweep's own shell variables would clobber short names like $a: use long ones.)
+    script = f"""
+set -e
+# stdout on this run's log (how every child of a launch looks, whatever its title)
+( exec -a sglang::scheduler_TP0 sleep 60 ) > {mine} 2>&1 &
+by_log=$!
+# the run id only in the environment (stdout elsewhere)
+( CLUSTER_PD_RUN_ID=RUN1 exec -a sglang::detokenizer sleep 60 ) > /dev/null 2>&1 &
+by_env=$!
+# another run: must survive
+( exec -a sglang::scheduler_TP1 sleep 60 ) > {theirs} 2>&1 &
+other=$!
+sleep 0.3
+{cmd.sweep_command("sglang", None, True, run_ids=["RUN1"])}
+echo "ALIVE $(for p in $by_log $by_env $other; do kill -0 $p 2>/dev/null && echo $p; done | tr '\\n' ' ')"
+echo "IDS $by_log $by_env $other"
+"""
+    result = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "bash", "-s"],
+                            input=script, text=True, capture_output=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = {line.split(" ", 1)[0]: line.split()[1:] for line in result.stdout.splitlines()}
+    a, b, c = lines["IDS"]
+    killed = {str(pid) for pid, _ in cmd.parse_sweep(result.stdout).killed}
+    assert killed == {a, b}
+    assert lines["ALIVE"] == [c]
+
+
+def _can_unshare_pid() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"], capture_output=True)
+    return probe.returncode == 0
+
+
+def test_sweep_of_a_router_only_host_matches_router_processes_only():
+    text = cmd.sweep_command("sglang", "ops", False, servers=False)
+    pattern = shlex.split(text.split("pgrep -u ops -a -f ", 1)[1].split(" 2>", 1)[0])[0]
+    import re
+
+    assert re.search(pattern, "sglang::router")
+    assert re.search(pattern, "python3 -m sglang_router.launch_router --pd-disaggregation")
+    assert not re.search(pattern, "sglang::scheduler_TP0")
+    assert not re.search(pattern, "python3 -m sglang.launch_server --port 30000")

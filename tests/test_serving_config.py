@@ -168,7 +168,8 @@ def test_overrides_apply_and_validate():
     assert env["NCCL_SOCKET_IFNAME"] == "eth1" and env["GLOO_SOCKET_IFNAME"] == "bond0"
     assert config.prefill.extra_args[-2:] == ("--seed", "1")
     assert config.prefill.extra_args[0] == "--trust-remote-code"  # file's args kept, CLI's after
-    assert (config.router.host, config.router.port, config.router.policy) == ("10.8.0.90", 9000, "round_robin")
+    router = config.router
+    assert (router.host, router.port, router.policy) == ("10.8.0.90", 9000, "round_robin")
     assert config.router.metrics_port == 29100
 
 

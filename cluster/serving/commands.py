@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
 import secrets
 import time
@@ -60,6 +61,10 @@ ROUTER_SWEEP_PATTERNS = {
 }
 # Titles of router processes, spared by the sweep unless the router is being stopped.
 ROUTER_TITLES = {SGLANG: ("sglang::router",), VLLM: ()}
+
+# Exported into every server's and router's environment (children inherit it, even those
+# that leave the process group), so a sweep can be limited to one deployment's processes.
+RUN_ID_ENV = "CLUSTER_PD_RUN_ID"
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -353,7 +358,7 @@ def server_launch(spec: ServerSpec) -> Launch:
     return Launch(
         name=spec.name,
         argv=tuple(server_argv(spec)),
-        env=tuple(server_env(spec)),
+        env=tuple(server_env(spec)) + ((RUN_ID_ENV, spec.run_id),),
         env_file=spec.env_file,
         run_dir=spec.run_dir,
         log_path=spec.log_path,
@@ -368,7 +373,7 @@ def router_launch(spec: RouterSpec) -> Launch:
     return Launch(
         name=spec.name,
         argv=tuple(router_argv(spec)),
-        env=(),
+        env=((RUN_ID_ENV, spec.run_id),),
         env_file=spec.env_file,
         run_dir=spec.run_dir,
         log_path=spec.log_path,
@@ -401,18 +406,30 @@ def launch_script(launch: Launch, *, refuse_running: bool = True, check_ports: b
     return "\n".join(_launch_lines(launch, refuse_running, check_ports, mask=False)) + "\n"
 
 
-def preflight_script(launch: Launch) -> str:
+def preflight_script(launch: Launch, *, running_ok: bool = False) -> str:
     """The checks of :func:`launch_script` without the start (changes nothing on the host).
 
     Run on every host before starting anything, so bad input fails before any
-    server starts. Exit 0 = all clear; otherwise the same exit codes.
+    server starts. Exit 0 = all clear (last line ``ok``); otherwise the same exit
+    codes as the launch. Checks: env file (3), a live group from the pid file (5),
+    ports (6), and — in a subshell that sources the env file and exports the env —
+    that the launcher is on PATH and, for ``PY -m pkg.mod``, that ``pkg`` imports (7).
+    With ``running_ok`` (``--restart``) a live group is not an error: the script
+    prints ``RUNNING <pgid>`` and skips the port check (that group holds the ports).
+    Contains the env in clear: run it on stdin, never print it.
     """
     lines = []
     if launch.env_file:
         lines.append(_env_file_check(launch.env_file))
-    lines.append(_running_check(launch.pid_path))
-    if launch.ports:
-        lines.append(_ports_check(launch.bind_host, launch.ports))
+    if running_ok:
+        lines.append(_running_report(launch.pid_path))
+        if launch.ports:
+            lines.append(f'if [ -z "$running" ]; then {_ports_check(launch.bind_host, launch.ports)}; fi')
+    else:
+        lines.append(_running_check(launch.pid_path))
+        if launch.ports:
+            lines.append(_ports_check(launch.bind_host, launch.ports))
+    lines.append(_launcher_check(launch))
     lines.append("echo ok")
     return "\n".join(lines) + "\n"
 
@@ -558,27 +575,40 @@ def parse_stop(stdout: str) -> StopResult:
     return StopResult(**values)
 
 
-def sweep_command(engine: str, user: str | None = None, spare_router: bool = True) -> str:
+def sweep_command(engine: str, user: str | None = None, spare_router: bool = True, *,
+                  servers: bool = True, run_ids: Iterable[str] = ()) -> str:
     """Shell text that SIGKILLs leftover processes of ``engine`` owned by ``user``.
 
     Matches command lines (``pgrep -f``: titles like ``sglang::scheduler_TP0`` are
     truncated in ``comm``), e.g. ``sglang::|sglang.launch_server|sglang serve|sglang.srt``
     or ``VLLM::EngineCore|VLLM::Worker|vllm serve``; ``sglang::router`` (and the router
-    launcher) only when ``spare_router`` is False. Never matches the sweeping shell:
+    launcher) only when ``spare_router`` is False. ``servers=False`` sweeps only router
+    processes (a router-only host). ``run_ids`` limits the sweep to processes whose
+    environment holds ``CLUSTER_PD_RUN_ID=<one of them>`` (set by every launch and
+    inherited by every child, including those that left the group): one deployment's
+    leftovers, not every server of the user. Never matches the sweeping shell:
     the patterns use ``[s]glang`` and the shell's own pid and ancestors are skipped.
     ``user`` None = the remote login user. Output: ``KILLED <pid> <cmdline>`` per
     process, then ``SURVIVED <pid>…`` if any is still there (parse with :func:`parse_sweep`).
     """
     if engine not in SWEEP_PATTERNS:
         raise InputError(f"unknown engine {engine!r}")
-    patterns = list(SWEEP_PATTERNS[engine])
-    spared: tuple[str, ...] = ROUTER_TITLES[engine] if spare_router else ()
-    if not spare_router:
-        patterns += ROUTER_SWEEP_PATTERNS[engine]
+    if servers:
+        patterns = list(SWEEP_PATTERNS[engine])
+        spared: tuple[str, ...] = ROUTER_TITLES[engine] if spare_router else ()
+        if not spare_router:
+            patterns += ROUTER_SWEEP_PATTERNS[engine]
+    else:
+        patterns = list(ROUTER_SWEEP_PATTERNS[engine]) + [
+            "[" + t[0] + "]" + re.escape(t[1:]) for t in ROUTER_TITLES[engine]]
+        spared = ()
     who = shellcmd.quote(user) if user else '"$(id -un)"'
     pattern = shellcmd.quote("|".join(patterns))
     spare_case = " | ".join(shellcmd.quote(t) + "*" for t in spared)
     skip = [f'  case "$cmd" in {spare_case}) continue;; esac'] if spared else []
+    ids = list(dict.fromkeys(run_ids))
+    if ids:
+        skip += _run_scope_lines(ids)
     lines = [
         # $$ and its ancestors (this shell, sshd's session shell) are never candidates.
         'anc=" $$ "; a=$$',
@@ -612,6 +642,30 @@ def sweep_command(engine: str, user: str | None = None, spare_router: bool = Tru
     return "\n".join(lines) + "\n"
 
 
+def _run_scope_lines(run_ids: Sequence[str]) -> list[str]:
+    """Loop-body lines of :func:`sweep_command` that skip processes of other runs.
+
+    A process belongs to a run when its stdout or stderr is that run's per-launch log
+    (``…-<run_id>.log``: inherited by every child, kept across ``setsid``, untouched by
+    ``setproctitle``) or its environment holds ``CLUSTER_PD_RUN_ID=<run_id>``
+    (``setproctitle`` wipes ``/proc/PID/environ``, so the log is the main key).
+    """
+    logs = " | ".join("*" + shellcmd.quote(f"-{r}.log") for r in run_ids)
+    options = " ".join(f"-e {shellcmd.quote(f'{RUN_ID_ENV}={r}')}" for r in run_ids)
+    return [
+        "  mine=''",
+        "  for fd in 1 2; do",
+        '    l=$(readlink /proc/"$pid"/fd/$fd 2>/dev/null) || l=""',
+        f'    case "$l" in {logs}) mine=1;; esac',
+        "  done",
+        '  if [ -z "$mine" ]; then',
+        '    envs=$(tr "\\000" "\\n" < /proc/"$pid"/environ 2>/dev/null) || envs=""',
+        f'    if printf "%s\\n" "$envs" | grep -qxF {options}; then mine=1; fi',
+        "  fi",
+        '  [ -n "$mine" ] || continue',
+    ]
+
+
 @dataclass(frozen=True)
 class SweepResult:
     """Parsed :func:`sweep_command` output."""
@@ -627,10 +681,299 @@ def parse_sweep(stdout: str) -> SweepResult:
     for line in stdout.splitlines():
         parts = line.strip().split(" ", 2)
         if parts[0] == "KILLED" and len(parts) >= 2 and parts[1].isdigit():
-            killed.append((int(parts[1]), parts[2] if len(parts) > 2 else ""))
+            # Command lines can be huge (python -c CODE): keep the start.
+            killed.append((int(parts[1]), parts[2][:200] if len(parts) > 2 else ""))
         elif parts[0] == "SURVIVED":
             survived = _ints(line.strip()[len("SURVIVED"):])
     return SweepResult(tuple(killed), survived)
+
+
+def stop_groups_command(pgids: Sequence[int], grace_s: float = 30) -> str:
+    """Shell text that stops several process groups at once: SIGTERM all, one shared
+    grace of ``grace_s``, then SIGKILL the groups that still have members.
+
+    Per group ``g`` (parse with :func:`parse_stop_groups`): ``GONE g`` when nothing ran;
+    else ``PIDS g p…``, then ``KILL g p…`` for members left after the grace,
+    ``DONE g <term|kill> <seconds>`` and, if members survive SIGKILL, ``ALIVE g p…``
+    (exit 1). Zombies do not count. Refuses groups 0 and 1.
+    """
+    groups = list(dict.fromkeys(int(g) for g in pgids))
+    for g in groups:
+        if g <= 1:
+            raise InputError(f"refusing to signal process group {g}")
+    if not groups:
+        return "true\n"
+    ticks = max(0, round(grace_s * 10))
+    return "\n".join([
+        "members() { ps -eo pid=,pgid=,stat= 2>/dev/null | "
+        "awk -v g=\"$1\" '$2==g && $3 !~ /^Z/ {printf \"%s \", $1}' | sed 's/ $//'; }",
+        'any_left() { for g in $live; do [ -n "$(members "$g")" ] && return 0; done; return 1; }',
+        "live=''; hard=''",
+        f"for g in {' '.join(str(g) for g in groups)}; do",
+        '  m=$(members "$g")',
+        '  if [ -z "$m" ]; then echo "GONE $g"; else echo "PIDS $g $m"; live="$live $g"; fi',
+        "done",
+        "start=$(date +%s)",
+        'for g in $live; do kill -TERM -"$g" 2>/dev/null; done',
+        f't=0; while any_left && [ $t -lt {ticks} ]; do sleep 0.1; t=$((t+1)); done',
+        "for g in $live; do",
+        '  left=$(members "$g")',
+        '  if [ -n "$left" ]; then echo "KILL $g $left"; hard="$hard $g "; kill -KILL -"$g" 2>/dev/null; fi',
+        "done",
+        'if [ -n "$hard" ]; then t=0; while any_left && [ $t -lt 50 ]; do sleep 0.1; t=$((t+1)); done; fi',
+        "rc=0",
+        "for g in $live; do",
+        '  case "$hard" in *" $g "*) how=kill;; *) how=term;; esac',
+        '  echo "DONE $g $how $(( $(date +%s) - start ))"',
+        '  left=$(members "$g")',
+        '  if [ -n "$left" ]; then echo "ALIVE $g $left"; rc=1; fi',
+        "done",
+        "exit $rc",
+    ]) + "\n"
+
+
+def parse_stop_groups(stdout: str) -> dict[int, StopResult]:
+    """``{pgid: StopResult}`` from :func:`stop_groups_command` output."""
+    values: dict[int, dict[str, Any]] = {}
+    for line in stdout.splitlines():
+        parts = line.split()
+        if len(parts) < 2 or not parts[1].isdigit():
+            continue
+        word, group, rest = parts[0], int(parts[1]), parts[2:]
+        if word == "GONE":
+            values[group] = {"was_running": False}
+        elif word in ("PIDS", "KILL", "ALIVE"):
+            key = {"PIDS": "pids", "KILL": "killed", "ALIVE": "alive"}[word]
+            values.setdefault(group, {"was_running": True})[key] = _ints(" ".join(rest))
+        elif word == "DONE" and rest:
+            entry = values.setdefault(group, {"was_running": True})
+            entry["how"] = rest[0]
+            entry["seconds"] = int(rest[1]) if len(rest) > 1 and rest[1].isdigit() else None
+    return {g: StopResult(**v) for g, v in values.items()}
+
+
+# --- probes of running servers ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProbeTarget:
+    """What to look at for one started process (a server node-rank or the router).
+
+    ``health_path`` None = no HTTP health check (non-API ranks, headless vLLM).
+    """
+
+    key: str
+    pgid: int | None
+    host: str
+    port: int
+    log_path: str
+    ports: tuple[int, ...] = ()
+    health_path: str | None = "/health"
+    fetch_path: str | None = None  # also GET this and print the body (router /workers)
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """Parsed state of one :class:`ProbeTarget` (see :func:`probe_command`)."""
+
+    key: str
+    members: int = 0          # live (non-zombie) processes in the group
+    leader_alive: bool = False
+    uptime_s: int | None = None
+    health: int | None = None  # HTTP code, 0 = no answer, None = not checked
+    listening: tuple[int, ...] = ()
+    last_log: str | None = None  # None = no log file
+    body: str | None = None
+
+    @property
+    def alive(self) -> bool:
+        """Something of the group still runs (the leader, or children it left)."""
+        return self.members > 0
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def probe_command(targets: Sequence[ProbeTarget], *, health_timeout_s: float = 3) -> str:
+    """Shell text reporting, per target: group members alive, leader alive, uptime,
+    ``/health`` code (from the host itself), which of its ports listen, the last log line
+    and (``fetch_path``) a response body. One round trip for all targets of a host.
+
+    Output blocks (parse with :func:`parse_probe`)::
+
+        @@probe KEY
+        members N / leader 0|1 / etimes S / health CODE / listen P… / log LINE / nolog
+        @@body-begin … @@body-end
+    """
+    lines = ["members() { ps -eo pid=,pgid=,stat= 2>/dev/null | "
+             "awk -v g=\"$1\" '$2==g && $3 !~ /^Z/ {n++} END {print n+0}'; }"]
+    for t in targets:
+        lines.append(f"echo {shellcmd.quote('@@probe ' + t.key)}")
+        if t.pgid and t.pgid > 1:
+            g = int(t.pgid)
+            lines.append(f'echo "members $(members {g})"')
+            lines.append(f"st=$(ps -o stat= -p {g} 2>/dev/null | tr -d ' ') || st=''; "
+                         'case "$st" in ""|Z*) echo "leader 0";; *) echo "leader 1";; esac')
+            lines.append(f"echo \"etimes $(ps -o etimes= -p {g} 2>/dev/null | tr -d ' ')\"")
+        else:
+            lines.append('echo "members 0"; echo "leader 0"')
+        if t.health_path:
+            lines.append(f"{health_command(t.host, t.port, t.health_path, timeout_s=health_timeout_s)}"
+                         " | sed 's/^/health /'")
+        if t.ports:
+            lines.append(f"echo \"listen $({_listen_scan(t.host, t.ports)} | tr '\\n' ' ')\"")
+        log = shellcmd.path(t.log_path)
+        lines.append(f"if [ -f {log} ]; then printf 'log %s\\n' \"$(tail -n 1 {log} 2>/dev/null "
+                     "| tr -d '\\r' | cut -c1-500)\"; else echo nolog; fi")
+        if t.fetch_path:
+            lines.append("echo @@body-begin")
+            lines.append(_fetch_body(t.host, t.port, t.fetch_path, health_timeout_s))
+            lines.append("echo; echo @@body-end")
+    lines.append("true")
+    return "\n".join(lines) + "\n"
+
+
+def _fetch_body(host: str, port: int, path: str, timeout_s: float) -> str:
+    url = shellcmd.quote(http_url(host, port, path))
+    limit = shellcmd.quote(f"{timeout_s:g}")
+    py = shellcmd.quote("import sys, urllib.request as u\n"
+                        "o = u.build_opener(u.ProxyHandler({}))\n"
+                        "try:\n"
+                        "    r = o.open(sys.argv[1], timeout=float(sys.argv[2]))\n"
+                        "    sys.stdout.write(r.read().decode())\n"
+                        "except Exception:\n    pass\n")
+    return (f"if command -v curl >/dev/null 2>&1; then curl -s --noproxy '*' -m {limit} {url} 2>/dev/null; "
+            f"else python3 -c {py} {url} {limit} 2>/dev/null; fi")
+
+
+def parse_probe(stdout: str) -> dict[str, ProbeResult]:
+    """``{key: ProbeResult}`` from :func:`probe_command` output."""
+    found: dict[str, dict[str, Any]] = {}
+    current: dict[str, Any] | None = None
+    body: list[str] | None = None
+    for raw in stdout.splitlines():
+        if body is not None:
+            if raw == "@@body-end":
+                assert current is not None
+                current["body"] = "\n".join(body).strip()
+                body = None
+            else:
+                body.append(raw)
+            continue
+        if raw.startswith("@@probe "):
+            current = found.setdefault(raw[len("@@probe "):].strip(), {})
+            continue
+        if current is None:
+            continue
+        word, _, rest = raw.partition(" ")
+        if word == "members" and rest.strip().isdigit():
+            current["members"] = int(rest)
+        elif word == "leader":
+            current["leader_alive"] = rest.strip() == "1"
+        elif word == "etimes":
+            current["uptime_s"] = int(rest) if rest.strip().isdigit() else None
+        elif word == "health":
+            current["health"] = parse_health(rest)
+        elif word == "listen":
+            current["listening"] = _ints(rest)
+        elif word == "log":
+            current["last_log"] = _ANSI.sub("", rest).strip()
+        elif word == "nolog":
+            current["last_log"] = None
+        elif raw == "@@body-begin":
+            body = []
+    return {key: ProbeResult(key=key, **values) for key, values in found.items()}
+
+
+def tail_command(log_path: str, lines: int = 30) -> str:
+    """Shell text printing the last ``lines`` lines of a log (nothing when it is missing)."""
+    return f"tail -n {int(lines)} {shellcmd.path(log_path)} 2>/dev/null | tr -d '\\r'; true"
+
+
+def clean_log_lines(text: str) -> list[str]:
+    """Log text as lines without colour escapes (the router logs in colour)."""
+    return [_ANSI.sub("", line).rstrip() for line in text.splitlines()]
+
+
+# --- several scripts in one round trip --------------------------------------------------------------
+
+
+def sections_script(sections: Sequence[tuple[str, str]]) -> str:
+    """Run each ``(key, script)`` in its own subshell, stderr folded into stdout, framed by
+    ``@@begin KEY`` / ``@@end KEY RC`` lines: one round trip for all of a host's work,
+    and one script's ``exit`` ends only its own part. Parse with :func:`parse_sections`.
+    """
+    out = []
+    for key, script in sections:
+        if not _KEY.match(key):
+            raise ValueError(f"bad section key {key!r}")
+        out.append(f"echo '@@begin {key}'")
+        out.append("(\n" + script.rstrip("\n") + "\n) 2>&1")
+        out.append(f"echo \"@@end {key} $?\"")
+    return "\n".join(out) + "\n"
+
+
+@dataclass(frozen=True)
+class Section:
+    """One part of :func:`sections_script` output. ``rc`` None = it never finished."""
+
+    key: str
+    output: str
+    rc: int | None
+
+
+def parse_sections(stdout: str) -> dict[str, Section]:
+    """``{key: Section}`` from :func:`sections_script` output (a cut-off part has rc None)."""
+    found: dict[str, Section] = {}
+    key: str | None = None
+    body: list[str] = []
+    for line in stdout.splitlines():
+        if line.startswith("@@begin "):
+            key, body = line[len("@@begin "):].strip(), []
+        elif line.startswith("@@end ") and key is not None:
+            rc = line.rsplit(" ", 1)[-1]
+            found[key] = Section(key, "\n".join(body), int(rc) if rc.lstrip("-").isdigit() else None)
+            key = None
+        elif key is not None:
+            body.append(line)
+    if key is not None:
+        found[key] = Section(key, "\n".join(body), None)
+    return found
+
+
+_KEY = re.compile(r"^[A-Za-z0-9_.:-]+$")
+
+
+# --- per-host records ------------------------------------------------------------------------
+
+
+def record_write_command(record: "ServerRecord") -> str:
+    """Shell text that writes ``record`` as JSON to its ``record_path`` on its host."""
+    return shellcmd.write_file(record.record_path, json.dumps(asdict(record), sort_keys=True))
+
+
+def records_command(run_dir: str, host: str) -> str:
+    """Shell text printing every server record of ``host`` in ``run_dir`` (one JSON per
+    line). File names carry the host address, so on a shared (NFS) run dir each host
+    only reads its own."""
+    # _safe() leaves only [A-Za-z0-9._-]: the glob needs no quoting (and must not have any).
+    pattern = f"*-{_safe(host)}-[0-9]*.json"
+    return (f"for f in {shellcmd.path(run_dir)}/{pattern}; do "
+            '[ -f "$f" ] && { tr -d "\\n" < "$f"; echo; }; done; true')
+
+
+def parse_records(stdout: str) -> list["ServerRecord"]:
+    """ServerRecords from :func:`records_command` output (unreadable lines skipped)."""
+    records = []
+    for line in stdout.splitlines():
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            records.append(_record(ServerRecord, json.loads(line)))
+        except (ValueError, TypeError):
+            continue
+    return records
 
 
 # --- manifest ------------------------------------------------------------------------------
@@ -658,9 +1001,11 @@ class ServerRecord:
     pgid: int | None = None
     started_at: float | None = None
     command: str = ""  # display form, secrets masked
+    stopped_at: float | None = None  # set by stop-pd
 
     @classmethod
-    def from_spec(cls, spec: ServerSpec, pid: int | None = None, started_at: float | None = None) -> "ServerRecord":
+    def from_spec(cls, spec: ServerSpec, pid: int | None = None,
+                  started_at: float | None = None) -> "ServerRecord":
         """Record for ``spec``; pid = pgid because servers are started with setsid."""
         return cls(
             engine=spec.engine, role=spec.role, host=spec.host, target=spec.target,
@@ -689,13 +1034,15 @@ class RouterRecord:
     pgid: int | None = None
     started_at: float | None = None
     command: str = ""
+    stopped_at: float | None = None  # set by stop-pd
 
     @property
     def is_local(self) -> bool:
         return self.host == LOCAL
 
     @classmethod
-    def from_spec(cls, spec: RouterSpec, pid: int | None = None, started_at: float | None = None) -> "RouterRecord":
+    def from_spec(cls, spec: RouterSpec, pid: int | None = None,
+                  started_at: float | None = None) -> "RouterRecord":
         return cls(
             engine=spec.engine, host=spec.host, target=spec.target, bind=spec.bind,
             port=spec.port, url=spec.url, run_id=spec.run_id, log_path=spec.log_path,
@@ -723,6 +1070,7 @@ class Manifest:
     servers: list[ServerRecord] = field(default_factory=list)
     router: RouterRecord | None = None
     version: int = MANIFEST_VERSION
+    stopped_at: float | None = None  # set when stop-pd stopped the whole deployment
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (``json.dumps`` it)."""
@@ -756,8 +1104,19 @@ class Manifest:
         return [s for s in self.servers if s.is_api and (role is None or s.role == role)]
 
 
-def manifest_path(name: str, base: str = "~/.cluster/deployments") -> str:
-    """Controller-side manifest location for deployment ``name``."""
+DEFAULT_STATE_DIR = "~/.cluster/deployments"
+STATE_DIR_ENV = "CLUSTER_STATE_DIR"
+DEFAULT_DEPLOYMENT = "default"
+
+
+def manifest_path(name: str = DEFAULT_DEPLOYMENT, base: str | None = None) -> str:
+    """Controller-side manifest location for deployment ``name``.
+
+    ``base`` defaults to ``$CLUSTER_STATE_DIR``, else ``~/.cluster/deployments`` (not
+    expanded here: callers ``expanduser`` it on the controller).
+    """
+    if base is None:
+        base = os.environ.get(STATE_DIR_ENV) or DEFAULT_STATE_DIR
     return f"{_dir(base)}/{_safe(name)}.json"
 
 
@@ -857,7 +1216,7 @@ def _plan_role(config: ServingConfig, role: str, hosts: list[Host], run_id: str,
         group = hosts[index * nnodes:(index + 1) * nnodes]
         addresses = [_address(h, role) for h in group]
         dist = f"{_url_host(addresses[0])}:{settings.dist_init_port}" if nnodes > 1 else None
-        for rank, (host, address) in enumerate(zip(group, addresses)):
+        for rank, (host, address) in enumerate(zip(group, addresses, strict=True)):
             specs.append(ServerSpec(
                 engine=config.engine, role=role, host=address, target=str(host), port=port,
                 server_index=index, node_rank=rank, nnodes=nnodes, tp_size=settings.tp_size,
@@ -978,6 +1337,43 @@ def _running_check(pid_path: str) -> str:
     )
 
 
+def _running_report(pid_path: str) -> str:
+    """Set ``running`` to the live process group of the pid file (empty when none) and
+    print ``RUNNING <pgid>`` for it. Used by the ``--restart`` preflight."""
+    pidfile = shellcmd.path(pid_path)
+    return (
+        f"running=''; if [ -f {pidfile} ]; then old=$(cat {pidfile} 2>/dev/null | tr -dc 0-9) || old=''; "
+        'if [ -n "$old" ] && [ "$old" -gt 1 ] && ps -eo pgid=,stat= 2>/dev/null | '
+        "awk -v g=\"$old\" '$1==g && $2 !~ /^Z/ {f=1} END {exit !f}'; then "
+        'running=$old; echo "RUNNING $old"; fi; fi'
+    )
+
+
+_PY_FIND_SPEC = "import importlib.util, sys; sys.exit(importlib.util.find_spec(sys.argv[1]) is None)"
+
+
+def _launcher_check(launch: Launch) -> str:
+    """Exit 7 unless the launcher is on PATH (and ``PY -m pkg`` imports) once the env
+    file is sourced and the env exported — in a subshell, so nothing leaks out."""
+    program = launch.argv[0]
+    steps = []
+    if launch.env_file:
+        steps.append(f". {shellcmd.path(launch.env_file)} >/dev/null 2>&1 < /dev/null")
+    exports = shellcmd.export_line(launch.env)
+    if exports:
+        steps.append(exports)
+    missing = shellcmd.quote(f"{program} not found on PATH")
+    steps.append(f"command -v {shellcmd.quote(program)} >/dev/null 2>&1 || "
+                 f"{{ echo {missing} >&2; exit {EXIT_LAUNCHER_MISSING}; }}")
+    if len(launch.argv) > 2 and launch.argv[1] == "-m":
+        package = launch.argv[2].split(".")[0]
+        cannot = shellcmd.quote(f"{program} cannot import {package} (not installed in that environment?)")
+        steps.append(f"{shellcmd.quote(program)} -c {shellcmd.quote(_PY_FIND_SPEC)} "
+                     f"{shellcmd.quote(package)} "
+                     f"< /dev/null >/dev/null 2>&1 || {{ echo {cannot} >&2; exit {EXIT_LAUNCHER_MISSING}; }}")
+    return "( " + "; ".join(steps) + " ) || exit $?"
+
+
 def _ports_check(host: str, ports: Sequence[int]) -> str:
     scan = _listen_scan(host, ports)
     return (
@@ -999,7 +1395,8 @@ def _launch_lines(launch: Launch, refuse_running: bool, check_ports: bool, *, ma
     lines = [f"# {launch.name}"]
     if launch.env_file:
         lines.append(_env_file_check(launch.env_file))
-    lines.append(f"mkdir -p {run_dir} || {{ echo {shellcmd.quote('cannot create run dir: ' + launch.run_dir)} >&2; "
+    no_dir = shellcmd.quote("cannot create run dir: " + launch.run_dir)
+    lines.append(f"mkdir -p {run_dir} || {{ echo {no_dir} >&2; "
                  f"exit {EXIT_RUN_DIR}; }}")
     if refuse_running:
         lines.append(_running_check(launch.pid_path))
@@ -1007,12 +1404,13 @@ def _launch_lines(launch: Launch, refuse_running: bool, check_ports: bool, *, ma
         lines.append(_ports_check(launch.bind_host, launch.ports))
     if launch.env_file:
         # Its chatter goes to the log; a non-zero status of its last line is common and harmless.
-        lines.append(f". {shellcmd.path(launch.env_file)} >> {log} 2>&1")
+        lines.append(f". {shellcmd.path(launch.env_file)} >> {log} 2>&1 < /dev/null")
     exports = shellcmd.export_line(launch.env, mask=mask)
     if exports:
         lines.append(exports)
     program = shellcmd.quote(launch.argv[0])
-    lines.append(f"command -v {program} >/dev/null 2>&1 || {{ echo {shellcmd.quote(launch.argv[0] + ' not found on PATH')} >&2; "
+    not_found = shellcmd.quote(launch.argv[0] + " not found on PATH")
+    lines.append(f"command -v {program} >/dev/null 2>&1 || {{ echo {not_found} >&2; "
                  f"exit {EXIT_LAUNCHER_MISSING}; }}")
     argv = shellcmd.display_argv(launch.argv) if mask else shellcmd.join(launch.argv)
     lines.append(f"setsid nohup {argv} >> {log} 2>&1 < /dev/null &")

@@ -1,0 +1,265 @@
+"""start-pd / stop-pd / pd-status output: tables, live progress, JSON fields, dry-run text.
+
+start-pd and pd-status print one row per server node-rank (then the router), with the
+host it runs on; stop-pd one row per host. Failed rows carry the failure kind in the
+status column and message + hint in Notes; a server that died (or never became
+ready) also gets its last log lines under the table.
+"""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+from typing import Any, Sequence
+
+from rich.console import Group, RenderableType
+from rich.markup import escape
+from rich.text import Text
+
+from ..result import Outcome, Report
+from ..serving.lifecycle import HostStop, ServerRow, StartResult
+from .core import failure_text, host_table
+
+GOOD = {"ready", "healthy", "running", "started"}
+BUSY = {"planned", "starting", "loading", "waiting"}
+QUIET = {"not started", "dry-run", "stopped"}
+
+
+def _status_text(status: str, outcome: Outcome | None = None) -> Text:
+    if outcome is not None and not outcome.ok and outcome.error is not None:
+        # A generic status says less than the failure kind (env-file, port-busy...).
+        generic = status in GOOD or status in ("failed", "planned", "not started")
+        return Text(outcome.error.kind if generic else status, style="bold red")
+    style = "green" if status in GOOD else "yellow" if status in BUSY else "dim" if status in QUIET else "red"
+    return Text(status, style=style)
+
+
+def _seconds(value: float | int | None) -> str:
+    if value is None:
+        return "—"
+    value = float(value)
+    if value < 120:
+        return f"{value:.1f} s"
+    minutes, secs = divmod(int(value), 60)
+    if minutes < 120:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def _role(row: ServerRow) -> str:
+    if row.nnodes > 1:
+        return f"{row.role} {row.server_index} rank {row.node_rank}"
+    return row.role
+
+
+def _host(row: ServerRow) -> str:
+    return row.target if row.target == "local" else row.host
+
+
+# --------------------------------------------------------------------------- start-pd
+
+START_COLUMNS = ("Role", "Host", ("Port", {"justify": "right"}), ("PID", {"justify": "right"}),
+                 "Status", ("Ready after", {"justify": "right"}), "Log", "Notes")
+
+
+def start_row(outcome: Outcome) -> list[Any]:
+    row: ServerRow = outcome.data
+    return [_role(row), _host(row), row.port, row.pid, _status_text(row.status, outcome),
+            _seconds(row.ready_after_s), PurePosixPath(row.log_path).name, failure_text(outcome)]
+
+
+def start_table(report: Report) -> RenderableType:
+    return host_table(START_COLUMNS, [start_row(o) for o in report])
+
+
+def log_tails(report: Report) -> list[RenderableType]:
+    """The last log lines of every row that has them (died / not ready)."""
+    out: list[RenderableType] = []
+    for outcome in report:
+        row: ServerRow = outcome.data
+        if not row.log_tail:
+            continue
+        header = Text(f"── {row.label} ({row.status}): last {len(row.log_tail)} lines of "
+                      f"{row.log_path}", style="bold")
+        body = Text("\n".join("  " + line for line in row.log_tail), style="dim")
+        out += [header, body]
+    return out
+
+
+def start_view(result: StartResult) -> RenderableType:
+    """The final start-pd output: table, log tails, and what to do next."""
+    parts: list[RenderableType] = [start_table(result.report), *log_tails(result.report)]
+    parts += [Text(line, style="dim") for line in start_notes(result)]
+    return Group(*parts)
+
+
+def start_notes(result: StartResult) -> list[str]:
+    """One-line hints under the table, by how far the start got."""
+    notes = []
+    if result.stage == "preflight":
+        notes.append("Nothing was started on any host.")
+    elif result.stage in ("launch", "wait", "router"):
+        notes.append("The servers that started are left running: inspect them with "
+                     "`inv pd-status` / `inv logs`, stop them with `inv stop-pd`.")
+    dirs = sorted({str(PurePosixPath(o.data.log_path).parent) for o in result.report if o.data.log_path})
+    if dirs and result.stage != "preflight":
+        notes.append(f"Logs (and pid files) on each host in {', '.join(dirs)}")
+    if result.manifest_file:
+        notes.append(f"Deployment '{result.plan.deployment}' (run {result.plan.run_id}) recorded in "
+                     f"{result.manifest_file}")
+    if result.stage == "done" and result.router_url:
+        notes.append(f"Router: {result.router_url}")
+    return notes
+
+
+def start_fields(outcome: Outcome) -> dict[str, Any]:
+    return outcome.data.to_json()
+
+
+def start_extra(result: StartResult) -> dict[str, Any]:
+    return {"deployment": result.plan.deployment, "run_id": result.plan.run_id,
+            "engine": result.plan.config.engine, "stage": result.stage,
+            "manifest": str(result.manifest_file) if result.manifest_file else None,
+            "router_url": result.router_url if result.plan.router else None,
+            "elapsed_s": round(result.elapsed_s, 1)}
+
+
+def progress_view(rows: Sequence[ServerRow], elapsed: float) -> RenderableType:
+    """The live stderr view while start-pd waits: one line per server."""
+    table = host_table(("Role", "Host", ("Port", {"justify": "right"}), "Status",
+                        ("Elapsed", {"justify": "right"}), "Last log line"),
+                       [[_role(r), _host(r), r.port, _status_text(r.status),
+                         _seconds(r.ready_after_s if r.ready_after_s is not None else r.uptime_s),
+                         Text((r.last_log or "")[:100], style="dim")] for r in rows])
+    ready = sum(1 for r in rows if r.status in GOOD)
+    return Group(Text(f"start-pd: {ready}/{len(rows)} ready · {_seconds(elapsed)} · Ctrl-C stops "
+                      "waiting (the servers keep running)", style="bold"), table)
+
+
+def dry_run_text(scripts: Sequence[tuple[ServerRow, str]]) -> str:
+    """What --dry-run prints: per process, where it runs and its exact (masked) script."""
+    blocks = []
+    for row, script in scripts:
+        where = "the controller (local)" if row.target == "local" else row.target
+        blocks.append(f"# ===== {_role(row)} on {where}, port {row.port}\n{script.rstrip()}\n")
+    return "\n".join(blocks)
+
+
+# --------------------------------------------------------------------------- stop-pd
+
+STOP_COLUMNS = ("Host", "Status", "Stopped", "Stopped pids", "Leftovers killed", "Ports free",
+                "GPU memory after", "Notes")
+
+
+def _pids(pids: Sequence[int], limit: int = 8) -> str:
+    if not pids:
+        return "—"
+    shown = " ".join(str(p) for p in pids[:limit])
+    return shown + (f" …+{len(pids) - limit}" if len(pids) > limit else "")
+
+
+def _ports_cell(stop: HostStop) -> Text:
+    if not stop.ports:
+        return Text("—")
+    busy = [p for p, free in stop.ports.items() if not free]
+    if busy:
+        return Text("busy: " + " ".join(map(str, busy)), style="bold red")
+    return Text("yes (" + " ".join(map(str, stop.ports)) + ")", style="green")
+
+
+def _gpu_cell(stop: HostStop) -> Text:
+    after = stop.gpu
+    if after is None:
+        return Text("—")
+    if not after.available:
+        return Text(after.note or "unknown", style="dim")
+    text = Text(f"{after.memory_used_mib} / {after.memory_total_mib} MiB",
+                style="yellow" if after.processes else "green")
+    if after.processes:
+        text.append(f", {len(after.processes)} process(es)", style="yellow")
+    return text
+
+
+def _leftovers_cell(stop: HostStop) -> Text:
+    if not stop.leftovers:
+        return Text("none", style="dim")
+    names = ", ".join(f"{pid} {cmdline.split()[0] if cmdline else ''}" for pid, cmdline in stop.leftovers[:4])
+    more = f" …+{len(stop.leftovers) - 4}" if len(stop.leftovers) > 4 else ""
+    return Text(names + more, style="yellow")
+
+
+def stop_row(outcome: Outcome) -> list[Any]:
+    stop: HostStop = outcome.data
+    how = {"term": "SIGTERM", "kill": "SIGKILL after grace", "mixed": "SIGTERM/SIGKILL"}.get(stop.how, "")
+    status = Text("ok", style="green") if outcome.ok else Text(outcome.error.kind if outcome.error else
+                                                              "failed", style="bold red")
+    stopped = ", ".join(stop.servers) or "nothing recorded"
+    if stop.servers and not stop.stopped_pids:
+        stopped += " (not running)"
+    notes = failure_text(outcome)
+    if how:
+        notes = Text(how + (f" in {stop.seconds} s" if stop.seconds is not None else ""), style="dim") \
+            if outcome.ok else notes
+    return [str(outcome.host), status, stopped, _pids(stop.stopped_pids), _leftovers_cell(stop),
+            _ports_cell(stop), _gpu_cell(stop), notes]
+
+
+def stop_table(report: Report) -> RenderableType:
+    return host_table(STOP_COLUMNS, [stop_row(o) for o in report])
+
+
+def stop_fields(outcome: Outcome) -> dict[str, Any]:
+    return outcome.data.to_json() if outcome.data is not None else {}
+
+
+# --------------------------------------------------------------------------- pd-status
+
+STATUS_COLUMNS = ("Role", "Host", ("Port", {"justify": "right"}), ("PID", {"justify": "right"}),
+                  "Status", "Alive", "Listening", "Health", ("Uptime", {"justify": "right"}),
+                  "Last log line / notes")
+
+
+def _yes_no(value: bool | None) -> Text:
+    if value is None:
+        return Text("—", style="dim")
+    return Text("yes", style="green") if value else Text("no", style="red")
+
+
+def _health_cell(row: ServerRow) -> Text:
+    if row.health is None:
+        return Text("—", style="dim")
+    what = "ready " if row.role == "router" else ""
+    code = str(row.health) if row.health else "no answer"
+    return Text(what + code, style="green" if row.health == 200 else "yellow" if row.health == 503 else "red")
+
+
+def _notes(outcome: Outcome) -> Text:
+    row: ServerRow = outcome.data
+    text = Text()
+    if row.workers is not None:
+        healthy = sum(1 for w in row.workers if w.get("is_healthy"))
+        text.append(f"workers {healthy}/{len(row.workers)} healthy", style="green" if healthy == len(
+            row.workers) else "red")
+        text.append("  ")
+    if row.last_log:
+        text.append(escape(row.last_log[:120]), style="dim")
+    if outcome.error is not None:
+        if text:
+            text.append("\n")
+        text.append_text(failure_text(outcome))
+    return text
+
+
+def status_row(outcome: Outcome) -> list[Any]:
+    row: ServerRow = outcome.data
+    return [_role(row), _host(row), row.port or "—", row.pid, _status_text(row.status, outcome),
+            _yes_no(row.alive), _yes_no(row.listening), _health_cell(row), _seconds(row.uptime_s),
+            _notes(outcome)]
+
+
+def status_table(report: Report) -> RenderableType:
+    return host_table(STATUS_COLUMNS, [status_row(o) for o in report])
+
+
+def status_fields(outcome: Outcome) -> dict[str, Any]:
+    return outcome.data.to_json() if outcome.data is not None else {}
