@@ -32,13 +32,12 @@ from typing import Any, Callable, Iterable, Sequence
 from .errors import InputError
 from .hosts import Host, parse_hosts
 from .result import Failure, Outcome, Report, build_report, classify_exception
-from .serving.commands import Manifest, ServerRecord, manifest_path
+from .serving.commands import DEFAULT_DEPLOYMENT, Manifest, ServerRecord, manifest_path
 from .serving.shellcmd import path as shell_path
 from .serving.shellcmd import quote
 from .ssh import CommandResult, Engine, HostSession
 
 DEFAULT_LINES = 100
-DEFAULT_DEPLOYMENT = "default"
 READ_TIMEOUT_S = 60.0
 
 # Failure kinds added by this module (docs/logs.md).
@@ -70,7 +69,9 @@ class LogSource:
 
 
 def manifest_file(name: str | None = None) -> Path:
-    """Where the controller keeps the manifest of deployment ``name``."""
+    """Where the controller keeps the manifest of deployment ``name`` (the place ``inv
+    start-pd`` writes it: ``$CLUSTER_STATE_DIR/<name>.json``, else
+    ``~/.cluster/deployments/<name>.json``)."""
     return Path(manifest_path(name or DEFAULT_DEPLOYMENT)).expanduser()
 
 
