@@ -10,6 +10,7 @@ import sys
 import time
 from typing import Any
 
+from invoke import Exit
 from rich.live import Live
 
 from cluster.errors import InputError
@@ -97,7 +98,7 @@ def start_pd(c, prefill=None, decode=None, model_path=None, tp_size=None, nnodes
             _print_dry_run(plan, json)
             return
         live = None if json or not sys.stderr.isatty() else Live(
-            console=render.stderr_console(), auto_refresh=False, transient=False)
+            console=render.stderr_console(), auto_refresh=False, transient=True)
 
         def show(rows, elapsed):
             if live is not None:
@@ -109,6 +110,11 @@ def start_pd(c, prefill=None, decode=None, model_path=None, tp_size=None, nnodes
             result = cluster.start_pd(prefill, decode, router=router, deployment=deployment,
                                       wait=not no_wait, timeout=limit, restart=restart,
                                       grace=pause, on_progress=show, **overrides)
+        except KeyboardInterrupt:
+            # Only the waiting stops: what was launched keeps starting, and is recorded.
+            raise Exit(f"interrupted: servers already launched keep running (recorded in "
+                       f"{lifecycle.manifest_file(plan.deployment)}); follow them with "
+                       "`inv pd-status`, stop them with `inv stop-pd`", code=130) from None
         finally:
             if live is not None:
                 live.stop()

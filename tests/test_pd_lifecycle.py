@@ -38,7 +38,7 @@ STANDINS = REPO / "cluster" / "testing" / "standins"
 BIN = REPO / "cluster" / "testing" / "bin"
 PREFILL = "127.0.1.1"
 DECODES = ["127.0.1.2", "127.0.1.3"]
-ADDRESSES = ["127.0.0.1", PREFILL, *DECODES]
+ADDRESSES = ["127.0.0.1", PREFILL, *DECODES, "127.0.1.4"]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -469,3 +469,58 @@ def test_dry_run_prints_masked_commands_and_connects_nowhere(fleet, pd_factory, 
     assert "nothing was started, no host was contacted" in out
     assert {a: fleet.connection_count(a) for a in before} == before
     assert not any(pd.run_dir.iterdir())
+
+
+def test_two_nodes_per_server_env_file_and_per_host_selection(pd_factory):
+    """The DeepSeek layout in miniature: each server spans 2 hosts (--nnodes 2), only rank 0
+    serves the API; an env file is sourced first; -H selects what runs on one host."""
+    pd = pd_factory()
+    env_file = pd.run_dir.parent / "unified-env.sh"
+    env_file.write_text('echo "env file sourced on $(hostname)"\nexport STANDIN_LOAD_SECONDS=1\n')
+    env_file.chmod(0o644)
+    prefill_dist, decode_dist = free_ports(2)
+    pd.serving["env_file"] = str(env_file)
+    pd.serving["prefill"].update(nnodes=2, tp_size=4, dist_init_port=prefill_dist)
+    pd.serving["decode"].update(nnodes=2, tp_size=4, dist_init_port=decode_dist)
+    pd.write_roles({"prefill": ["127.0.1.1", "127.0.1.2"], "decode": ["127.0.1.3", "127.0.1.4"]})
+    code, doc = pd.cli_json("start-pd", "--timeout", "90")  # hosts from the roles
+    assert code == 0, json.dumps(doc, indent=1)
+    ranks = [(e["role"], e["address"], e["node_rank"], e["is_api"], e["status"]) for e in doc["hosts"]]
+    assert ranks == [("prefill", "127.0.1.1", 0, True, "ready"), ("prefill", "127.0.1.2", 1, False, "ready"),
+                     ("decode", "127.0.1.3", 0, True, "ready"), ("decode", "127.0.1.4", 1, False, "ready")]
+    manifest = pd.manifest()
+    for record in manifest.servers:
+        log = Path(record.log_path).read_text()
+        assert "env file sourced" in log  # its chatter goes to the log, before the server's
+        assert f"dist_init_addr='{'127.0.1.1' if record.role == 'prefill' else '127.0.1.3'}:" in log
+    # Rank 0 holds the dist-init port; rank 1 has only a dummy /health, and is "running".
+    code, status = pd.cli_json("pd-status", "-H", "127.0.1.2")
+    assert code == 0 and [(e["role"], e["node_rank"], e["status"]) for e in status["hosts"]] == [
+        ("prefill", 1, "running")]
+    # A partial stop (one host; the sweep off because the loopback hosts share a kernel).
+    code, stop = pd.cli_json("stop-pd", "-H", "127.0.1.4", "--grace", "1", "--sweep", "none")
+    assert code == 0 and [e["host"] for e in stop["hosts"]] == ["127.0.1.4"]
+    assert stop["router_stopped"] is False and stop["hosts"][0]["stopped_pids"]
+    code, status = pd.cli_json("pd-status")
+    assert code == 1
+    down = [(e["address"], e["error"]["kind"]) for e in status["hosts"] if not e["ok"]]
+    assert down == [("127.0.1.4", "not-running")]
+    run_ids = pd.run_ids()
+    code, stop = pd.stop()
+    assert code == 0 and pd.processes(run_ids) == {}
+    assert all(_bindable("127.0.1.1", p) for p in (prefill_dist, pd.prefill_port, pd.bootstrap_port))
+
+
+def test_timeout_fails_not_ready_and_leaves_the_servers_running(pd_factory):
+    pd = pd_factory()
+    pd.env["STANDIN_LOAD_SECONDS"] = "60"
+    pd.write_roles()
+    started = time.monotonic()
+    code, doc = pd.cli_json("start-pd", "--prefill", PREFILL, "--decode", DECODES[0], "--timeout", "3")
+    assert code == 1 and doc["stage"] == "wait" and time.monotonic() - started < 30
+    assert all(e["error"]["kind"] == "not-ready" and e["status"] == "not-ready" for e in doc["hosts"])
+    assert all("Load weight begin" in "\n".join(e["log_tail"]) for e in doc["hosts"])
+    run_ids = pd.run_ids()
+    assert len(pd.processes(run_ids)) >= 2  # left running for inspection
+    code, stop = pd.stop()
+    assert code == 0 and pd.processes(run_ids) == {}

@@ -65,7 +65,8 @@ START_COLUMNS = ("Role", "Host", ("Port", {"justify": "right"}), ("PID", {"justi
 def start_row(outcome: Outcome) -> list[Any]:
     row: ServerRow = outcome.data
     return [_role(row), _host(row), row.port, row.pid, _status_text(row.status, outcome),
-            _seconds(row.ready_after_s), PurePosixPath(row.log_path).name, failure_text(outcome)]
+            _seconds(row.ready_after_s), PurePosixPath(row.log_path).name if row.pid else "—",
+            failure_text(outcome)]
 
 
 def start_table(report: Report) -> RenderableType:
