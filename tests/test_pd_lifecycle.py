@@ -497,6 +497,10 @@ def test_two_nodes_per_server_env_file_and_per_host_selection(pd_factory):
     code, status = pd.cli_json("pd-status", "-H", "127.0.1.2")
     assert code == 0 and [(e["role"], e["node_rank"], e["status"]) for e in status["hosts"]] == [
         ("prefill", 1, "running")]
+    code, status = pd.cli_json("pd-status", "-H", "127.0.1.2,127.0.1.5")  # .5 runs nothing
+    assert code == 1 and [(e["host"], e["ok"]) for e in status["hosts"]] == [
+        ("127.0.1.2", True), ("127.0.1.5", False)]
+    assert status["hosts"][1]["error"]["message"] == "no server recorded on this host"
     # A partial stop (one host; the sweep off because the loopback hosts share a kernel).
     code, stop = pd.cli_json("stop-pd", "-H", "127.0.1.4", "--grace", "1", "--sweep", "none")
     assert code == 0 and [e["host"] for e in stop["hosts"]] == ["127.0.1.4"]

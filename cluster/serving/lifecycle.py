@@ -1036,6 +1036,7 @@ def pd_status(engine: Engine, manifest: Manifest | None, *, hosts: Sequence[Host
         raise InputError(f"no recorded deployment ({manifest_file()} not found): name the hosts "
                          "with --hosts/--role")
     records: list[ServerRecord] = []
+    unreachable: dict[Host, Failure] = {}
     if hosts is None:
         assert manifest is not None
         records = list(manifest.servers)
@@ -1044,9 +1045,10 @@ def pd_status(engine: Engine, manifest: Manifest | None, *, hosts: Sequence[Host
         if manifest is not None:
             records = [r for r in manifest.servers if host_of(r.target).hostname in wanted]
         if run_dir:
-            for found in discover_records(engine, hosts, run_dir, fanout).values():
+            for host, found in discover_records(engine, hosts, run_dir, fanout).items():
                 if isinstance(found, BaseException):
-                    continue  # the probe below reports the host
+                    unreachable[host] = _transport_failure(engine, host, found)
+                    continue
                 known = {(r.record_path, r.pid) for r in records}
                 records += [r for r in found if (r.record_path, r.pid) not in known]
     rows = [_row_of_record(r) for r in records]
@@ -1061,12 +1063,8 @@ def pd_status(engine: Engine, manifest: Manifest | None, *, hosts: Sequence[Host
             ports=(row.port,) if row.is_api or is_router else (),
             health_path="/readiness" if is_router else ("/health" if row.is_api else None),
             fetch_path="/workers" if is_router else None))
-    if hosts is not None and not rows:
-        return StatusResult(Report([Outcome(h, False, error=Failure(
-            NOT_RUNNING, "no server recorded on this host",
-            "nothing was started here by start-pd (or serving.run_dir differs)"),
-            data=ServerRow(role="—", host=h.hostname, target=str(h), port=0, key="none",
-                           status="none")) for h in hosts]), manifest)
+    # A selected host with nothing recorded is named, not silently left out.
+    empty = [h for h in (hosts or ()) if h.hostname not in {host_of(r.target).hostname for r in rows}]
     results = _sections_on(engine, {h: [("probe", cmd.probe_command(t))] for h, t in targets.items()},
                            STEP_TIMEOUT_S, fanout)
     outcomes = []
@@ -1080,6 +1078,12 @@ def pd_status(engine: Engine, manifest: Manifest | None, *, hosts: Sequence[Host
             probes = cmd.parse_probe(value["probe"].output) if value and "probe" in value else {}
             failure = _judge_status(row, probes.get(row.key))
         outcomes.append(Outcome(host, failure is None, error=failure, data=row))
+    nothing = Failure(NOT_RUNNING, "no server recorded on this host",
+                      "nothing was started here by start-pd (or serving.run_dir differs)")
+    outcomes += [Outcome(h, False, error=unreachable.get(h, nothing),
+                         data=ServerRow(role="—", host=h.hostname, target=str(h), port=0,
+                                        key="none", status="none" if h not in unreachable else FAILED))
+                 for h in empty]
     return StatusResult(Report(outcomes), manifest)
 
 
