@@ -1,8 +1,11 @@
-"""SGLang/vLLM prefill/decode serving: configuration and command building.
+"""SGLang/vLLM prefill/decode serving.
 
-``config`` parses the roles.yaml ``serving:`` section; ``commands`` turns it and the
-host lists into per-host server specs, launch scripts, stop/sweep/health/port
-commands and the deployment manifest. Both are pure (no connection is opened).
+Pure (no connection): ``config`` parses the roles.yaml ``serving:`` section; ``commands``
+turns it and the host lists into per-host server specs, launch scripts, stop/sweep/
+health/probe/port commands and the deployment manifest; ``shellcmd`` quotes.
+
+Over SSH: ``remote`` runs those scripts (fed on stdin), ``store`` keeps the manifest on
+the controller, and ``lifecycle`` is start-pd / stop-pd / pd-status.
 """
 
 from __future__ import annotations

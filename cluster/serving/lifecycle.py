@@ -35,30 +35,34 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from invoke.exceptions import CommandTimedOut
-from invoke.runners import Result as _InvokeResult
-
 from .. import gpu
 from ..errors import InputError
-from ..hosts import Host, parse_hosts
-from ..result import Failure, Outcome, Report, classify_exception
-from ..ssh import CommandResult, Engine, HostSession, _drain
+from ..hosts import Host
+from ..result import Failure, Outcome, Report
+from ..ssh import Engine, HostSession
 from . import commands as cmd
 from .commands import Manifest, RouterRecord, RouterSpec, ServerRecord, ServerSpec
 from .config import ServingConfig
+from .remote import STEP_TIMEOUT_S, each, host_of, run_script, sections_on, transport_failure
+from .store import load_manifest, manifest_file, save_manifest
+
+__all__ = [  # the lifecycle's public names, including those it re-exports
+    "ServerRow", "StartPlan", "StartResult", "GpuAfter", "HostStop", "StopResult", "StatusResult",
+    "StopWork", "plan_start", "dry_run_scripts", "start_pd", "stop_pd", "pd_status",
+    "discover_records", "server_key", "host_of", "run_script", "manifest_file", "load_manifest",
+    "save_manifest",
+]
 
 ROUTER = "router"
 DEFAULT_TIMEOUT_S = 1800.0
 DEFAULT_GRACE_S = 30.0
 POLL_INTERVAL_S = 1.0
 LOG_TAIL_LINES = 30
-STEP_TIMEOUT_S = 60.0          # preflight, launch, probe: small scripts
 ROUTER_MIN_WAIT_S = 60.0       # the router gets at least this long, even late in the timeout
 TRANSPORT_STRIKES = 3          # consecutive failed polls of a host before its servers fail
 SWEEP_SCOPES = ("user", "deployment", "none")
@@ -231,123 +235,6 @@ class StatusResult:
     manifest: Manifest | None = None
 
 
-# --------------------------------------------------------------------------- manifest store
-
-
-def manifest_file(name: str | None = None) -> Path:
-    """Controller-side manifest of deployment ``name`` (default ``default``):
-    ``$CLUSTER_STATE_DIR/<name>.json``, else ``~/.cluster/deployments/<name>.json``."""
-    return Path(cmd.manifest_path(name or cmd.DEFAULT_DEPLOYMENT)).expanduser()
-
-
-def load_manifest(name: str | None = None) -> Manifest | None:
-    """The recorded deployment ``name``, or None when there is none."""
-    path = manifest_file(name)
-    try:
-        return Manifest.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-
-
-def save_manifest(manifest: Manifest) -> Path:
-    """Write the manifest atomically (temp file + rename); returns its path."""
-    path = manifest_file(manifest.name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(manifest.dumps() + "\n")
-    os.replace(tmp, path)
-    return path
-
-
-# --------------------------------------------------------------------------- running scripts
-
-
-def run_script(session: HostSession, script: str, timeout: float | None = STEP_TIMEOUT_S) -> CommandResult:
-    """Run shell ``script`` on the session's host, fed on stdin to ``bash -s`` (``sh -s``).
-
-    The script text (which may hold secrets) never becomes a command line. It is wrapped
-    in ``{ … }`` so the shell reads all of it before running any of it: a command that
-    reads stdin (an env file, say) cannot swallow the rest. Non-zero exit is a result;
-    transport errors raise; past ``timeout`` raises invoke's ``CommandTimedOut``.
-    """
-    wrapped = "{\n" + script.rstrip("\n") + "\n}\n"
-    if session.host.is_local:
-        return _run_local(wrapped, timeout)
-    session.open()
-    transport = session.connection.client.get_transport()
-    if transport is None or not transport.is_active():
-        # A cached connection that died (sshd restarted): reconnect once, as HostSession does.
-        session.connection.close()
-        session.connection.open()
-        transport = session.connection.client.get_transport()
-    channel = transport.open_session(timeout=session.engine.settings.connect_timeout)
-    out: list[bytes] = []
-    err: list[bytes] = []
-    try:
-        channel.exec_command(cmd.STDIN_RUNNER)
-        channel.sendall(wrapped.encode())
-        channel.shutdown_write()
-        deadline = time.monotonic() + timeout if timeout else None
-        _drain(channel, out, err, deadline, cmd.STDIN_RUNNER, timeout)
-        code = channel.recv_exit_status()
-    finally:
-        channel.close()
-    return CommandResult(cmd.STDIN_RUNNER, b"".join(out).decode("utf-8", "replace"),
-                         b"".join(err).decode("utf-8", "replace"), code)
-
-
-def _run_local(script: str, timeout: float | None) -> CommandResult:
-    try:
-        proc = subprocess.run(["/bin/sh", "-c", cmd.STDIN_RUNNER], input=script, text=True,
-                              capture_output=True, timeout=timeout, stdin=None)
-    except subprocess.TimeoutExpired as exc:
-        result = _InvokeResult(stdout=_text(exc.stdout), stderr=_text(exc.stderr),
-                               command=cmd.STDIN_RUNNER, exited=-1)
-        raise CommandTimedOut(result, timeout or 0) from None
-    return CommandResult(cmd.STDIN_RUNNER, proc.stdout, proc.stderr, proc.returncode)
-
-
-def _text(data: Any) -> str:
-    if data is None:
-        return ""
-    return data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)
-
-
-def _each(engine: Engine, hosts: Sequence[Host], fn: Callable[[HostSession], Any],
-          fanout: int | None = None) -> dict[Host, Any]:
-    """``fn(session)`` on every host (bounded, connections kept open): host -> value or exception."""
-    unique = list(dict.fromkeys(hosts))
-    if not unique:
-        return {}
-    results = engine.call(unique, fn, keep_open=True, fanout=fanout)
-    return {session.host: value for session, value in results.items()}
-
-
-def _sections_on(engine: Engine, work: dict[Host, list[tuple[str, str]]], timeout: float,
-                 fanout: int | None = None) -> dict[Host, dict[str, cmd.Section] | BaseException]:
-    """Run each host's sections in one round trip; host -> parsed sections or the exception."""
-    def one(session: HostSession) -> dict[str, cmd.Section]:
-        result = run_script(session, cmd.sections_script(work[session.host]), timeout)
-        return cmd.parse_sections(result.stdout)
-
-    return _each(engine, list(work), one, fanout)
-
-
-def _transport_failure(engine: Engine, host: Host, exc: BaseException) -> Failure:
-    port = None if host.is_local else (host.port or engine.settings.port or 22)
-    return classify_exception(exc, host, port=port, key_description=engine.key_description,
-                              known_hosts=engine.settings.known_hosts,
-                              connect_timeout=engine.settings.connect_timeout)
-
-
-def host_of(target: str) -> Host:
-    """The SSH target of a recorded server (its host expression item, or ``local``)."""
-    hosts = parse_hosts(target)
-    if len(hosts) != 1:
-        raise InputError(f"bad recorded target {target!r}")
-    return hosts[0]
-
-
 # --------------------------------------------------------------------------- planning (pure)
 
 
@@ -374,8 +261,13 @@ def _row_of_spec(spec: ServerSpec) -> ServerRow:
                      log_path=spec.log_path, command=cmd.display_command(spec), url=spec.url)
 
 
+def _reachable(bind: str) -> str:
+    """Where a router bound to ``bind`` answers on its own host (a wildcard: loopback)."""
+    return {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(bind, bind)
+
+
 def _row_of_router(spec: RouterSpec) -> ServerRow:
-    return ServerRow(role=ROUTER, host=spec.bind, target=spec.target, port=spec.port, key=ROUTER,
+    return ServerRow(role=ROUTER, host=_reachable(spec.bind), target=spec.target, port=spec.port, key=ROUTER,
                      run_id=spec.run_id, log_path=spec.log_path, command=cmd.display_command(spec),
                      url=spec.url)
 
@@ -390,7 +282,7 @@ def _row_of_record(record: ServerRecord) -> ServerRow:
 
 
 def _row_of_router_record(record: RouterRecord) -> ServerRow:
-    return ServerRow(role=ROUTER, host=record.bind, target=record.target, port=record.port,
+    return ServerRow(role=ROUTER, host=_reachable(record.bind), target=record.target, port=record.port,
                      key=ROUTER, run_id=record.run_id, pid=record.pid, log_path=record.log_path,
                      command=record.command, url=record.url, stopped_at=record.stopped_at)
 
@@ -472,11 +364,11 @@ class _Start:
         previous = self._previous_targets()
         for host, targets in previous.items():
             work.setdefault(host, []).append(("previous", cmd.probe_command(targets)))
-        results = _sections_on(self.engine, work, STEP_TIMEOUT_S, self.fanout)
+        results = sections_on(self.engine, work, STEP_TIMEOUT_S, self.fanout)
         for host, value in results.items():
             keys = [k for k, _ in work[host] if k != "previous"]
             if isinstance(value, BaseException):
-                self.fail_host(keys, _transport_failure(self.engine, host, value))
+                self.fail_host(keys, transport_failure(self.engine, host, value))
                 continue
             for key in keys:
                 self._judge_preflight(key, host, value.get(key))
@@ -556,7 +448,7 @@ class _Start:
             results = _stop_hosts(self.engine, work, self.grace, self.fanout)
             for host, value in results.items():
                 if isinstance(value, BaseException):
-                    self.fail_host(self.keys_on(host), _transport_failure(self.engine, host, value))
+                    self.fail_host(self.keys_on(host), transport_failure(self.engine, host, value))
                 elif value.survivors:
                     self.fail_host(self.keys_on(host), Failure(
                         SURVIVORS, f"--restart: processes {value.survivors} survived SIGKILL",
@@ -571,12 +463,12 @@ class _Start:
         work: dict[Host, list[tuple[str, str]]] = {}
         for key in keys:
             work.setdefault(self.hosts[key], []).append((key, cmd.launch_script(self.launches[key])))
-        results = _sections_on(self.engine, work, STEP_TIMEOUT_S, self.fanout)
+        results = sections_on(self.engine, work, STEP_TIMEOUT_S, self.fanout)
         now = time.time()
         for host, value in results.items():
             mine = [k for k, _ in work[host]]
             if isinstance(value, BaseException):
-                self.fail_host(mine, _transport_failure(self.engine, host, value))
+                self.fail_host(mine, transport_failure(self.engine, host, value))
                 continue
             for key in mine:
                 section = value.get(key)
@@ -616,7 +508,7 @@ class _Start:
                 work.setdefault(host_of(record.target), []).append(
                     (server_key(record), cmd.record_write_command(record)))
         # Best effort: the controller's manifest is the primary record.
-        _sections_on(self.engine, work, STEP_TIMEOUT_S, self.fanout)
+        sections_on(self.engine, work, STEP_TIMEOUT_S, self.fanout)
 
     # -- step 5/6: wait
     def wait(self, keys: Sequence[str], deadline: float, health_path: str = "/health") -> bool:
@@ -628,7 +520,7 @@ class _Start:
         strikes: dict[Host, int] = {}
         while True:
             targets = self._probe_targets(pending, health_path)
-            results = _sections_on(self.engine, {h: [("probe", cmd.probe_command(t))]
+            results = sections_on(self.engine, {h: [("probe", cmd.probe_command(t))]
                                                  for h, t in targets.items()}, STEP_TIMEOUT_S, self.fanout)
             dead: list[str] = []
             for host, value in results.items():
@@ -636,7 +528,7 @@ class _Start:
                 if isinstance(value, BaseException):
                     strikes[host] = strikes.get(host, 0) + 1
                     if strikes[host] >= TRANSPORT_STRIKES:
-                        self.fail_host(mine, _transport_failure(self.engine, host, value))
+                        self.fail_host(mine, transport_failure(self.engine, host, value))
                     continue
                 strikes.pop(host, None)
                 probes = cmd.parse_probe(value["probe"].output) if "probe" in value else {}
@@ -706,7 +598,7 @@ class _Start:
         for key in keys:
             work.setdefault(self.hosts[key], []).append(
                 (key, cmd.tail_command(self.rows[key].log_path, LOG_TAIL_LINES)))
-        results = _sections_on(self.engine, work, STEP_TIMEOUT_S, self.fanout)
+        results = sections_on(self.engine, work, STEP_TIMEOUT_S, self.fanout)
         for host, value in results.items():
             for key, _ in work[host]:
                 row = self.rows[key]
@@ -841,7 +733,7 @@ def _stop_hosts(engine: Engine, work: dict[Host, StopWork], grace: float,
         result = run_script(session, item.script(grace), timeout)
         return _parse_host_stop(item, cmd.parse_sections(result.stdout))
 
-    return _each(engine, list(work), one, fanout)
+    return each(engine, list(work), one, fanout)
 
 
 def _parse_host_stop(item: StopWork, sections: dict[str, cmd.Section]) -> HostStop:
@@ -897,7 +789,7 @@ def discover_records(engine: Engine, hosts: Sequence[Host], run_dir: str,
         result = run_script(session, cmd.records_command(run_dir, address))
         return [r for r in cmd.parse_records(result.stdout) if r.host == address]
 
-    return _each(engine, hosts, one, fanout)
+    return each(engine, hosts, one, fanout)
 
 
 def stop_pd(engine: Engine, manifest: Manifest | None, *, hosts: Sequence[Host] | None = None,
@@ -934,7 +826,7 @@ def stop_pd(engine: Engine, manifest: Manifest | None, *, hosts: Sequence[Host] 
         if run_dir:
             for host, found in discover_records(engine, order, run_dir, fanout).items():
                 if isinstance(found, BaseException):
-                    failures[host] = _transport_failure(engine, host, found)
+                    failures[host] = transport_failure(engine, host, found)
                     continue
                 known = {(r.record_path, r.pid) for r in records}
                 records += [r for r in found if r.pid and (r.record_path, r.pid) not in known]
@@ -949,7 +841,7 @@ def stop_pd(engine: Engine, manifest: Manifest | None, *, hosts: Sequence[Host] 
             continue
         value = results.get(host)
         if isinstance(value, BaseException):
-            outcomes.append(Outcome(host, False, error=_transport_failure(engine, host, value),
+            outcomes.append(Outcome(host, False, error=transport_failure(engine, host, value),
                                     data=HostStop(servers=work[host].labels)))
             continue
         assert value is not None
@@ -1047,7 +939,7 @@ def pd_status(engine: Engine, manifest: Manifest | None, *, hosts: Sequence[Host
         if run_dir:
             for host, found in discover_records(engine, hosts, run_dir, fanout).items():
                 if isinstance(found, BaseException):
-                    unreachable[host] = _transport_failure(engine, host, found)
+                    unreachable[host] = transport_failure(engine, host, found)
                     continue
                 known = {(r.record_path, r.pid) for r in records}
                 records += [r for r in found if (r.record_path, r.pid) not in known]
@@ -1065,7 +957,7 @@ def pd_status(engine: Engine, manifest: Manifest | None, *, hosts: Sequence[Host
             fetch_path="/workers" if is_router else None))
     # A selected host with nothing recorded is named, not silently left out.
     empty = [h for h in (hosts or ()) if h.hostname not in {host_of(r.target).hostname for r in rows}]
-    results = _sections_on(engine, {h: [("probe", cmd.probe_command(t))] for h, t in targets.items()},
+    results = sections_on(engine, {h: [("probe", cmd.probe_command(t))] for h, t in targets.items()},
                            STEP_TIMEOUT_S, fanout)
     outcomes = []
     for row in rows:
@@ -1073,7 +965,7 @@ def pd_status(engine: Engine, manifest: Manifest | None, *, hosts: Sequence[Host
         value = results.get(host)
         if isinstance(value, BaseException):
             row.status = FAILED
-            failure: Failure | None = _transport_failure(engine, host, value)
+            failure: Failure | None = transport_failure(engine, host, value)
         else:
             probes = cmd.parse_probe(value["probe"].output) if value and "probe" in value else {}
             failure = _judge_status(row, probes.get(row.key))

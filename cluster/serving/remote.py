@@ -1,0 +1,113 @@
+"""Running serving scripts on hosts: fed on stdin, several per round trip, bounded fan-out.
+
+Every script of the lifecycle goes through :func:`run_script`, so its text (which may
+hold secrets from the environment) never becomes a command line. :func:`sections_on`
+runs one :func:`cluster.serving.commands.sections_script` per host on the engine's
+kept-open connections.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from typing import Any, Callable, Sequence
+
+from invoke.exceptions import CommandTimedOut
+from invoke.runners import Result as _InvokeResult
+
+from ..errors import InputError
+from ..hosts import Host, parse_hosts
+from ..result import Failure, classify_exception
+
+# _drain: the engine's own non-busy reader of a channel's two streams (cluster.ssh
+# offers no stdin on HostSession.run, which is why this module opens the channel).
+from ..ssh import CommandResult, Engine, HostSession, _drain
+from . import commands as cmd
+
+STEP_TIMEOUT_S = 60.0  # preflight, launch, probe: small scripts
+
+
+def run_script(session: HostSession, script: str, timeout: float | None = STEP_TIMEOUT_S) -> CommandResult:
+    """Run shell ``script`` on the session's host, fed on stdin to ``bash -s`` (``sh -s``).
+
+    The script text (which may hold secrets) never becomes a command line. It is wrapped
+    in ``{ … }`` so the shell reads all of it before running any of it: a command that
+    reads stdin (an env file, say) cannot swallow the rest. Non-zero exit is a result;
+    transport errors raise; past ``timeout`` raises invoke's ``CommandTimedOut``.
+    """
+    wrapped = "{\n" + script.rstrip("\n") + "\n}\n"
+    if session.host.is_local:
+        return _run_local(wrapped, timeout)
+    session.open()
+    transport = session.connection.client.get_transport()
+    if transport is None or not transport.is_active():
+        # A cached connection that died (sshd restarted): reconnect once, as HostSession does.
+        session.connection.close()
+        session.connection.open()
+        transport = session.connection.client.get_transport()
+    channel = transport.open_session(timeout=session.engine.settings.connect_timeout)
+    out: list[bytes] = []
+    err: list[bytes] = []
+    try:
+        channel.exec_command(cmd.STDIN_RUNNER)
+        channel.sendall(wrapped.encode())
+        channel.shutdown_write()
+        deadline = time.monotonic() + timeout if timeout else None
+        _drain(channel, out, err, deadline, cmd.STDIN_RUNNER, timeout)
+        code = channel.recv_exit_status()
+    finally:
+        channel.close()
+    return CommandResult(cmd.STDIN_RUNNER, b"".join(out).decode("utf-8", "replace"),
+                         b"".join(err).decode("utf-8", "replace"), code)
+
+
+def _run_local(script: str, timeout: float | None) -> CommandResult:
+    try:
+        proc = subprocess.run(["/bin/sh", "-c", cmd.STDIN_RUNNER], input=script, text=True,
+                              capture_output=True, timeout=timeout, stdin=None)
+    except subprocess.TimeoutExpired as exc:
+        result = _InvokeResult(stdout=_text(exc.stdout), stderr=_text(exc.stderr),
+                               command=cmd.STDIN_RUNNER, exited=-1)
+        raise CommandTimedOut(result, timeout or 0) from None
+    return CommandResult(cmd.STDIN_RUNNER, proc.stdout, proc.stderr, proc.returncode)
+
+
+def _text(data: Any) -> str:
+    if data is None:
+        return ""
+    return data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)
+
+
+def each(engine: Engine, hosts: Sequence[Host], fn: Callable[[HostSession], Any],
+          fanout: int | None = None) -> dict[Host, Any]:
+    """``fn(session)`` on every host (bounded, connections kept open): host -> value or exception."""
+    unique = list(dict.fromkeys(hosts))
+    if not unique:
+        return {}
+    results = engine.call(unique, fn, keep_open=True, fanout=fanout)
+    return {session.host: value for session, value in results.items()}
+
+
+def sections_on(engine: Engine, work: dict[Host, list[tuple[str, str]]], timeout: float,
+                 fanout: int | None = None) -> dict[Host, dict[str, cmd.Section] | BaseException]:
+    """Run each host's sections in one round trip; host -> parsed sections or the exception."""
+    def one(session: HostSession) -> dict[str, cmd.Section]:
+        result = run_script(session, cmd.sections_script(work[session.host]), timeout)
+        return cmd.parse_sections(result.stdout)
+
+    return each(engine, list(work), one, fanout)
+
+
+def transport_failure(engine: Engine, host: Host, exc: BaseException) -> Failure:
+    port = None if host.is_local else (host.port or engine.settings.port or 22)
+    return classify_exception(exc, host, port=port, key_description=engine.key_description,
+                              known_hosts=engine.settings.known_hosts,
+                              connect_timeout=engine.settings.connect_timeout)
+
+
+def host_of(target: str) -> Host:
+    """The SSH target of a recorded server (its host expression item, or ``local``)."""
+    hosts = parse_hosts(target)
+    if len(hosts) != 1:
+        raise InputError(f"bad recorded target {target!r}")
+    return hosts[0]
