@@ -253,7 +253,6 @@ def test_start_route_status_stop_with_the_real_router(fleet, pd_factory, engine)
         other = "vllm" if engine == "sglang" else "sglang"
         pd.serving["engine"] = other
         pd.write_roles()
-        started = time.monotonic()
         code, doc = pd.start("--engine", engine)
         assert code == 0, json.dumps(doc, indent=1)
         assert doc["stage"] == "done" and doc["engine"] == engine
@@ -331,7 +330,6 @@ def test_start_route_status_stop_with_the_real_router(fleet, pd_factory, engine)
         code, after = pd.cli_json("pd-status")
         odd = [e for e in after["hosts"] if e["ok"] or e["error"]["kind"] != "not-running"]
         assert code == 1 and not odd, odd
-        assert time.monotonic() - started < 90
     finally:
         if added is not None:
             added.unlink()
@@ -342,14 +340,15 @@ def test_start_route_status_stop_with_the_real_router(fleet, pd_factory, engine)
 
 def test_early_death_fails_fast_with_the_log_tail(pd_factory):
     pd = pd_factory()
-    pd.env["STANDIN_LOAD_SECONDS"] = "60"
+    pd.env["STANDIN_LOAD_SECONDS"] = "300"
     pd.serving["decode"]["env"] = {"STANDIN_DIE_AFTER": "0.5"}
     pd.write_roles()
     started = time.monotonic()
-    code, doc = pd.start(router=False)
+    code, doc = pd.cli_json("start-pd", "--prefill", PREFILL, "--decode", ",".join(DECODES),
+                            "--timeout", "600")
     elapsed = time.monotonic() - started
     assert code == 1 and doc["stage"] == "wait"
-    assert elapsed < 30  # fails fast: neither the 90 s timeout nor the 60 s load
+    assert elapsed < 120  # fails fast: waits for neither the 600 s timeout nor the 300 s load
     roles = by_role(doc)
     died = [e for e in roles["decode"] if not e["ok"]]
     assert died and all(e["error"]["kind"] == "died" for e in died)
@@ -517,11 +516,11 @@ def test_two_nodes_per_server_env_file_and_per_host_selection(pd_factory):
 
 def test_timeout_fails_not_ready_and_leaves_the_servers_running(pd_factory):
     pd = pd_factory()
-    pd.env["STANDIN_LOAD_SECONDS"] = "60"
+    pd.env["STANDIN_LOAD_SECONDS"] = "300"
     pd.write_roles()
     started = time.monotonic()
     code, doc = pd.cli_json("start-pd", "--prefill", PREFILL, "--decode", DECODES[0], "--timeout", "3")
-    assert code == 1 and doc["stage"] == "wait" and time.monotonic() - started < 30
+    assert code == 1 and doc["stage"] == "wait" and time.monotonic() - started < 120
     assert all(e["error"]["kind"] == "not-ready" and e["status"] == "not-ready" for e in doc["hosts"])
     assert all("Load weight begin" in "\n".join(e["log_tail"]) for e in doc["hosts"])
     run_ids = pd.run_ids()
