@@ -2,7 +2,7 @@
 
 Every script of the lifecycle goes through :func:`run_script`, so its text (which may
 hold secrets from the environment) never becomes a command line. :func:`sections_on`
-runs one :func:`cluster.serving.commands.sections_script` per host on the engine's
+runs one :func:`cluster.serving.sections.sections_script` per host on the engine's
 kept-open connections.
 """
 
@@ -22,7 +22,8 @@ from ..result import Failure, classify_exception
 # _drain: the engine's own non-busy reader of a channel's two streams (cluster.ssh
 # offers no stdin on HostSession.run, which is why this module opens the channel).
 from ..ssh import CommandResult, Engine, HostSession, _drain
-from . import commands as cmd
+from .launch import STDIN_RUNNER
+from .sections import Section, parse_sections, sections_script
 
 STEP_TIMEOUT_S = 60.0  # preflight, launch, probe: small scripts
 
@@ -49,27 +50,27 @@ def run_script(session: HostSession, script: str, timeout: float | None = STEP_T
     out: list[bytes] = []
     err: list[bytes] = []
     try:
-        channel.exec_command(cmd.STDIN_RUNNER)
+        channel.exec_command(STDIN_RUNNER)
         channel.sendall(wrapped.encode())
         channel.shutdown_write()
         deadline = time.monotonic() + timeout if timeout else None
-        _drain(channel, out, err, deadline, cmd.STDIN_RUNNER, timeout)
+        _drain(channel, out, err, deadline, STDIN_RUNNER, timeout)
         code = channel.recv_exit_status()
     finally:
         channel.close()
-    return CommandResult(cmd.STDIN_RUNNER, b"".join(out).decode("utf-8", "replace"),
+    return CommandResult(STDIN_RUNNER, b"".join(out).decode("utf-8", "replace"),
                          b"".join(err).decode("utf-8", "replace"), code)
 
 
 def _run_local(script: str, timeout: float | None) -> CommandResult:
     try:
-        proc = subprocess.run(["/bin/sh", "-c", cmd.STDIN_RUNNER], input=script, text=True,
+        proc = subprocess.run(["/bin/sh", "-c", STDIN_RUNNER], input=script, text=True,
                               capture_output=True, timeout=timeout, stdin=None)
     except subprocess.TimeoutExpired as exc:
         result = _InvokeResult(stdout=_text(exc.stdout), stderr=_text(exc.stderr),
-                               command=cmd.STDIN_RUNNER, exited=-1)
+                               command=STDIN_RUNNER, exited=-1)
         raise CommandTimedOut(result, timeout or 0) from None
-    return CommandResult(cmd.STDIN_RUNNER, proc.stdout, proc.stderr, proc.returncode)
+    return CommandResult(STDIN_RUNNER, proc.stdout, proc.stderr, proc.returncode)
 
 
 def _text(data: Any) -> str:
@@ -89,11 +90,11 @@ def each(engine: Engine, hosts: Sequence[Host], fn: Callable[[HostSession], Any]
 
 
 def sections_on(engine: Engine, work: dict[Host, list[tuple[str, str]]], timeout: float,
-                 fanout: int | None = None) -> dict[Host, dict[str, cmd.Section] | BaseException]:
+                 fanout: int | None = None) -> dict[Host, dict[str, Section] | BaseException]:
     """Run each host's sections in one round trip; host -> parsed sections or the exception."""
-    def one(session: HostSession) -> dict[str, cmd.Section]:
-        result = run_script(session, cmd.sections_script(work[session.host]), timeout)
-        return cmd.parse_sections(result.stdout)
+    def one(session: HostSession) -> dict[str, Section]:
+        result = run_script(session, sections_script(work[session.host]), timeout)
+        return parse_sections(result.stdout)
 
     return each(engine, list(work), one, fanout)
 

@@ -1,8 +1,8 @@
 """The controller-side record of deployments (the manifest store).
 
 One JSON file per deployment name: ``$CLUSTER_STATE_DIR/<name>.json``, else
-``~/.cluster/deployments/<name>.json`` (:func:`cluster.serving.commands.manifest_path`),
-in the shape of :class:`cluster.serving.commands.Manifest`. Written atomically; read by
+``~/.cluster/deployments/<name>.json`` (:func:`cluster.serving.manifest.manifest_path`),
+in the shape of :class:`cluster.serving.manifest.Manifest`. Written atomically; read by
 stop-pd, pd-status and logs.
 """
 
@@ -11,14 +11,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from . import commands as cmd
-from .commands import Manifest
+from .manifest import DEFAULT_DEPLOYMENT, Manifest, manifest_path
 
 
 def manifest_file(name: str | None = None) -> Path:
     """Controller-side manifest of deployment ``name`` (default ``default``):
     ``$CLUSTER_STATE_DIR/<name>.json``, else ``~/.cluster/deployments/<name>.json``."""
-    return Path(cmd.manifest_path(name or cmd.DEFAULT_DEPLOYMENT)).expanduser()
+    return Path(manifest_path(name or DEFAULT_DEPLOYMENT)).expanduser()
 
 
 def load_manifest(name: str | None = None) -> Manifest | None:

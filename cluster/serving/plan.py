@@ -1,0 +1,363 @@
+"""Planning a PD deployment (pure): the per-host :class:`ServerSpec`, the
+:class:`RouterSpec`, and the checks that refuse bad input before anything runs.
+
+:func:`plan_deployment` turns a :class:`~cluster.serving.config.ServingConfig` and the
+prefill/decode host lists into one :class:`ServerSpec` per host (multi-node servers
+span ``nnodes`` consecutive hosts; only node-rank 0 serves the API);
+:func:`plan_router` the router fronting their API nodes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+from ..errors import InputError
+from ..hosts import LOCAL, Host, parse_hosts
+from .config import DECODE, PREFILL, SGLANG, VLLM, ServingConfig
+from .text import http_url, safe_name, trim_dir
+
+# Exported into every server's and router's environment (children inherit it, even those
+# that leave the process group), so a sweep can be limited to one deployment's processes.
+RUN_ID_ENV = "CLUSTER_PD_RUN_ID"
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """One server process on one host (one node-rank of one PD server).
+
+    ``host`` is the node's own address (``--host``, URLs, file names); ``target`` is
+    how to reach the host over SSH (the host expression item, e.g. ``user@10.8.0.81``).
+    """
+
+    engine: str
+    role: str
+    host: str
+    target: str
+    port: int
+    server_index: int
+    node_rank: int
+    nnodes: int
+    tp_size: int
+    dist_init_addr: str | None
+    dist_init_port: int
+    bootstrap_port: int
+    model_path: str
+    python: str
+    extra_args: tuple[str, ...]
+    env: tuple[tuple[str, str], ...]
+    env_file: str | None
+    run_dir: str
+    run_id: str
+    side_channel_port: int | None = None
+
+    @property
+    def is_api(self) -> bool:
+        """Only node-rank 0 serves the HTTP API (health polls, router targets)."""
+        return self.node_rank == 0
+
+    @property
+    def name(self) -> str:
+        """``<engine>-<role>-<host>-<port>``: unique per host:port, used in file names."""
+        return f"{self.engine}-{self.role}-{safe_name(self.host)}-{self.port}"
+
+    @property
+    def log_path(self) -> str:
+        """Per-launch log (run id in the name: an old "ready" line never matches)."""
+        return f"{trim_dir(self.run_dir)}/{self.name}-{self.run_id}.log"
+
+    @property
+    def pid_path(self) -> str:
+        return f"{trim_dir(self.run_dir)}/{self.name}.pid"
+
+    @property
+    def record_path(self) -> str:
+        """Per-host manifest entry (JSON of this server's :class:`ServerRecord`)."""
+        return f"{trim_dir(self.run_dir)}/{self.name}.json"
+
+    @property
+    def url(self) -> str:
+        return http_url(self.host, self.port)
+
+    @property
+    def local_tp(self) -> int:
+        """GPUs (TP ranks) of this server on this node."""
+        return max(1, self.tp_size // self.nnodes)
+
+    @property
+    def ports(self) -> tuple[int, ...]:
+        """TCP ports this process listens on, on its host (for busy/free checks)."""
+        ports: list[int] = []
+        if self.engine == SGLANG:
+            # Every rank binds --port (rank >= 1 runs a dummy /health server there).
+            ports.append(self.port)
+            if self.role == PREFILL and self.is_api:
+                ports.append(self.bootstrap_port)
+        elif self.is_api:  # vLLM headless ranks serve no HTTP
+            ports.append(self.port)
+        if self.nnodes > 1 and self.is_api:
+            ports.append(self.dist_init_port)
+        if self.side_channel_port is not None:
+            ports.extend(range(self.side_channel_port, self.side_channel_port + self.local_tp))
+        return tuple(dict.fromkeys(ports))
+
+
+@dataclass(frozen=True)
+class RouterSpec:
+    """The PD router: where it runs, what it listens on, which workers it fronts."""
+
+    engine: str
+    host: str
+    target: str
+    bind: str
+    port: int
+    metrics_port: int
+    policy: str | None
+    launcher: tuple[str, ...]
+    prefill: tuple[tuple[str, int | None], ...]
+    decode: tuple[str, ...]
+    extra_args: tuple[str, ...]
+    env_file: str | None
+    run_dir: str
+    run_id: str
+
+    @property
+    def is_local(self) -> bool:
+        return self.host == LOCAL
+
+    @property
+    def name(self) -> str:
+        return f"{self.engine}-router-{safe_name(self.host)}-{self.port}"
+
+    @property
+    def log_path(self) -> str:
+        return f"{trim_dir(self.run_dir)}/{self.name}-{self.run_id}.log"
+
+    @property
+    def pid_path(self) -> str:
+        return f"{trim_dir(self.run_dir)}/{self.name}.pid"
+
+    @property
+    def url(self) -> str:
+        """Where clients (and readiness polls) reach the router."""
+        return http_url(self.bind if self.bind not in ("0.0.0.0", "::") else _loopback(self.bind),
+                        self.port)
+
+
+def new_run_id(now: float | None = None, token: str | None = None) -> str:
+    """A run id such as ``20250101-120000-a1b2``: sortable time plus 4 random hex digits."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(time.time() if now is None else now))
+    return f"{stamp}-{token if token is not None else secrets.token_hex(2)}"
+
+
+def plan_deployment(
+    config: ServingConfig,
+    prefill_hosts: Sequence[str | Host],
+    decode_hosts: Sequence[str | Host],
+    *,
+    run_id: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> list[ServerSpec]:
+    """One ServerSpec per host: prefill servers first, then decode, in the given order.
+
+    Hosts are grouped into servers of ``nnodes`` consecutive hosts per role; node-rank 0
+    of each group is its API node and its address is the group's ``--dist-init-addr``.
+    ``environ`` supplies the values of ``serving.forward_env`` (default: empty).
+    Raises InputError (exit 2) for: no hosts in a role, a host count that is not a
+    multiple of ``nnodes``, ``tp_size`` not divisible by ``nnodes``, no model path, a
+    wildcard ``--host``, a forwarded variable that is not set, or a port claimed twice
+    on one host.
+    """
+    if not config.model_path:
+        raise InputError("no model path: set serving.model_path in the roles file or pass --model-path")
+    run_id = run_id or new_run_id()
+    forwarded = _forwarded_env(config, environ or {})
+    specs: list[ServerSpec] = []
+    for role, hosts in ((PREFILL, prefill_hosts), (DECODE, decode_hosts)):
+        specs.extend(_plan_role(config, role, _as_hosts(hosts, role), run_id, forwarded))
+    if config.engine == VLLM:
+        specs = _assign_side_channels(specs, config.side_channel_port)
+    _check_port_clashes(specs)
+    return specs
+
+
+def plan_router(
+    config: ServingConfig,
+    servers: Sequence[ServerSpec],
+    *,
+    host: str | Host | None = None,
+) -> RouterSpec | None:
+    """The router fronting the API nodes of ``servers``, or None when no router is asked.
+
+    ``host`` (e.g. from ``--router``) overrides ``serving.router.host``; ``local`` runs
+    it on the controller, listening on 127.0.0.1 unless ``router.bind`` says otherwise.
+    """
+    router = config.router
+    chosen = host if host is not None else router.host
+    if chosen is None:
+        return None
+    target_host = chosen if isinstance(chosen, Host) else _parse_one(str(chosen), "router")
+    address = target_host.hostname
+    bind = router.bind or ("127.0.0.1" if address == LOCAL else address)
+    api = [s for s in servers if s.is_api]
+    prefill = tuple(
+        (s.url, s.bootstrap_port if s.engine == SGLANG else None) for s in api if s.role == PREFILL
+    )
+    decode = tuple(s.url for s in api if s.role == DECODE)
+    if not prefill or not decode:
+        raise InputError("the router needs at least one prefill and one decode server")
+    run_id = servers[0].run_id
+    spec = RouterSpec(
+        engine=config.engine,
+        host=address,
+        target=str(target_host),
+        bind=bind,
+        port=router.port,
+        metrics_port=router.metrics_port,
+        policy=router.policy,
+        launcher=router.launcher or _default_router_launcher(config),
+        prefill=prefill,
+        decode=decode,
+        extra_args=router.extra_args,
+        env_file=router.env_file,
+        run_dir=config.run_dir,
+        run_id=run_id,
+    )
+    # A wildcard bind takes the port on every address of the router's host.
+    router_addresses = {bind, "127.0.0.1" if address == LOCAL else address}
+    if router.metrics_port == router.port:
+        raise InputError(f"router port and router metrics port are both {router.port}")
+    for server in servers:
+        for port in (router.port, router.metrics_port):
+            if server.host in router_addresses and port in server.ports:
+                raise InputError(
+                    f"router port {port} on {bind} is also used by {server.role} server "
+                    f"{server.server_index} (node-rank {server.node_rank})"
+                )
+    return spec
+
+
+def _loopback(bind: str) -> str:
+    return "::1" if ":" in bind else "127.0.0.1"
+
+
+def _parse_one(item: str, role: str) -> Host:
+    hosts = parse_hosts(item)
+    if len(hosts) != 1:
+        raise InputError(f"{role}: expected one host, got {item!r}")
+    return hosts[0]
+
+
+def _as_hosts(items: Sequence[str | Host], role: str) -> list[Host]:
+    hosts: list[Host] = []
+    for item in items:
+        hosts.extend([item] if isinstance(item, Host) else parse_hosts(item))
+    if not hosts:
+        raise InputError(f"no {role} hosts given")
+    return hosts
+
+
+def _address(host: Host, role: str) -> str:
+    """The address a server on ``host`` binds and advertises (never a wildcard)."""
+    if host.is_local:
+        return "127.0.0.1"
+    address = host.hostname
+    try:
+        if ipaddress.ip_address(address).is_unspecified:
+            raise InputError(
+                f"{role} host {address}: a server needs its own routable address, not a "
+                "wildcard (--host 0.0.0.0 breaks prefill bootstrap registration)"
+            )
+    except ValueError:
+        pass  # a host name: resolved on the host itself
+    return address
+
+
+def _forwarded_env(config: ServingConfig, environ: Mapping[str, str]) -> list[tuple[str, str]]:
+    values = []
+    for name in config.forward_env:
+        if name not in environ:
+            raise InputError(f"serving.forward_env: {name} is not set in the controller's environment")
+        values.append((name, environ[name]))
+    return values
+
+
+def _plan_role(config: ServingConfig, role: str, hosts: list[Host], run_id: str,
+               forwarded: list[tuple[str, str]]) -> list[ServerSpec]:
+    settings = config.role(role)
+    nnodes = settings.nnodes
+    if len(hosts) % nnodes:
+        raise InputError(
+            f"{role}: {len(hosts)} host(s) cannot be split into servers of nnodes={nnodes} "
+            f"(need a multiple of {nnodes})"
+        )
+    if settings.tp_size % nnodes:
+        raise InputError(f"{role}: tp_size={settings.tp_size} is not divisible by nnodes={nnodes}")
+    env = dict(config.env)
+    env.update(settings.env)
+    env.update(forwarded)
+    port = config.port(role)
+    specs = []
+    for index in range(len(hosts) // nnodes):
+        group = hosts[index * nnodes:(index + 1) * nnodes]
+        addresses = [_address(h, role) for h in group]
+        dist = f"{_url_host(addresses[0])}:{settings.dist_init_port}" if nnodes > 1 else None
+        for rank, (host, address) in enumerate(zip(group, addresses, strict=True)):
+            specs.append(ServerSpec(
+                engine=config.engine, role=role, host=address, target=str(host), port=port,
+                server_index=index, node_rank=rank, nnodes=nnodes, tp_size=settings.tp_size,
+                dist_init_addr=dist, dist_init_port=settings.dist_init_port,
+                bootstrap_port=config.bootstrap_port, model_path=config.model_path or "",
+                python=config.python, extra_args=settings.extra_args,
+                env=tuple(env.items()), env_file=config.env_file, run_dir=config.run_dir,
+                run_id=run_id,
+            ))
+    return specs
+
+
+def _url_host(address: str) -> str:
+    return f"[{address}]" if ":" in address else address
+
+
+def _assign_side_channels(specs: list[ServerSpec], base: int) -> list[ServerSpec]:
+    """Give every vLLM server a side-channel port range unique on its host.
+
+    NIXL listens on base + local rank, so servers sharing a host are spaced by
+    their local TP size.
+    """
+    from dataclasses import replace
+
+    used: dict[str, int] = {}
+    out = []
+    for spec in specs:
+        offset = used.get(spec.host, 0)
+        out.append(replace(spec, side_channel_port=base + offset))
+        used[spec.host] = offset + spec.local_tp
+    return out
+
+
+def _check_port_clashes(specs: list[ServerSpec]) -> None:
+    owner: dict[tuple[str, int], ServerSpec] = {}
+    for spec in specs:
+        for port in dict.fromkeys((spec.port,) + spec.ports):
+            key = (spec.host, port)
+            if key in owner:
+                first = owner[key]
+                raise InputError(
+                    f"{spec.host}:{port} is used twice: {_describe(first)} and {_describe(spec)}"
+                    " (give the roles different ports or hosts)"
+                )
+            owner[key] = spec
+
+
+def _describe(spec: ServerSpec) -> str:
+    return f"{spec.role} server {spec.server_index} (node-rank {spec.node_rank})"
+
+
+def _default_router_launcher(config: ServingConfig) -> tuple[str, ...]:
+    if config.engine == SGLANG:
+        return (config.python, "-m", "sglang_router.launch_router")
+    return ("vllm-router",)
