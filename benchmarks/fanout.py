@@ -1,43 +1,51 @@
 #!/usr/bin/env python3
 """Fan-out benchmark on a loopback sshd fleet: this library vs Fabric, parallel-ssh and clush.
 
-One command produces the table in docs/performance.md::
+One command produces the tables in docs/performance.md::
 
-    python benchmarks/fanout.py --hosts 64,128,1000 --repeat 5
+    python benchmarks/fanout.py --probe gpu-status --second-round
 
 What it does
 ------------
-* Starts a loopback fleet of ``max(--hosts)`` real sshd hosts on
-  ``127.1.0.1`` upwards (16 addresses per sshd), or reuses a running one
-  (``--workdir DIR`` of a fleet started with ``--serve``).
-* For each host count N, runs ``true`` on the first N hosts through every
-  method, ``--repeat`` times *in alternation* (engine, fabric, pssh, clush,
-  engine, fabric, ...), each run in a fresh Python subprocess so that CPU,
-  peak RSS and thread counts belong to one method only.
-* Prints a markdown table per N: median wall, client CPU (user+sys) of the
-  measured operation, client CPU per host, CPU of the whole subprocess
-  (interpreter start and imports included), peak RSS, peak thread count, and
-  the wall ratio to parallel-ssh measured in the same run.
+* Starts a loopback fleet of as many real sshd hosts as the largest table
+  needs, on ``127.1.0.1`` upwards (16 addresses per sshd), or reuses a
+  running one (``--workdir DIR`` of a fleet started with ``--serve``).
+* Records every host key once (a warm-up run), so the engine checks known
+  keys as it would day to day.
+* For each host count N, runs the methods ``--repeat`` times *in
+  alternation* (engine, fabric, pssh, clush, engine, fabric, ...), each run
+  in a fresh Python subprocess so CPU, peak RSS and thread counts belong to
+  one method only.
+* Prints a markdown table per N: median wall (and range), client CPU
+  (user+sys) of the measured call, client CPU per host, CPU of the whole
+  subprocess (interpreter start and imports included), peak RSS, peak thread
+  count, and wall and CPU ratios to the reference measured in the same run
+  (parallel-ssh; for the gpu-status table, the engine running ``true``).
 
 Methods
 -------
-``engine``   this library: ``Engine(settings).run(hosts, "true")`` + ``build_report``
-             (the same path as ``inv run``), host keys checked against a
-             known_hosts file recorded in a warm-up run.
-``fabric``   raw ``fabric.ThreadingGroup(*hosts, user=, port=,
-             connect_kwargs={"key_filename": KEY}).run("true", hide=True, warn=True)``
-             with Fabric's default AutoAddPolicy: the baseline of issue 6.
-``pssh``     ``pssh.clients.ParallelSSHClient(hosts, pool_size=fanout)``
-             (libssh2 + gevent), ``run_command`` + ``join``; no host-key checks.
-``clush``    ClusterShell's Task API (what ``clush -f FANOUT`` runs): one
-             OpenSSH ``ssh`` process per host, ``StrictHostKeyChecking=no``,
-             ``UserKnownHostsFile=/dev/null``. Its CPU includes the ssh processes.
+``engine``      this library: ``Engine(settings).run(hosts, "true")`` +
+                ``build_report`` (the path of ``inv run``), host keys checked
+                against the known_hosts file the warm-up recorded.
+``engine-ref``  the same, with the ``cluster`` package of another checkout
+                (``--engine-ref DIR``), e.g. an older commit for before/after.
+``fabric``      raw ``fabric.ThreadingGroup(*hosts, user=, port=,
+                connect_kwargs={"key_filename": KEY}).run("true", hide=True,
+                warn=True)`` with Fabric's default AutoAddPolicy: the baseline
+                of issue 6. Up to ``--baseline-max-hosts`` only.
+``pssh``        ``pssh.clients.ParallelSSHClient(hosts, pool_size=fanout)``
+                (libssh2 + gevent), ``run_command`` + ``join``; no host-key checks.
+``clush``       ClusterShell's Task API (what ``clush -f FANOUT`` runs): one
+                OpenSSH ``ssh`` process per host, ``StrictHostKeyChecking=no``,
+                ``UserKnownHostsFile=/dev/null``. Its CPU includes the ssh
+                processes. Up to ``--baseline-max-hosts`` only.
 
-Modes
------
+Tables
+------
 ``--probe gpu-status``  every host gets the stand-in ``nvidia-smi`` (8-GPU
-    ``h100-idle`` output); compares ``engine`` running ``true`` with
-    ``engine-gpu`` (``cluster.status.gpu_status``) on the same hosts.
+    ``h100-idle`` output). ``engine`` runs ``true``, ``engine-gpu-cmd`` runs
+    the gpu-status command without parsing (what the stand-in itself costs),
+    ``engine-gpu`` is ``cluster.status.gpu_status`` (command, parse, classify).
 ``--second-round``      opens every connection in a first round, then times
     only a second ``true`` round on the open connections: ``engine``
     (``keep_open=True``) and ``pssh`` (its cached clients).
@@ -70,12 +78,13 @@ sys.path.insert(0, str(ROOT))
 BASE = "127.1.0."
 HOSTS_PER_SSHD = 16
 RUN_METHODS = ("engine", "fabric", "pssh", "clush")
-GPU_METHODS = ("engine", "engine-gpu")
+GPU_METHODS = ("engine", "engine-gpu-cmd", "engine-gpu")
 # Measured only up to --baseline-max-hosts: at 1,000 hosts one raw Fabric run took
 # 241 s and 380 s of CPU (1,191 threads), one clush run minutes of both cores.
 SLOW_METHODS = ("fabric", "clush")
 SECOND_METHODS = ("engine", "pssh")
 SAMPLE_INTERVAL_S = 0.01
+ENGINE_REF: list[str] = []  # --engine-ref, for the parent's measure()
 
 
 # --------------------------------------------------------------------------- fleet
@@ -265,6 +274,21 @@ def _engine_gpu(info: FleetInfo, hosts: list[str], fanout: int) -> Callable[[], 
     return op
 
 
+def _engine_gpu_command(info: FleetInfo, hosts: list[str], fanout: int) -> Callable[[], int]:
+    """The gpu-status command run like `true` (no parsing): the stand-in's own cost."""
+    from cluster import gpu
+    from cluster.hosts import Host
+    from cluster.result import build_report
+    from cluster.ssh import Engine
+
+    def op() -> int:
+        with Engine(engine_settings(info, fanout)) as engine:
+            report = build_report(engine.run([Host(h) for h in hosts], gpu.COMMAND), engine)
+        return sum(1 for o in report if o.ok and o.stdout.count("\n") >= 10)
+
+    return op
+
+
 def _fabric_run(info: FleetInfo, hosts: list[str], fanout: int) -> Callable[[], int]:
     from fabric import ThreadingGroup
 
@@ -350,7 +374,9 @@ def _pssh_second(info: FleetInfo, hosts: list[str], fanout: int):
     return setup, op
 
 
-ONE_ROUND = {"engine": _engine_run, "engine-gpu": _engine_gpu, "fabric": _fabric_run,
+ONE_ROUND = {"engine": _engine_run, "engine-ref": _engine_run, "engine-gpu": _engine_gpu,
+             "engine-gpu-cmd": _engine_gpu_command,
+             "fabric": _fabric_run,
              "pssh": _pssh_run, "clush": _clush_run}
 TWO_ROUNDS = {"engine": _engine_second, "pssh": _pssh_second}
 
@@ -407,6 +433,8 @@ def measure(method: str, mode: str, info: FleetInfo, count: int, fanout: int,
             "--workdir", info.workdir, "--count", str(count), "--fanout", str(fanout)]
     if profile:
         argv += ["--profile-out", profile]
+    if method == "engine-ref":
+        argv += ["--engine-ref", ENGINE_REF[0]]
     with tempfile.TemporaryFile() as out:
         proc = subprocess.Popen(argv, stdout=out, stdin=subprocess.DEVNULL, cwd=ROOT)
         deadline = time.monotonic() + timeout
@@ -531,10 +559,17 @@ SECTIONS = {
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.child:
+        if args.engine_ref:
+            # Another checkout's `cluster` package (e.g. `git archive OLD cluster | tar -x`).
+            sys.path.insert(0, str(Path(args.engine_ref).resolve()))
         info = fleet_info(Path(args.workdir))
         result = child(args.child, args.mode, info, args.count, args.fanout, args.profile_out)
         print(json.dumps(result))
         return 0
+    if args.engine_ref:
+        if not (Path(args.engine_ref) / "cluster" / "ssh.py").is_file():
+            raise SystemExit(f"--engine-ref {args.engine_ref}: no cluster/ssh.py there")
+        ENGINE_REF.append(str(Path(args.engine_ref).resolve()))
     plan = sections(args)
     needed = max(max(counts) for _, counts in plan) if plan else 1
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="fanout-fleet-")).resolve()
@@ -589,6 +624,8 @@ def run_benchmark(args: argparse.Namespace, info: FleetInfo,
     for mode, counts in plan:
         title, default, reference = SECTIONS[mode]
         wanted = args.methods.split(",") if args.methods and mode == "run" else list(default)
+        if args.engine_ref and mode == "run" and "engine-ref" not in wanted:
+            wanted.insert(1, "engine-ref")
         methods, missing = available_methods(wanted)
         if args.profile:
             sample = measure(methods[0], mode, info, counts[0], args.fanout, profile=args.profile)
@@ -641,6 +678,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--extra-hosts", default="64,128",
                         help="host counts of the --probe and --second-round tables (default 64,128)")
     parser.add_argument("--no-run", action="store_true", help="skip the `true` table")
+    parser.add_argument("--engine-ref", metavar="DIR",
+                        help="also time `engine-ref`: the engine of another checkout in DIR "
+                             "(DIR/cluster), e.g. from `git archive COMMIT cluster | tar -x -C DIR`")
     parser.add_argument("--workdir", help="fleet directory: reused when its fleet is running")
     parser.add_argument("--serve", action="store_true", help="start the fleet and wait")
     parser.add_argument("--json", help="also write all samples to this JSON file")

@@ -389,7 +389,18 @@ def _wake_transport_thread(transport: paramiko.Transport) -> None:
 
 def _drain(channel: paramiko.Channel, out: list[bytes], err: list[bytes],
            deadline: float | None, command: str, timeout: float | None) -> None:
-    """Read both streams until EOF and the exit status, without busy polling."""
+    """Read both streams until EOF and the exit status, without busy polling.
+
+    Waits on one ``threading.Event`` that paramiko sets when either stream
+    gets data or closes (``BufferedPipe.set_event``), not on ``select()`` of
+    ``channel.fileno()``: that creates an OS pipe per channel and writes to
+    it for every packet, syscalls that showed in second rounds on open
+    connections. (A read that empties a buffer clears the event; every read
+    is followed by another look at both streams before waiting again.)
+    """
+    ready = threading.Event()
+    channel.in_buffer.set_event(ready)
+    channel.in_stderr_buffer.set_event(ready)
     while True:
         got = False
         while channel.recv_ready():
@@ -408,12 +419,13 @@ def _drain(channel: paramiko.Channel, out: list[bytes], err: list[bytes],
             if not channel.recv_ready() and not channel.recv_stderr_ready():
                 return
         _check_alive(channel)
+        wait = min(remaining, 1.0) if remaining is not None else 1.0
         if channel.eof_received:
-            # Both streams are at EOF: the channel's pipe stays readable from now
-            # on, so wait on the exit-status event instead of select().
-            channel.status_event.wait(remaining if remaining is not None else 1.0)
+            # Both streams are at EOF (the event stays set from now on):
+            # wait for the exit status instead.
+            channel.status_event.wait(wait)
             continue
-        select.select([channel], [], [], min(remaining, 1.0) if remaining is not None else 1.0)
+        ready.wait(wait)
 
 
 def _check_alive(channel: paramiko.Channel) -> None:
@@ -515,33 +527,37 @@ class BoundedGroup(ThreadingGroup):
         return results
 
     def _run_pool(self, fn: Callable[[HostSession], Any], done: dict[HostSession, Any]) -> None:
-        """Workers take sessions from one queue and put results on another.
+        """``fanout`` runners take sessions from one queue and put results on another.
 
         Not ``ThreadPoolExecutor`` + ``concurrent.futures.wait``: ``wait()``
         adds and removes a waiter on *every* pending future each time it
         returns, O(hosts) per finished host, O(N^2) for 1,000 hosts; and the
         executor starts its workers one by one inside ``submit()``, where each
         ``Thread.start()`` waits for the new thread to win the GIL from the
-        dozens already connecting (about 1 s of wall time for 64 workers). Here
-        every worker starts, and blocks on the empty queue, before any work exists.
+        dozens already connecting (about 1 s of wall time for 64 workers).
+        Here the runners' threads (`WORKERS`, reused across calls) exist
+        before any host is connecting.
         """
         todo: queue.SimpleQueue = queue.SimpleQueue()
         finished: queue.SimpleQueue = queue.SimpleQueue()
-        workers = [threading.Thread(target=_work, args=(todo, finished, fn), daemon=True,
-                                    name=f"cluster-host_{i}")
-                   for i in range(min(self.fanout, len(self)))]
-        for worker in workers:
-            worker.start()
+        runners = min(self.fanout, len(self))
         for session in self:
             todo.put(session)
-        for _ in workers:
-            todo.put(None)  # one stop mark per worker, after the work
+        for _ in range(runners):
+            todo.put(None)  # one stop mark per runner, after the work
+        WORKERS.start(lambda: _run_hosts(todo, finished, fn), runners,
+                      then=lambda: finished.put(_RUNNER_DONE))
+        stopped = 0
         try:
             while len(done) < len(self):
                 try:
-                    session, value = finished.get(timeout=0.5)
+                    item = finished.get(timeout=0.5)
                 except queue.Empty:
                     continue
+                if item is _RUNNER_DONE:
+                    stopped += 1
+                    continue
+                session, value = item
                 if isinstance(value, BaseException) and not isinstance(value, Exception):
                     raise value  # SystemExit & co. from a worker stop the whole call
                 done[session] = value
@@ -550,18 +566,24 @@ class BoundedGroup(ThreadingGroup):
         except BaseException:
             # Ctrl-C: drop queued hosts and unblock running ones by closing them.
             _empty(todo)
-            for _ in workers:
+            for _ in range(runners):
                 todo.put(None)
             for session in self:
                 session.close()
             raise
         finally:
-            for worker in workers:
-                worker.join()
+            # Hand the threads back idle before returning (the next call reuses them).
+            while stopped < runners:
+                if finished.get() is _RUNNER_DONE:
+                    stopped += 1
 
 
-def _work(todo: queue.SimpleQueue, finished: queue.SimpleQueue,
-          fn: Callable[[HostSession], Any]) -> None:
+_RUNNER_DONE = object()
+
+
+def _run_hosts(todo: queue.SimpleQueue, finished: queue.SimpleQueue,
+               fn: Callable[[HostSession], Any]) -> None:
+    """One runner of a call: hosts from ``todo`` until its stop mark."""
     while (session := todo.get()) is not None:
         try:
             value = _timed(fn, session)
@@ -576,6 +598,74 @@ def _empty(todo: queue.SimpleQueue) -> None:
             todo.get_nowait()
         except queue.Empty:
             return
+
+
+# A worker thread idle this long ends (the next call starts a new one).
+IDLE_WORKER_S = 5.0
+
+
+class WorkerThreads:
+    """Threads shared by every fan-out call of the process, reused from call to call.
+
+    Starting and ending 64 threads per call cost 12-19 ms of CPU on this
+    2-core machine (more wall time under load): a tenth of a second round on
+    open connections, and every ``--watch`` tick paid it again. A call asks
+    for ``count`` threads at once (its fanout); idle ones are reused and the
+    missing ones started first, before any job is queued. A thread idle for
+    `IDLE_WORKER_S` ends, so the count follows the fanouts in use at the
+    moment, never the host count.
+
+    Invariant (under ``_lock``): ``_idle >= _pending``, so every queued job
+    has a thread that will take it; an idle thread only ends when no job is
+    pending.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0  # threads not running a job (waiting, or about to)
+        self._pending = 0  # jobs queued and not yet taken
+        self._serial = 0
+
+    def start(self, job: Callable[[], None], count: int, then: Callable[[], None]) -> None:
+        """Run ``job`` on ``count`` threads at once; each calls ``then()`` once idle again.
+
+        Exceptions from ``job`` are swallowed: jobs report their own errors.
+        """
+        with self._lock:
+            self._pending += count
+            missing = max(0, self._pending - self._idle)
+            self._idle += missing
+            first = self._serial
+            self._serial += missing
+        for number in range(first, first + missing):
+            threading.Thread(target=self._loop, daemon=True, name=f"cluster-host_{number}").start()
+        for _ in range(count):
+            self._jobs.put((job, then))
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                job, then = self._jobs.get(timeout=IDLE_WORKER_S)
+            except queue.Empty:
+                with self._lock:
+                    if self._pending:
+                        continue  # a job is queued: someone must take it
+                    self._idle -= 1
+                    return
+            with self._lock:
+                self._idle -= 1
+                self._pending -= 1
+            try:
+                job()
+            except BaseException:  # jobs report their own errors; the count must stay right
+                pass
+            with self._lock:
+                self._idle += 1
+            then()  # after: the caller may count on this thread being reusable
+
+
+WORKERS = WorkerThreads()
 
 
 def _timed(fn: Callable[[HostSession], Any], session: HostSession) -> Any:
