@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterable, Sequence
 from .errors import InputError
 from .hosts import Host, parse_hosts
 from .result import Failure, Outcome, Report, build_report, classify_exception
-from .serving.commands import DEFAULT_DEPLOYMENT, Manifest, ServerRecord, manifest_path
+from .serving.manifest import DEFAULT_DEPLOYMENT, Manifest, ServerRecord, manifest_path
 from .serving.shellcmd import path as shell_path
 from .serving.shellcmd import quote
 from .ssh import CommandResult, Engine, HostSession

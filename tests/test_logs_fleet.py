@@ -24,7 +24,7 @@ import pytest
 from cluster import logs
 from cluster.errors import InputError
 from cluster.hosts import Host
-from cluster.serving.commands import Manifest, ServerRecord
+from cluster.serving.manifest import Manifest, ServerRecord
 from cluster.testing import Fleet
 from cluster.testing.fleet import descendants
 

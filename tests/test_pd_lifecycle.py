@@ -29,7 +29,8 @@ from typing import Any
 
 import pytest
 
-from cluster.serving.commands import RUN_ID_ENV, Manifest
+from cluster.serving.manifest import Manifest
+from cluster.serving.plan import RUN_ID_ENV
 from cluster.testing import standin_server as standin
 from cluster.testing.fleet import open_path_for_others
 

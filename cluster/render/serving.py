@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.text import Text
 
 from ..result import Outcome, Report
-from ..serving.lifecycle import HostStop, ServerRow, StartResult
+from ..serving.model import HostStop, ServerRow, StartResult
 from .core import failure_text, host_table
 
 GOOD = {"ready", "healthy", "running", "started"}

@@ -1,4 +1,5 @@
-"""The controller-side record of deployments (the manifest store).
+"""Where deployments are recorded: the controller's manifest store, and the per-server
+records start-pd leaves in each host's run dir (:func:`discover_records`, over SSH).
 
 One JSON file per deployment name: ``$CLUSTER_STATE_DIR/<name>.json``, else
 ``~/.cluster/deployments/<name>.json`` (:func:`cluster.serving.manifest.manifest_path`),
@@ -10,8 +11,19 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Sequence
 
-from .manifest import DEFAULT_DEPLOYMENT, Manifest, manifest_path
+from ..hosts import Host
+from ..ssh import Engine, HostSession
+from .manifest import (
+    DEFAULT_DEPLOYMENT,
+    Manifest,
+    ServerRecord,
+    manifest_path,
+    parse_records,
+    records_command,
+)
+from .remote import each, run_script
 
 
 def manifest_file(name: str | None = None) -> Path:
@@ -37,3 +49,14 @@ def save_manifest(manifest: Manifest) -> Path:
     tmp.write_text(manifest.dumps() + "\n")
     os.replace(tmp, path)
     return path
+
+
+def discover_records(engine: Engine, hosts: Sequence[Host], run_dir: str,
+                     fanout: int | None = None) -> dict[Host, list[ServerRecord] | BaseException]:
+    """The server records start-pd left in ``run_dir`` on each host (its own files only)."""
+    def one(session: HostSession) -> list[ServerRecord]:
+        address = "127.0.0.1" if session.host.is_local else session.host.hostname
+        result = run_script(session, records_command(run_dir, address))
+        return [r for r in parse_records(result.stdout) if r.host == address]
+
+    return each(engine, hosts, one, fanout)
