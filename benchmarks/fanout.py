@@ -49,6 +49,8 @@ Tables
 ``--second-round``      opens every connection in a first round, then times
     only a second ``true`` round on the open connections: ``engine``
     (``keep_open=True``) and ``pssh`` (its cached clients).
+``--first-contact``     ``engine`` (and ``engine-ref``) with an empty known_hosts
+    file per run: accept-new records every host key (locked appends).
 ``--serve``             start the fleet, print its workdir and wait (Ctrl-C
     stops it); later runs pass ``--workdir`` to skip the start.
 
@@ -83,6 +85,7 @@ GPU_METHODS = ("engine", "engine-gpu-cmd", "engine-gpu")
 # 241 s and 380 s of CPU (1,191 threads), one clush run minutes of both cores.
 SLOW_METHODS = ("fabric", "clush")
 SECOND_METHODS = ("engine", "pssh")
+FIRST_METHODS = ("engine",)
 SAMPLE_INTERVAL_S = 0.01
 ENGINE_REF: list[str] = []  # --engine-ref, for the parent's measure()
 
@@ -212,6 +215,11 @@ class ThreadProfiles:
         threading.setprofile(self._install)
         self._install()
 
+    def clear(self) -> None:
+        """Forget what was recorded so far (e.g. a first round)."""
+        for profile in self.profiles:
+            profile.clear()
+
     def stop(self, path: str) -> None:
         import pstats
 
@@ -234,11 +242,15 @@ def _cpu_now() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
+FIRST_CONTACT: list[str] = []  # in a child of the "first" table: its own, empty known_hosts
+
+
 def engine_settings(info: FleetInfo, fanout: int):
     from cluster.inventory import SSHSettings
 
+    known_hosts = FIRST_CONTACT[0] if FIRST_CONTACT else info.known_hosts
     return SSHSettings(user=info.user, port=info.port, key_filename=info.key,
-                       known_hosts=info.known_hosts, fanout=fanout, connect_timeout=10.0)
+                       known_hosts=known_hosts, fanout=fanout, connect_timeout=10.0)
 
 
 def _engine_run(info: FleetInfo, hosts: list[str], fanout: int) -> Callable[[], int]:
@@ -385,20 +397,28 @@ def child(method: str, mode: str, info: FleetInfo, count: int, fanout: int,
           profile: str | None) -> dict[str, Any]:
     """Run one measurement in this (fresh) process; return wall/CPU/threads/ok."""
     hosts = info.addresses[:count]
+    profilers = ThreadProfiles() if profile else None
     if mode == "second":
         setup, op = TWO_ROUNDS[method](info, hosts, fanout)
+        if profilers:  # the transport threads start in the first round: profile them too
+            profilers.start()
         setup()  # the first round opens every connection, outside the measurement
+        if profilers:
+            profilers.clear()
     else:
+        if mode == "first":  # every host key unknown: accept-new records all of them
+            FIRST_CONTACT.append(tempfile.mktemp(prefix="first-contact-known-hosts-"))
         op = ONE_ROUND[method](info, hosts, fanout)
-    profilers = ThreadProfiles() if profile else None
     with PeakThreads() as threads:
         cpu0, wall0 = _cpu_now(), time.perf_counter()
-        if profilers:
+        if profilers and mode != "second":
             profilers.start()
         ok = op()
         if profilers:
             profilers.stop(profile)
         wall, cpu = time.perf_counter() - wall0, _cpu_now() - cpu0
+    for path in FIRST_CONTACT:
+        Path(path).unlink(missing_ok=True)
     return {"ok": ok, "wall": wall, "cpu": cpu, "threads": threads.peak, "rss_mib": peak_rss_mib()}
 
 
@@ -553,6 +573,8 @@ SECTIONS = {
             GPU_METHODS, "engine"),
     "second": ("second round on already-open connections (only that round is timed)",
                SECOND_METHODS, "pssh"),
+    "first": ("first contact: every host key unknown (accept-new records them all)",
+              FIRST_METHODS, "engine"),
 }
 
 
@@ -603,6 +625,8 @@ def sections(args: argparse.Namespace) -> list[tuple[str, list[int]]]:
         plan.append(("gpu", _counts(args.extra_hosts)))
     if args.second_round:
         plan.append(("second", _counts(args.extra_hosts)))
+    if args.first_contact:
+        plan.append(("first", _counts(args.hosts)))
     return plan
 
 
@@ -624,7 +648,7 @@ def run_benchmark(args: argparse.Namespace, info: FleetInfo,
     for mode, counts in plan:
         title, default, reference = SECTIONS[mode]
         wanted = args.methods.split(",") if args.methods and mode == "run" else list(default)
-        if args.engine_ref and mode == "run" and "engine-ref" not in wanted:
+        if args.engine_ref and mode in ("run", "first") and "engine-ref" not in wanted:
             wanted.insert(1, "engine-ref")
         methods, missing = available_methods(wanted)
         if args.profile:
@@ -675,8 +699,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="add the table gpu-status vs `true` (library)")
     parser.add_argument("--second-round", action="store_true",
                         help="add the table of a second round on already-open connections")
+    parser.add_argument("--first-contact", action="store_true",
+                        help="add the table of a first contact (empty known_hosts, accept-new), "
+                             "for the --hosts counts")
     parser.add_argument("--extra-hosts", default="64,128",
-                        help="host counts of the --probe and --second-round tables (default 64,128)")
+                        help="host counts of the --probe and --second-round tables "
+                             "(default 64,128)")
     parser.add_argument("--no-run", action="store_true", help="skip the `true` table")
     parser.add_argument("--engine-ref", metavar="DIR",
                         help="also time `engine-ref`: the engine of another checkout in DIR "
