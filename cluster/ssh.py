@@ -429,7 +429,7 @@ def _drain(channel: paramiko.Channel, out: list[bytes], err: list[bytes],
 
 
 def _check_alive(channel: paramiko.Channel) -> None:
-    """Fail fast when the connection died mid-command (else select() spins until the timeout)."""
+    """Fail fast when the connection died mid-command (else the wait loop runs until the timeout)."""
     transport = channel.get_transport()
     closed_early = channel.closed and not channel.exit_status_ready()
     if closed_early or transport is None or not transport.is_active():
