@@ -147,8 +147,8 @@ class LeanConnection(Connection):
     * ``Connection.__init__`` assigns ``self.inline_ssh_env``, which Fabric does
       not declare at class level, so invoke stores it as a *config key*: every
       connection wrote into the one `fabric.Config` all threads share and
-      re-merged the whole config (about 2.5 ms per host). Declaring it here
-      makes it a plain attribute.
+      re-merged the whole config. Declaring it here makes it a plain
+      attribute. (With the next point: 0.83-1.08 ms -> 0.41 ms per connection.)
     * ``DataProxy.__setattr__`` calls ``dir(self)`` on every assignment to tell
       attributes from config keys (a dozen times per connection); names the
       class declares skip that test.
