@@ -3,7 +3,8 @@
 
 One command produces the tables in docs/performance.md::
 
-    python benchmarks/fanout.py --probe gpu-status --second-round
+    python benchmarks/fanout.py --probe gpu-status --second-round --first-contact \
+        [--engine-ref DIR]
 
 What it does
 ------------
