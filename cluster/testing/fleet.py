@@ -474,7 +474,7 @@ def ensure_login_user() -> str:
     except KeyError:
         result = _run(["useradd", "-m", "-s", "/bin/bash", TEST_USER])
         if result.returncode != 0 and not _user_exists(TEST_USER):  # lost a race: fine
-            raise FleetError(f"useradd {TEST_USER} failed: {result.stderr.strip()}")
+            raise FleetError(f"useradd {TEST_USER} failed: {result.stderr.strip()}") from None
     if _account_locked(TEST_USER):
         # Without PAM, sshd refuses accounts whose password field starts with "!".
         for _ in range(5):
