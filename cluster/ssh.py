@@ -20,6 +20,7 @@ No parsing, classification or rendering happens here.
 from __future__ import annotations
 
 import functools
+import io
 import logging
 import os
 import queue
@@ -291,24 +292,27 @@ class HostSession:
         self._connection = None
 
     # -- commands -----------------------------------------------------------
-    def run(self, command: str, timeout: float | None = None) -> CommandResult:
+    def run(self, command: str, timeout: float | None = None, stdin: str | None = None) -> CommandResult:
         """Run ``command`` and capture stdout/stderr/exit code.
 
-        A non-zero exit is a result, not an exception. Raises on transport
-        errors and `CommandTimedOut` past ``timeout`` seconds.
+        ``stdin`` is sent to the command's standard input, then EOF (without
+        it stdin is closed at once). A non-zero exit is a result, not an
+        exception. Raises on transport errors and `CommandTimedOut` past
+        ``timeout`` seconds.
         """
         if self.host.is_local:
-            return self._run_local(command, timeout)
-        return self._run_remote(command, timeout)
+            return self._run_local(command, timeout, stdin)
+        return self._run_remote(command, timeout, stdin)
 
-    def _run_local(self, command: str, timeout: float | None) -> CommandResult:
+    def _run_local(self, command: str, timeout: float | None, stdin: str | None) -> CommandResult:
+        in_stream = io.StringIO(stdin) if stdin is not None else False
         result = self.engine.local_context.run(
-            command, hide=True, warn=True, in_stream=False, timeout=timeout
+            command, hide=True, warn=True, in_stream=in_stream, timeout=timeout
         )
         return CommandResult(command, result.stdout, result.stderr, result.exited)
 
-    def _run_remote(self, command: str, timeout: float | None) -> CommandResult:
-        channel = self._open_channel(command)
+    def _run_remote(self, command: str, timeout: float | None, stdin: str | None) -> CommandResult:
+        channel = self._open_channel(command, stdin)
         deadline = time.monotonic() + timeout if timeout else None
         out: list[bytes] = []
         err: list[bytes] = []
@@ -319,7 +323,7 @@ class HostSession:
             channel.close()
         return CommandResult(command, _text(out), _text(err), code)
 
-    def _open_channel(self, command: str) -> paramiko.Channel:
+    def _open_channel(self, command: str, stdin: str | None = None) -> paramiko.Channel:
         self.open()
         transport = self.connection.client.get_transport()
         if transport is None or not transport.is_active():
@@ -329,7 +333,9 @@ class HostSession:
             transport = self.connection.client.get_transport()
         channel = transport.open_session(timeout=self.engine.settings.connect_timeout)
         channel.exec_command(command)
-        channel.shutdown_write()  # no stdin: remote reads see EOF instead of hanging
+        if stdin:
+            channel.sendall(stdin.encode())
+        channel.shutdown_write()  # then EOF: remote reads end instead of hanging
         return channel
 
     def stream(self, command: str, on_line: Callable[[str], None],

@@ -8,20 +8,12 @@ kept-open connections.
 
 from __future__ import annotations
 
-import subprocess
-import time
 from typing import Any, Callable, Sequence
-
-from invoke.exceptions import CommandTimedOut
-from invoke.runners import Result as _InvokeResult
 
 from ..errors import InputError
 from ..hosts import Host, parse_hosts
 from ..result import Failure, classify_exception
-
-# _drain: the engine's own non-busy reader of a channel's two streams (cluster.ssh
-# offers no stdin on HostSession.run, which is why this module opens the channel).
-from ..ssh import CommandResult, Engine, HostSession, _drain
+from ..ssh import CommandResult, Engine, HostSession
 from .launch import STDIN_RUNNER
 from .sections import Section, parse_sections, sections_script
 
@@ -37,46 +29,7 @@ def run_script(session: HostSession, script: str, timeout: float | None = STEP_T
     transport errors raise; past ``timeout`` raises invoke's ``CommandTimedOut``.
     """
     wrapped = "{\n" + script.rstrip("\n") + "\n}\n"
-    if session.host.is_local:
-        return _run_local(wrapped, timeout)
-    session.open()
-    transport = session.connection.client.get_transport()
-    if transport is None or not transport.is_active():
-        # A cached connection that died (sshd restarted): reconnect once, as HostSession does.
-        session.connection.close()
-        session.connection.open()
-        transport = session.connection.client.get_transport()
-    channel = transport.open_session(timeout=session.engine.settings.connect_timeout)
-    out: list[bytes] = []
-    err: list[bytes] = []
-    try:
-        channel.exec_command(STDIN_RUNNER)
-        channel.sendall(wrapped.encode())
-        channel.shutdown_write()
-        deadline = time.monotonic() + timeout if timeout else None
-        _drain(channel, out, err, deadline, STDIN_RUNNER, timeout)
-        code = channel.recv_exit_status()
-    finally:
-        channel.close()
-    return CommandResult(STDIN_RUNNER, b"".join(out).decode("utf-8", "replace"),
-                         b"".join(err).decode("utf-8", "replace"), code)
-
-
-def _run_local(script: str, timeout: float | None) -> CommandResult:
-    try:
-        proc = subprocess.run(["/bin/sh", "-c", STDIN_RUNNER], input=script, text=True,
-                              capture_output=True, timeout=timeout, stdin=None)
-    except subprocess.TimeoutExpired as exc:
-        result = _InvokeResult(stdout=_text(exc.stdout), stderr=_text(exc.stderr),
-                               command=STDIN_RUNNER, exited=-1)
-        raise CommandTimedOut(result, timeout or 0) from None
-    return CommandResult(STDIN_RUNNER, proc.stdout, proc.stderr, proc.returncode)
-
-
-def _text(data: Any) -> str:
-    if data is None:
-        return ""
-    return data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)
+    return session.run(STDIN_RUNNER, timeout=timeout, stdin=wrapped)
 
 
 def each(engine: Engine, hosts: Sequence[Host], fn: Callable[[HostSession], Any],
