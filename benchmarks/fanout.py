@@ -142,12 +142,19 @@ def start_fleet(workdir: Path, count: int):
 
 
 def install_gpu_standin(info: FleetInfo, addresses: list[str]) -> None:
-    """Symlink the stand-in nvidia-smi into each host's bin (default state: 8x H100 idle)."""
-    source = ROOT / "cluster" / "testing" / "bin" / "nvidia-smi"
+    """Symlink the stand-in nvidia-smi into each host's bin (default state: 8x H100 idle).
+
+    Its fixtures are linked beside the bin dir too, so the stand-in finds them
+    without a ``readlink`` process per call: the stand-in's own CPU lands on the
+    same cores as the client here, and a real nvidia-smi would not.
+    """
+    testing = ROOT / "cluster" / "testing"
     for address in addresses:
-        link = Path(info.workdir) / "hosts" / address / "bin" / "nvidia-smi"
-        if not link.exists():
-            link.symlink_to(source)
+        host = Path(info.workdir) / "hosts" / address
+        for link, source in ((host / "bin" / "nvidia-smi", testing / "bin" / "nvidia-smi"),
+                             (host / "fixtures", testing / "fixtures")):
+            if not link.exists():
+                link.symlink_to(source)
 
 
 # --------------------------------------------------------------------------- child side
