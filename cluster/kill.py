@@ -29,6 +29,7 @@ from typing import Any, Callable, Sequence
 
 from .errors import InputError
 from .hosts import Host
+from .options import seconds
 from .result import Failure, Outcome, Report, build_report
 from .serving.shellcmd import quote
 from .ssh import Engine, HostSession
@@ -127,13 +128,7 @@ def check_wait(value: Any) -> float:
     """Seconds to wait for signalled processes to exit (0-600)."""
     if value is None:
         return DEFAULT_WAIT_S
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"--wait must be a number of seconds, got {value!r}") from None
-    if not 0 <= seconds <= 600:
-        raise InputError(f"--wait must be between 0 and 600 seconds, got {value!r}")
-    return seconds
+    return seconds(value, "--wait", maximum=600, allow_minimum=True)
 
 
 # --------------------------------------------------------------------------- commands

@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterable, Sequence
 from . import gpu, service, system
 from .errors import InputError
 from .hosts import Host
+from .options import seconds
 from .probe import Probe, run_probe
 from .result import Report
 from .ssh import Engine, HostSession
@@ -45,15 +46,7 @@ OnDone = Callable[[HostSession, Any], None]
 
 def check_timeout(timeout: float | None, option: str = "--timeout") -> float | None:
     """``timeout`` as a positive float (None stays None); `InputError` otherwise."""
-    if timeout is None:
-        return None
-    try:
-        value = float(timeout)
-    except (TypeError, ValueError):
-        raise InputError(f"{option} must be a number of seconds, got {timeout!r}") from None
-    if not value > 0:
-        raise InputError(f"{option} must be > 0 seconds, got {timeout!r}")
-    return value
+    return None if timeout is None else seconds(timeout, option)
 
 
 def gpu_probe(timeout: float | None = GPU_TIMEOUT_S) -> Probe:
@@ -145,13 +138,7 @@ class Tick:
 
 def check_interval(interval: Any, option: str = "--watch") -> float:
     """A watch interval in seconds (> 0), or `InputError`."""
-    try:
-        value = float(interval)
-    except (TypeError, ValueError):
-        raise InputError(f"{option} must be a number of seconds, got {interval!r}") from None
-    if not value > 0:
-        raise InputError(f"{option} must be > 0 seconds, got {interval!r}")
-    return value
+    return seconds(interval, option)
 
 
 def check_count(count: Any, option: str = "--count") -> int | None:

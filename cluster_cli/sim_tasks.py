@@ -66,17 +66,11 @@ def sim_down(c, state_dir=sim.DEFAULT_STATE_DIR, json=False):
 
 
 def _seconds(value):
-    from cluster.errors import InputError
+    from cluster.options import seconds
 
     if value is None:
         return sim.DEFAULT_LOAD_SECONDS
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"--load-seconds must be a number, got {value!r}") from None
-    if not 0 <= seconds <= 3600:
-        raise InputError(f"--load-seconds must be 0-3600, got {value!r}")
-    return seconds
+    return seconds(value, "--load-seconds", maximum=3600, allow_minimum=True)
 
 
 def _report(state: sim.SimState) -> Report:

@@ -1,0 +1,22 @@
+"""Validation of option values shared by tasks and the API (errors are `InputError`, exit 2)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import InputError
+
+
+def seconds(value: Any, option: str, *, minimum: float = 0.0, maximum: float | None = None,
+            allow_minimum: bool = False) -> float:
+    """``value`` as seconds: a number above ``minimum`` (or equal, with ``allow_minimum``)
+    and at most ``maximum``; otherwise an `InputError` naming ``option``."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{option} must be a number of seconds, got {value!r}") from None
+    too_low = number < minimum if allow_minimum else number <= minimum
+    if too_low or (maximum is not None and number > maximum):
+        bound = f"between {minimum:g} and {maximum:g}" if maximum is not None else f"> {minimum:g}"
+        raise InputError(f"{option} must be {bound} seconds, got {value!r}")
+    return number
