@@ -25,8 +25,25 @@ from .text import http_url, safe_name, trim_dir
 RUN_ID_ENV = "CLUSTER_PD_RUN_ID"
 
 
+class RunFiles:
+    """Per-process files in the run dir, named after ``name`` (host and port in it: NFS homes)."""
+
+    name: str
+    run_dir: str
+    run_id: str
+
+    @property
+    def log_path(self) -> str:
+        """Per-launch log (run id in the name: an old "ready" line never matches)."""
+        return f"{trim_dir(self.run_dir)}/{self.name}-{self.run_id}.log"
+
+    @property
+    def pid_path(self) -> str:
+        return f"{trim_dir(self.run_dir)}/{self.name}.pid"
+
+
 @dataclass(frozen=True)
-class ServerSpec:
+class ServerSpec(RunFiles):
     """One server process on one host (one node-rank of one PD server).
 
     ``host`` is the node's own address (``--host``, URLs, file names); ``target`` is
@@ -65,15 +82,6 @@ class ServerSpec:
         return f"{self.engine}-{self.role}-{safe_name(self.host)}-{self.port}"
 
     @property
-    def log_path(self) -> str:
-        """Per-launch log (run id in the name: an old "ready" line never matches)."""
-        return f"{trim_dir(self.run_dir)}/{self.name}-{self.run_id}.log"
-
-    @property
-    def pid_path(self) -> str:
-        return f"{trim_dir(self.run_dir)}/{self.name}.pid"
-
-    @property
     def record_path(self) -> str:
         """Per-host manifest entry (JSON of this server's :class:`ServerRecord`)."""
         return f"{trim_dir(self.run_dir)}/{self.name}.json"
@@ -106,7 +114,7 @@ class ServerSpec:
 
 
 @dataclass(frozen=True)
-class RouterSpec:
+class RouterSpec(RunFiles):
     """The PD router: where it runs, what it listens on, which workers it fronts."""
 
     engine: str
@@ -131,14 +139,6 @@ class RouterSpec:
     @property
     def name(self) -> str:
         return f"{self.engine}-router-{safe_name(self.host)}-{self.port}"
-
-    @property
-    def log_path(self) -> str:
-        return f"{trim_dir(self.run_dir)}/{self.name}-{self.run_id}.log"
-
-    @property
-    def pid_path(self) -> str:
-        return f"{trim_dir(self.run_dir)}/{self.name}.pid"
 
     @property
     def url(self) -> str:
