@@ -29,7 +29,7 @@ from typing import Any, Callable, Sequence
 
 from .errors import InputError
 from .hosts import Host
-from .options import seconds
+from .options import regex, seconds
 from .result import Failure, Outcome, Report, build_report
 from .serving.shellcmd import quote
 from .ssh import Engine, HostSession
@@ -89,14 +89,7 @@ def check_pattern(pattern: Any) -> str:
     if pattern is None or not str(pattern).strip():
         raise InputError("--pattern is required and cannot be empty: name what to kill "
                          "(e.g. --pattern 'sglang::' or --pattern 'python3 -m my.server')")
-    text = str(pattern)
-    if "\n" in text or "\0" in text:
-        raise InputError("--pattern cannot hold a newline")
-    try:
-        re.compile(text)
-    except re.error as exc:
-        raise InputError(f"--pattern: bad regular expression {text!r}: {exc}") from None
-    return text
+    return regex(pattern, "--pattern")
 
 
 def check_signal(name: Any) -> str:

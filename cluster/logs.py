@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from .errors import InputError
 from .hosts import Host, parse_hosts
+from .options import regex
 from .result import Failure, Outcome, Report, build_report, classify_exception
 from .serving.manifest import DEFAULT_DEPLOYMENT, Manifest, ServerRecord, manifest_path
 from .serving.shellcmd import path as shell_path
@@ -193,13 +194,7 @@ def check_grep(pattern: str | None) -> str | None:
         return None
     if not str(pattern):
         raise InputError("--grep: empty pattern")
-    if "\n" in pattern:
-        raise InputError("--grep: a pattern cannot hold a newline")
-    try:
-        re.compile(pattern)
-    except re.error as exc:
-        raise InputError(f"--grep: bad regular expression {pattern!r}: {exc}") from None
-    return pattern
+    return regex(pattern, "--grep")
 
 
 # --------------------------------------------------------------------------- commands

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from .errors import InputError
@@ -20,3 +21,15 @@ def seconds(value: Any, option: str, *, minimum: float = 0.0, maximum: float | N
         bound = f"between {minimum:g} and {maximum:g}" if maximum is not None else f"> {minimum:g}"
         raise InputError(f"{option} must be {bound} seconds, got {value!r}")
     return number
+
+
+def regex(pattern: Any, option: str) -> str:
+    """A one-line regular expression for ``option`` (``--grep``, ``--pattern``), or `InputError`."""
+    text = str(pattern)
+    if "\n" in text or "\0" in text:
+        raise InputError(f"{option}: a pattern cannot hold a newline")
+    try:
+        re.compile(text)
+    except re.error as exc:
+        raise InputError(f"{option}: bad regular expression {text!r}: {exc}") from None
+    return text

@@ -22,12 +22,11 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import http
 
 from cluster.serving.manifest import Manifest
 from cluster.serving.plan import RUN_ID_ENV
@@ -67,20 +66,6 @@ def _bindable(address: str, port: int) -> bool:
             return True
         except OSError:
             return False
-
-
-def http(method: str, url: str, body: Any = None, timeout: float = 30) -> tuple[int, str]:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(request, timeout=timeout) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-    except OSError:
-        return 0, ""
 
 
 def processes_of(run_ids: set[str], ports: set[int]) -> dict[int, str]:
@@ -279,10 +264,12 @@ def test_start_route_status_stop_with_the_real_router(fleet, pd_factory, engine)
         router_url = doc["router_url"]
         if engine == "sglang":
             code, text = http("POST", router_url + "/generate",
-                              {"text": "through the router", "sampling_params": {"max_new_tokens": 4}})
+                              {"text": "through the router", "sampling_params": {"max_new_tokens": 4}},
+                              timeout=30)
         else:
             code, text = http("POST", router_url + "/v1/completions",
-                              {"model": "test/model", "prompt": "through the router", "max_tokens": 4})
+                              {"model": "test/model", "prompt": "through the router", "max_tokens": 4},
+                              timeout=30)
         assert code == 200, text
         prefill_seen = pd.requests(PREFILL, pd.prefill_port)
         decode_seen = [r for h in DECODES for r in pd.requests(h, pd.decode_port)]

@@ -16,12 +16,11 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+from helpers import http
 
 from cluster.serving import commands as cmd
 from cluster.serving.config import parse_serving
@@ -40,21 +39,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((HOST, 0))
         return sock.getsockname()[1]
-
-
-def http(method: str, url: str, body: Any = None, timeout: float = 3) -> tuple[int, str]:
-    """(status, text); status 0 when nothing answers. Proxies bypassed."""
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(request, timeout=timeout) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-    except OSError:
-        return 0, ""
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 15, what: str = "condition") -> Any:
