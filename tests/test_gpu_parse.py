@@ -394,11 +394,54 @@ SHELLS = [s for s in ("sh", "bash") if shutil.which(s)]
 def test_stand_in_reproduces_fixture_byte_for_byte(case, shell, tmp_path):
     (tmp_path / "gpu-state").write_text(case + "\n")
     stdout, code, stderr = load(case)
-    done = _run_command(shell, _env(STAND_IN.parent, tmp_path))
-    assert done.stdout == stdout
-    assert done.returncode == code
-    if stderr:
-        assert stderr.strip() in done.stderr
+    # The first call splits the fixture and writes the cache, the second reads the cache.
+    for attempt in ("split", "cached"):
+        done = _run_command(shell, _env(STAND_IN.parent, tmp_path))
+        assert done.stdout == stdout, attempt
+        assert done.returncode == code, attempt
+        if stderr:
+            assert stderr.strip() in done.stderr
+        assert (tmp_path / f".nvidia-smi-{case}.sh").is_file()
+
+
+def _stand_in(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["nvidia-smi", *args], env=env, capture_output=True, text=True)
+
+
+def test_stand_in_cache_follows_fixture_edits_and_paths(tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    first, second = tmp_path / "a" / "gpus.txt", tmp_path / "b" / "gpus.txt"
+    for path, text in ((first, "0, it's, first\n"), (second, "0, second\n")):
+        path.parent.mkdir()
+        path.write_text(text + "@@compute-apps\n@@compute-apps-exit 0\n")
+    env = _env(STAND_IN.parent, root, CLUSTER_SIM_GPU_STATE=str(first))
+    assert _stand_in(env, "--query-gpu=index").stdout == "0, it's, first\n"
+    cache = root / ".nvidia-smi-gpus.sh"
+    assert f"'{first}'" in cache.read_text()
+    # Same file name elsewhere: the cache names its source, so it is not reused.
+    env["CLUSTER_SIM_GPU_STATE"] = str(second)
+    assert _stand_in(env, "--query-gpu=index").stdout == "0, second\n"
+    # The fixture rewritten later than the cache: split again.
+    second.write_text("0, edited\n@@compute-apps\n1, app, 5\n@@compute-apps-exit 0\n")
+    later = cache.stat().st_mtime + 2
+    os.utime(second, (later, later))
+    assert _stand_in(env, "--query-gpu=index").stdout == "0, edited\n"
+    assert _stand_in(env, "--query-compute-apps=pid").stdout == "1, app, 5\n"
+
+
+def test_stand_in_without_a_writable_root_still_answers(tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    root.chmod(0o555)
+    env = _env(STAND_IN.parent, root, CLUSTER_SIM_GPU_STATE="h100-busy")
+    try:
+        for _ in range(2):
+            assert _stand_in(env, "--query-gpu=index").stdout == load("h100-busy")[0].split("@@")[0]
+    finally:
+        root.chmod(0o755)
+    if os.geteuid() != 0:  # root writes anyway
+        assert not list(root.iterdir())
 
 
 def test_stand_in_works_through_a_symlink_and_defaults_to_h100_idle(tmp_path):
