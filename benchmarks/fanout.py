@@ -46,7 +46,13 @@ Tables
 ``--probe gpu-status``  every host gets the stand-in ``nvidia-smi`` (8-GPU
     ``h100-idle`` output). ``engine`` runs ``true``, ``engine-gpu-cmd`` runs
     the gpu-status command without parsing (what the stand-in itself costs),
-    ``engine-gpu`` is ``cluster.status.gpu_status`` (command, parse, classify).
+    ``engine-gpu`` is ``cluster.status.gpu_status`` (command, parse, classify),
+    ``engine-two-sh`` runs ``sh -c :; sh -c :`` (the floor of any probe that
+    starts two processes, as gpu-status must: one per nvidia-smi query).
+    A second table times the whole commands the way a user types them:
+    ``inv-true`` is ``inv run true -H @hosts`` and ``inv-gpu-status`` is
+    ``inv gpu-status -H @hosts`` (fresh interpreter, imports, table on stdout),
+    each as a subprocess of the measuring child (its CPU counts as client CPU).
 ``--second-round``      opens every connection in a first round, then times
     only a second ``true`` round on the open connections: ``engine``
     (``keep_open=True``) and ``pssh`` (its cached clients).
@@ -61,9 +67,11 @@ Everything connects to 127.0.0.0/8 only.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import resource
+import shutil
 import signal
 import statistics
 import subprocess
@@ -81,7 +89,9 @@ sys.path.insert(0, str(ROOT))
 BASE = "127.1.0."
 HOSTS_PER_SSHD = 16
 RUN_METHODS = ("engine", "fabric", "pssh", "clush")
-GPU_METHODS = ("engine", "engine-gpu-cmd", "engine-gpu")
+GPU_METHODS = ("engine", "engine-two-sh", "engine-gpu-cmd", "engine-gpu")
+TWO_SH = "sh -c :; sh -c :"  # the floor of any probe that starts two processes
+CLI_METHODS = ("inv-true", "inv-gpu-status")
 # Measured only up to --baseline-max-hosts: at 1,000 hosts one raw Fabric run took
 # 241 s and 380 s of CPU (1,191 threads), one clush run minutes of both cores.
 SLOW_METHODS = ("fabric", "clush")
@@ -243,6 +253,16 @@ class ThreadProfiles:
         stats.dump_stats(path)
 
 
+def machine_busy_s() -> float:
+    """CPU seconds all processes on this machine have spent so far (/proc/stat, not idle/iowait).
+
+    On loopback the sshd side and the remote commands run on the client's cores:
+    this is the whole cost of a run, the number that wall time follows there.
+    """
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def _cpu_now() -> float:
     """User+sys CPU of this process and its waited-for children (ssh for clush)."""
     own = resource.getrusage(resource.RUSAGE_SELF)
@@ -261,18 +281,26 @@ def engine_settings(info: FleetInfo, fanout: int):
                        known_hosts=known_hosts, fanout=fanout, connect_timeout=10.0)
 
 
-def _engine_run(info: FleetInfo, hosts: list[str], fanout: int) -> Callable[[], int]:
-    from cluster.hosts import Host
-    from cluster.result import build_report
-    from cluster.ssh import Engine
+def _engine_command(command: str) -> Callable[[FleetInfo, list[str], int], Callable[[], int]]:
+    """``command`` on every host through the engine (the path of ``inv run``)."""
 
-    def op() -> int:
-        with Engine(engine_settings(info, fanout)) as engine:
-            targets = [Host(h) for h in hosts]
-            report = build_report(engine.run(targets, "true"), engine)
-        return len(report.ok)
+    def factory(info: FleetInfo, hosts: list[str], fanout: int) -> Callable[[], int]:
+        from cluster.hosts import Host
+        from cluster.result import build_report
+        from cluster.ssh import Engine
 
-    return op
+        def op() -> int:
+            with Engine(engine_settings(info, fanout)) as engine:
+                targets = [Host(h) for h in hosts]
+                report = build_report(engine.run(targets, command), engine)
+            return len(report.ok)
+
+        return op
+
+    return factory
+
+
+_engine_run = _engine_command("true")
 
 
 def _engine_gpu(info: FleetInfo, hosts: list[str], fanout: int) -> Callable[[], int]:
@@ -307,6 +335,36 @@ def _engine_gpu_command(info: FleetInfo, hosts: list[str], fanout: int) -> Calla
         return sum(1 for o in report if o.ok and o.stdout.count("\n") >= 10)
 
     return op
+
+
+def _inv(*task: str) -> Callable[[FleetInfo, list[str], int], Callable[[], int]]:
+    """``inv TASK -H @hosts`` as a user runs it, against the benchmark's known_hosts."""
+
+    def factory(info: FleetInfo, hosts: list[str], fanout: int) -> Callable[[], int]:
+        import yaml
+
+        scratch = Path(tempfile.mkdtemp(prefix="fanout-inv-"))
+        atexit.register(shutil.rmtree, scratch, True)
+        (scratch / "hosts").write_text("\n".join(hosts) + "\n")
+        (scratch / "roles.yaml").write_text(yaml.safe_dump({"ssh": {
+            "user": info.user, "port": info.port, "key_filename": info.key,
+            "known_hosts": info.known_hosts, "connect_timeout": 10}}))
+        argv = [sys.executable, "-m", "invoke", "--search-root", str(ROOT), *task,
+                "-H", f"@{scratch / 'hosts'}", "--roles-file", str(scratch / "roles.yaml"),
+                "--fanout", str(fanout)]
+
+        def op() -> int:
+            with open(scratch / "stdout", "wb") as out:
+                done = subprocess.run(argv, stdout=out, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+            if done.returncode != 0:  # exit 0 means every host answered and parsed
+                print(f"{' '.join(task)}: exit {done.returncode}: {done.stderr.decode()[-500:]}",
+                      file=sys.stderr)
+                return 0
+            return len(hosts)
+
+        return op
+
+    return factory
 
 
 def _fabric_run(info: FleetInfo, hosts: list[str], fanout: int) -> Callable[[], int]:
@@ -395,7 +453,8 @@ def _pssh_second(info: FleetInfo, hosts: list[str], fanout: int):
 
 
 ONE_ROUND = {"engine": _engine_run, "engine-ref": _engine_run, "engine-gpu": _engine_gpu,
-             "engine-gpu-cmd": _engine_gpu_command,
+             "engine-gpu-cmd": _engine_gpu_command, "engine-two-sh": _engine_command(TWO_SH),
+             "inv-true": _inv("run", "true"), "inv-gpu-status": _inv("gpu-status"),
              "fabric": _fabric_run,
              "pssh": _pssh_run, "clush": _clush_run}
 TWO_ROUNDS = {"engine": _engine_second, "pssh": _pssh_second}
@@ -418,16 +477,19 @@ def child(method: str, mode: str, info: FleetInfo, count: int, fanout: int,
             FIRST_CONTACT.append(tempfile.mktemp(prefix="first-contact-known-hosts-"))
         op = ONE_ROUND[method](info, hosts, fanout)
     with PeakThreads() as threads:
-        cpu0, wall0 = _cpu_now(), time.perf_counter()
+        cpu0, busy0, wall0 = _cpu_now(), machine_busy_s(), time.perf_counter()
         if profilers and mode != "second":
             profilers.start()
         ok = op()
         if profilers:
             profilers.stop(profile)
-        wall, cpu = time.perf_counter() - wall0, _cpu_now() - cpu0
+        wall, cpu, busy = time.perf_counter() - wall0, _cpu_now() - cpu0, machine_busy_s() - busy0
     for path in FIRST_CONTACT:
         Path(path).unlink(missing_ok=True)
-    return {"ok": ok, "wall": wall, "cpu": cpu, "threads": threads.peak, "rss_mib": peak_rss_mib()}
+    if method in CLI_METHODS:  # the work ran in the inv subprocess: this process's peaks say nothing
+        return {"ok": ok, "wall": wall, "cpu": cpu, "busy": busy, "threads": 0, "rss_mib": 0}
+    return {"ok": ok, "wall": wall, "cpu": cpu, "busy": busy, "threads": threads.peak,
+            "rss_mib": peak_rss_mib()}
 
 
 # --------------------------------------------------------------------------- parent side
@@ -436,6 +498,7 @@ class Sample:
     wall: float
     cpu: float
     proc_cpu: float
+    machine_cpu: float
     rss_mib: float
     threads: int
     ok: int
@@ -481,7 +544,7 @@ def measure(method: str, mode: str, info: FleetInfo, count: int, fanout: int,
     if proc.returncode != 0:
         raise RuntimeError(f"{method} child failed (exit {proc.returncode}): {text[-2000:]}")
     report = json.loads(text.strip().splitlines()[-1])
-    return Sample(report["wall"], report["cpu"], usage.ru_utime + usage.ru_stime,
+    return Sample(report["wall"], report["cpu"], usage.ru_utime + usage.ru_stime, report["busy"],
                   report["rss_mib"], report["threads"], report["ok"])
 
 
@@ -518,30 +581,37 @@ def render(rows: list[Row], reference: str | None, fanout: int) -> str:
         f"N={count}, fanout {fanout}, {len(rows[0].samples)} runs each in alternation "
         "(medians; wall range in brackets; RSS and threads: peak)",
         "",
-        "| method | ok | wall s | client CPU s | CPU ms/host | process CPU s | peak RSS MiB "
-        f"| peak threads | wall vs {reference or 'ref'} | CPU vs {reference or 'ref'} |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| method | ok | wall s | client CPU s | CPU ms/host | process CPU s | machine CPU s "
+        f"| peak RSS MiB | peak threads | wall vs {reference or 'ref'} | CPU vs {reference or 'ref'} "
+        f"| machine CPU vs {reference or 'ref'} |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         wall, cpu = row.median("wall"), row.median("cpu")
         walls = [s.wall for s in row.samples]
-        ratio = cpu_ratio = "-"
+        busy = row.median("machine_cpu")
+        ratio = cpu_ratio = busy_ratio = "-"
         if ref and ref.samples:
             ratio = f"{wall / ref.median('wall'):.2f}x"
             cpu_ratio = f"{cpu / ref.median('cpu'):.2f}x"
+            busy_ratio = f"{busy / ref.median('machine_cpu'):.2f}x"
         ok = min(s.ok for s in row.samples)
+        rss, threads = (f"{row.peak(name):.0f}" if row.peak(name) else "-" for name in ("rss_mib", "threads"))
         lines.append(
             f"| {row.method} | {ok}/{count} | {wall:.2f} ({min(walls):.2f}-{max(walls):.2f}) | "
-            f"{cpu:.2f} | {cpu / count * 1000:.1f} | {row.median('proc_cpu'):.2f} | "
-            f"{row.peak('rss_mib'):.0f} | {row.peak('threads'):.0f} | {ratio} | {cpu_ratio} |")
+            f"{cpu:.2f} | {cpu / count * 1000:.1f} | {row.median('proc_cpu'):.2f} | {busy:.2f} | "
+            f"{rss} | {threads} | {ratio} | {cpu_ratio} | {busy_ratio} |")
     return "\n".join(lines)
 
 
 LEGEND = (
     "client CPU: user+sys of the measured call only (clush: with its ssh processes); "
     "process CPU: the whole subprocess, interpreter start and imports included; "
+    "machine CPU: every process on the machine during the call (/proc/stat), sshd and remote commands "
+    "included, other users' work too; "
     "peak RSS: VmHWM of the Python process (not clush's ssh processes); "
-    "threads: /proc/self/status peak, main thread and the sampler included."
+    "threads: /proc/self/status peak, main thread and the sampler included; "
+    "inv-* rows: client CPU and process CPU include the inv process, RSS and threads are not sampled (-)."
 )
 
 
@@ -579,6 +649,8 @@ SECTIONS = {
     "run": ("`true` on every host", RUN_METHODS, "pssh"),
     "gpu": ("gpu-status vs `true`, both through this library (8-GPU stand-in nvidia-smi)",
             GPU_METHODS, "engine"),
+    "cli": ("`inv gpu-status` vs `inv run true`: whole commands (interpreter start, imports, table)",
+            CLI_METHODS, "inv-true"),
     "second": ("second round on already-open connections (only that round is timed)",
                SECOND_METHODS, "pssh"),
     "first": ("first contact: every host key unknown (accept-new records them all)",
@@ -631,6 +703,7 @@ def sections(args: argparse.Namespace) -> list[tuple[str, list[int]]]:
         plan.append(("run", _counts(args.hosts)))
     if args.probe:
         plan.append(("gpu", _counts(args.extra_hosts)))
+        plan.append(("cli", _counts(args.extra_hosts)))
     if args.second_round:
         plan.append(("second", _counts(args.extra_hosts)))
     if args.first_contact:
@@ -648,7 +721,7 @@ def _counts(text: str) -> list[int]:
 def run_benchmark(args: argparse.Namespace, info: FleetInfo,
                   plan: list[tuple[str, list[int]]]) -> int:
     needed = max(max(counts) for _, counts in plan)
-    if any(mode == "gpu" for mode, _ in plan):
+    if any(mode in ("gpu", "cli") for mode, _ in plan):
         install_gpu_standin(info, info.addresses[:needed])
     log(f"warm-up (recording host keys) ... load {load_average()}")
     warm_up(info, needed, args.fanout)
