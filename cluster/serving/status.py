@@ -30,7 +30,7 @@ from .model import (
 )
 from .probe import ProbeResult, ProbeTarget, parse_probe, probe_command
 from .remote import STEP_TIMEOUT_S, host_of, sections_on, transport_failure
-from .store import discover_records, manifest_file
+from .store import manifest_file, records_on_hosts
 
 
 def pd_status(engine: Engine, manifest: Manifest | None, *, hosts: Sequence[Host] | None = None,
@@ -47,16 +47,7 @@ def pd_status(engine: Engine, manifest: Manifest | None, *, hosts: Sequence[Host
         assert manifest is not None
         records = list(manifest.servers)
     else:
-        wanted = {h.hostname for h in hosts}
-        if manifest is not None:
-            records = [r for r in manifest.servers if host_of(r.target).hostname in wanted]
-        if run_dir:
-            for host, found in discover_records(engine, hosts, run_dir, fanout).items():
-                if isinstance(found, BaseException):
-                    unreachable[host] = transport_failure(engine, host, found)
-                    continue
-                known = {(r.record_path, r.pid) for r in records}
-                records += [r for r in found if (r.record_path, r.pid) not in known]
+        records, unreachable = records_on_hosts(engine, manifest, hosts, run_dir, fanout)
     rows = [row_of_record(r) for r in records]
     router = manifest.router if (manifest and hosts is None) else None
     if router is not None:

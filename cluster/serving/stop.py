@@ -26,7 +26,7 @@ from .model import (
 from .probe import parse_ports_free, ports_free_command
 from .remote import STEP_TIMEOUT_S, each, host_of, run_script, transport_failure
 from .sections import Section, parse_sections, sections_script
-from .store import discover_records, manifest_file, save_manifest
+from .store import manifest_file, records_on_hosts, save_manifest
 from .terminate import parse_stop_groups, parse_sweep, stop_groups_command, sweep_command
 
 
@@ -150,16 +150,8 @@ def stop_pd(engine: Engine, manifest: Manifest | None, *, hosts: Sequence[Host] 
         order = list(dict.fromkeys(host_of(r.target) for r in manifest.servers))
     else:
         order = list(dict.fromkeys(hosts))
-        wanted = {h.hostname for h in order}
-        if manifest is not None:
-            records = [r for r in manifest.servers if r.pid and host_of(r.target).hostname in wanted]
-        if run_dir:
-            for host, found in discover_records(engine, order, run_dir, fanout).items():
-                if isinstance(found, BaseException):
-                    failures[host] = transport_failure(engine, host, found)
-                    continue
-                known = {(r.record_path, r.pid) for r in records}
-                records += [r for r in found if r.pid and (r.record_path, r.pid) not in known]
+        found, failures = records_on_hosts(engine, manifest, order, run_dir, fanout)
+        records = [r for r in found if r.pid]  # a server that never got a pid has nothing to stop
     engine_name = manifest.engine if manifest else (records[0].engine if records else "sglang")
     router = manifest.router if (manifest and stop_router and manifest.router) else None
     work = _stop_work(order, records, router, engine_name, sweep, failures)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..hosts import Host
+from ..result import Failure
 from ..ssh import Engine, HostSession
 from .manifest import (
     DEFAULT_DEPLOYMENT,
@@ -23,7 +24,7 @@ from .manifest import (
     parse_records,
     records_command,
 )
-from .remote import each, run_script
+from .remote import each, host_of, run_script, transport_failure
 
 
 def manifest_file(name: str | None = None) -> Path:
@@ -60,3 +61,24 @@ def discover_records(engine: Engine, hosts: Sequence[Host], run_dir: str,
         return [r for r in parse_records(result.stdout) if r.host == address]
 
     return each(engine, hosts, one, fanout)
+
+
+def records_on_hosts(engine: Engine, manifest: Manifest | None, hosts: Sequence[Host],
+                     run_dir: str | None, fanout: int | None = None
+                     ) -> tuple[list[ServerRecord], dict[Host, Failure]]:
+    """The servers recorded on ``hosts``: the manifest's, then those found in ``run_dir``
+    on each host that the manifest did not list (so it works without a manifest).
+
+    Also returns the hosts whose run dir could not be read, with their failure.
+    """
+    wanted = {h.hostname for h in hosts}
+    records = [r for r in manifest.servers if host_of(r.target).hostname in wanted] if manifest else []
+    failures: dict[Host, Failure] = {}
+    if run_dir:
+        for host, found in discover_records(engine, hosts, run_dir, fanout).items():
+            if isinstance(found, BaseException):
+                failures[host] = transport_failure(engine, host, found)
+                continue
+            known = {(r.record_path, r.pid) for r in records}
+            records += [r for r in found if (r.record_path, r.pid) not in known]
+    return records, failures
