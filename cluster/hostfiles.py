@@ -35,6 +35,12 @@ from .ssh import HostSession
 # packets; see docs/performance.md ("Transfers") for the measurements.
 SFTP_WINDOW = 8 * 1024 * 1024
 SFTP_MAX_PACKET = 32768
+# Bytes per SFTP read/write request. paramiko sends 32 KiB ("some servers choke"
+# on more). OpenSSH's sftp-server takes messages up to 256 KiB and tells its own
+# client (limits@openssh.com) to send 255 KiB: fewer requests, each answered,
+# 15-20 % more throughput on 16 hosts (docs/performance.md, "Transfers").
+SFTP_REQUEST = 32768
+OPENSSH_SFTP_REQUEST = 261120
 # Read-ahead of one file in a `get`: at most this many SFTP read requests in flight.
 PREFETCH_REQUESTS = 128
 
@@ -80,6 +86,12 @@ def open_sftp(session: HostSession, timeout: float) -> paramiko.SFTPClient:
         raise
 
 
+def request_size(server_version: str) -> int:
+    """Bytes per SFTP request for a server that sent this SSH version string (`SFTP_REQUEST`)."""
+    software = server_version.split("-", 2)[-1]
+    return OPENSSH_SFTP_REQUEST if software.startswith("OpenSSH_") else SFTP_REQUEST
+
+
 def remote_relative(path: str) -> str:
     """``~/x`` -> ``x``, ``~`` -> ``.``: SFTP starts in the login directory and does not expand ``~``."""
     if path == "~":
@@ -121,6 +133,7 @@ class RemoteFiles:
         self.session = session
         self.sftp = sftp
         self.timeout = timeout
+        self.request_size = request_size(sftp.get_channel().get_transport().remote_version)
 
     def alive(self) -> bool:
         """Whether the SFTP channel and its connection still stand (else: connection lost)."""
@@ -157,10 +170,11 @@ class RemoteFiles:
 
     def create(self, path: str) -> PipelinedWriter:
         """A new file for writing; fails if ``path`` exists (never follows a planted link)."""
-        return PipelinedWriter(self.sftp.open(path, "wbx"))
+        return PipelinedWriter(self.sftp.open(path, "wbx"), self.request_size)
 
     def open_read(self, path: str, size: int) -> IO[bytes]:
         handle = self.sftp.open(path, "rb")
+        handle.MAX_REQUEST_SIZE = self.request_size
         if size > SFTP_MAX_PACKET:
             handle.prefetch(size, PREFETCH_REQUESTS)
         return handle
@@ -213,8 +227,9 @@ class PipelinedWriter:
     what was sent.
     """
 
-    def __init__(self, handle: paramiko.SFTPFile) -> None:
+    def __init__(self, handle: paramiko.SFTPFile, request_size: int) -> None:
         handle.set_pipelined(True)
+        handle.MAX_REQUEST_SIZE = request_size  # bytes per write request
         self.handle = handle
         self.written = 0
         self._closing = False

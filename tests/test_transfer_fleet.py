@@ -370,3 +370,15 @@ def test_full_disk_on_the_host_is_disk_full(hosts3, roles, area, tmp_path):
         assert os.listdir(mount) == []  # the partial temp file was removed
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_python_api_put_and_get(hosts3, roles, area, tmp_path):
+    from cluster.api import Cluster
+
+    source = write_random(tmp_path / "api.bin", 70_000)
+    with Cluster(load_inventory(roles)) as cluster:
+        sent = cluster.put(str(source), f"{area}/", hosts="127.0.18.[1-2]", mkdir=True)
+        fetched = cluster.get(f"{area}/api.bin", str(tmp_path / "back"), hosts="127.0.18.[1-2]")
+    assert sent.all_ok and [o.data.changed for o in sent] == [1, 1]
+    assert fetched.all_ok and [o.data.sent for o in fetched] == [70_000, 70_000]
+    assert sha(tmp_path / "back" / "127.0.18.2" / "api.bin") == sha(source)

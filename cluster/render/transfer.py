@@ -43,7 +43,7 @@ def transfer_table(report: Report) -> Table:
                      rate(data) if data else "—", detail))
     return host_table([("Host", {"no_wrap": True}), "Status", "Result",
                        ("Bytes", {"justify": "right"}), ("Seconds", {"justify": "right"}),
-                       ("Rate", {"justify": "right"}), "Path / error"], rows)
+                       ("Rate", {"justify": "right"}), ("Path / error", {"overflow": "fold"})], rows)
 
 
 def result_cell(data: HostTransfer | None, ok: bool) -> Text:
@@ -90,8 +90,11 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} TB"
 
 
+RATE_MIN_BYTES = 1_000_000  # below this, connection setup dominates and a rate says nothing
+
+
 def rate(data: HostTransfer) -> str:
-    if not data.sent or data.seconds <= 0:
+    if data.sent < RATE_MIN_BYTES or data.seconds <= 0:
         return "—"
     return f"{human_bytes(data.sent / data.seconds)}/s"
 
