@@ -34,7 +34,7 @@ Methods
              FILE, "bench.bin")`` (``--get``: ``copy_remote_file("bench.bin", DIR/bench.bin)``,
              one ``bench.bin_<host>`` per host) + ``joinall`` (libssh2 + gevent); no
              host-key checks.
-``engine:NAME=VALUE``  ``engine`` with one tuning constant of ``cluster.hostfiles``
+``engine:NAME=VALUE[+NAME=VALUE]``  ``engine`` with tuning constants of ``cluster.hostfiles``
              changed for that run, e.g. ``engine:SFTP_WRITE_REQUEST=262144``.
 
 Everything connects to 127.0.0.0/8 only.
@@ -171,7 +171,7 @@ FACTORIES = {"engine": _engine, "inv": _inv_transfer, "pssh": _pssh}
 def child(method: str, info: FleetInfo, count: int, fanout: int, source: str,
           fetched: Path | None) -> dict[str, Any]:
     base, _, tuning_text = method.partition(":")
-    tuning = dict(item.split("=", 1) for item in tuning_text.split(",") if item)
+    tuning = dict(item.split("=", 1) for item in tuning_text.split("+") if item)
     hosts = info.addresses[:count]
     op = FACTORIES[base](info, hosts, fanout, source, tuning, fetched)
     with PeakThreads() as threads:
@@ -233,7 +233,8 @@ LEGEND = (
     "ok: hosts whose copy has the full size afterwards; aggregate MB/s: hosts x size / wall; "
     "client CPU: user+sys of the measuring process during the transfer (for `inv`: with the inv "
     "subprocess); machine CPU: every process on the machine (/proc/stat), the sshd side and other "
-    "users' work included; RSS and threads: the measuring process (`inv`: not sampled, -)."
+    "users' work included; RSS and threads: the measuring process (`inv`: that process only, "
+    "without the inv subprocess that does the work)."
 )
 
 

@@ -384,7 +384,8 @@ def _on_host(session: HostSession, timeout: float, on_progress: Progress | None,
     except Exception as exc:  # per-host failure: a value on the outcome
         error = exc
     finally:
-        left = _remove_temps(job, timeout)
+        # A stalled channel would stall the cleanup too: remove temps over a new connection.
+        left = _remove_temps(job, timeout, fresh=isinstance(error, TimeoutError))
         job.host_files.close()
         job.result.seconds = time.monotonic() - started
     if error is not None:
@@ -414,19 +415,20 @@ def _failure_of(error: BaseException, job: _Job, left: list[str], timeout: float
     return failure
 
 
-def _remove_temps(job: _Job, timeout: float) -> list[str]:
-    """Remove the temp files of files that failed; over a new connection if the old one died.
+def _remove_temps(job: _Job, timeout: float, fresh: bool = False) -> list[str]:
+    """Remove the temp files of files that failed; over a new connection if the old one
+    died (or stalled: ``fresh``).
 
     Returns the temp files that could not be removed (named in the failure).
     """
     if not job.temps:
         return []
     side = job.dst
-    fresh = None
-    if not side.alive():
+    new = None
+    if not side.is_local and (fresh or not side.alive()):
         try:
             job.session.release()
-            fresh = side = RemoteFiles(job.session, open_sftp(job.session, timeout), timeout)
+            new = side = RemoteFiles(job.session, open_sftp(job.session, timeout), timeout)
         except Exception:
             return list(job.temps)
     left = []
@@ -437,8 +439,8 @@ def _remove_temps(job: _Job, timeout: float) -> list[str]:
             pass
         except Exception:
             left.append(temp)
-    if fresh is not None:
-        fresh.close()
+    if new is not None:
+        new.close()
     return left
 
 

@@ -256,6 +256,38 @@ def test_a_host_that_dies_mid_transfer_keeps_its_old_file(hosts3, area, tmp_path
     assert not leftovers(final.parent)
 
 
+def test_a_host_that_stops_answering_fails_as_stalled(hosts3, area, tmp_path):
+    """SIGSTOP the host's SSH session 2 MB in: the put gives up after --timeout, cleans up."""
+    address = "127.0.18.2"
+    settings = load_inventory(hosts3.write_roles(
+        tmp_path / "roles.yaml", {"all": [address]},
+        extra={"ssh": {"known_hosts": str(tmp_path / "known_hosts")}})).ssh
+    source = write_random(tmp_path / "big.bin", 30 * 1024 * 1024)
+    stopped: list[int] = []
+
+    def stop_after_2_mb(host, sent=0, **_):
+        nonlocal moved
+        moved += sent
+        if moved >= 2 * 1024 * 1024 and not stopped:
+            stopped.extend(hosts3.session_pids(address))
+            for pid in stopped:
+                os.kill(pid, signal.SIGSTOP)
+
+    moved = 0
+    try:
+        with Engine(settings) as engine:
+            report = transfer.put(engine, [Host(address)], transfer.plan_put(str(source), f"{area}/"),
+                                  mkdir=True, timeout=2, on_progress=stop_after_2_mb)
+    finally:
+        for pid in stopped:
+            os.kill(pid, signal.SIGKILL)
+    error = report[0].error
+    assert stopped and error is not None and error.kind == "stalled", error
+    assert error.message.startswith("no progress for 2 s after ") and "--timeout" in error.hint
+    folder = hosts3.sftp_home(address) / area
+    assert not (folder / "big.bin").exists() and not leftovers(folder)  # removed over a new connection
+
+
 def test_get_from_several_hosts_into_one_directory_per_host(hosts3, roles, area, tmp_path):
     for address in hosts3.addresses:
         folder = hosts3.sftp_home(address) / area
