@@ -321,7 +321,7 @@ def put(engine: Engine, hosts: Sequence[Host], plan: PutPlan, *, mkdir: bool = F
 
     def work(session: HostSession) -> HostTransfer:
         return _on_host(session, timeout, on_progress, hashes,
-                        lambda job: _put_tree(job, plan, mkdir, force), put=True)
+                        lambda job: _put_tree(job, plan, mkdir, force), sending=True)
 
     return _report(engine.call(hosts, work, fanout=fanout, on_done=on_done), engine)
 
@@ -333,7 +333,7 @@ def get(engine: Engine, hosts: Sequence[Host], plan: GetPlan, *, force: bool = F
     """Fetch ``plan.source`` from every host into ``plan.host_dirs[host]``; data: `HostTransfer`."""
     def work(session: HostSession) -> HostTransfer:
         return _on_host(session, timeout, on_progress, None,
-                        lambda job: _get_tree(job, plan, force), put=False)
+                        lambda job: _get_tree(job, plan, force), sending=False)
 
     return _report(engine.call(hosts, work, fanout=fanout, on_done=on_done), engine)
 
@@ -349,12 +349,12 @@ def _report(results: Any, engine: Engine) -> Report:
 class _Job:
     """One host's transfer in progress: both sides, the result, the temp files not yet renamed."""
 
-    def __init__(self, session: HostSession, host_files: Any, put: bool,
+    def __init__(self, session: HostSession, host_files: Any, sending: bool,
                  on_progress: Progress | None, hashes: HashCache | None) -> None:
         self.session = session
         self.host_files = host_files
         controller = LocalFiles(hashes, where="the controller")
-        self.src, self.dst = (controller, host_files) if put else (host_files, controller)
+        self.src, self.dst = (controller, host_files) if sending else (host_files, controller)
         self.result = HostTransfer()
         self.temps: list[str] = []  # on self.dst
         self._on_progress = on_progress
@@ -367,7 +367,7 @@ class _Job:
 
 
 def _on_host(session: HostSession, timeout: float, on_progress: Progress | None,
-             hashes: HashCache | None, body: Callable[[_Job], None], put: bool) -> HostTransfer:
+             hashes: HashCache | None, body: Callable[[_Job], None], sending: bool) -> HostTransfer:
     """Run ``body`` on one host; connection failures raise (classified like every task's)."""
     started = time.monotonic()
     try:
@@ -377,7 +377,7 @@ def _on_host(session: HostSession, timeout: float, on_progress: Progress | None,
         return HostTransfer(failure=Failure(
             NO_SFTP, f"the host's sshd refused the sftp subsystem: {exc}",
             "enable it in sshd_config (Subsystem sftp ...) or ask the host's admin"))
-    job = _Job(session, host_files, put, on_progress, hashes)
+    job = _Job(session, host_files, sending, on_progress, hashes)
     error: BaseException | None = None
     try:
         body(job)
