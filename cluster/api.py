@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from . import checks, status
+from . import checks, status, transfer
 from .hosts import Host
 from .inventory import Inventory, load_inventory
 from .result import Report, build_report
@@ -97,6 +97,23 @@ class Cluster:
         """systemd state or matching processes of each service per host (``.data``: list)."""
         return status.service_status(self.engine, self.hosts(hosts, role), names,
                                      timeout=timeout, on_done=on_done)
+
+    # -- files (cluster.transfer) ----------------------------------------------------------
+    def put(self, local: str, remote: str, *, hosts: Targets = None, role: Targets = None,
+            recursive: bool = False, mkdir: bool = False, force: bool = False,
+            timeout: float = transfer.IDLE_TIMEOUT_S) -> Report:
+        """Copy a local file (or tree) to every selected host (``.data``: `cluster.transfer.HostTransfer`)."""
+        plan = transfer.plan_put(local, remote, recursive)
+        return transfer.put(self.engine, self.hosts(hosts, role), plan, mkdir=mkdir, force=force,
+                            timeout=timeout)
+
+    def get(self, remote: str, localdir: str, *, hosts: Targets = None, role: Targets = None,
+            recursive: bool = False, force: bool = False,
+            timeout: float = transfer.IDLE_TIMEOUT_S) -> Report:
+        """Fetch ``remote`` from every selected host into ``localdir/<host>/``."""
+        targets = self.hosts(hosts, role)
+        plan = transfer.plan_get(remote, localdir, targets, recursive)
+        return transfer.get(self.engine, targets, plan, force=force, timeout=timeout)
 
     # -- PD serving (cluster.serving.lifecycle) --------------------------------------------
     def serving_config(self, **overrides: Any) -> ServingConfig:

@@ -12,6 +12,8 @@ Layout under ``workdir``::
     sshd/<name>/host_ed25519     own host key and its own log (-E)
     sshd/<name>/log
     hosts/<address>/bin/         first on the remote PATH for that address
+    hosts/<address>/home/        SFTP's start directory for that address
+                                 (only with ``sftp_home_per_host``)
     roles.yaml                   a roles file for the good hosts
 
 Per-address environment comes from ``Match LocalAddress`` + ``SetEnv`` in the
@@ -92,6 +94,12 @@ class Fleet:
     ``special_base`` 1-4 (see :attr:`special`). ``hosts_per_sshd`` > 1 makes
     one sshd serve several addresses (at most 16, OpenSSH's listen cap).
 
+    Every host shares this machine's file system. With ``sftp_home_per_host``
+    each host's SFTP server starts in its own ``host_dir(address)/home``, so
+    relative SFTP paths land in a different directory per host, as they would
+    on separate machines (one sshd per host; remote *commands* still start in
+    the login user's real home).
+
     Processes are started from the calling thread and, with
     ``die_with_parent``, get SIGTERM when that thread's process dies, so a
     killed test run leaves no sshd behind. Call :meth:`start` from a thread
@@ -101,7 +109,8 @@ class Fleet:
     def __init__(self, workdir: Path, count: int = 8, base: str = "127.0.1.", start: int = 1,
                  port: int | None = None, specials: bool = True, hosts_per_sshd: int = 1, *,
                  special_base: str = "127.0.2.", sshd_path: Path = SSHD,
-                 start_timeout: float = 30.0, die_with_parent: bool = True) -> None:
+                 start_timeout: float = 30.0, die_with_parent: bool = True,
+                 sftp_home_per_host: bool = False) -> None:
         self.workdir = Path(workdir).resolve()
         self.count, self.base, self.start_at = count, base, start
         self.port, self._fixed_port = port, port is not None
@@ -109,6 +118,9 @@ class Fleet:
         self.hosts_per_sshd = max(1, min(hosts_per_sshd, MAX_LISTEN_PER_SSHD))
         self.sshd_path, self.start_timeout = Path(sshd_path), start_timeout
         self.die_with_parent = die_with_parent
+        if sftp_home_per_host and self.hosts_per_sshd != 1:
+            raise FleetError("sftp_home_per_host needs one sshd per host (hosts_per_sshd=1)")
+        self.sftp_home_per_host = sftp_home_per_host
         self.user = ""
         self.addresses = address_range(base, start, count)
         self.special = special_addresses(special_base) if specials else {}
@@ -139,6 +151,21 @@ class Fleet:
     def host_dir(self, address: str) -> Path:
         """Per-host directory; its ``bin/`` is first on the remote PATH of ``address``."""
         return self.workdir / "hosts" / address
+
+    def sftp_home(self, address: str) -> Path:
+        """Where relative SFTP paths of ``address`` start (``sftp_home_per_host`` fleets)."""
+        return self.host_dir(address) / "home"
+
+    def session_pids(self, address: str) -> list[int]:
+        """The processes of every open SSH session on ``address`` (its sshd's descendants).
+
+        Killing them is a host that dies mid-transfer while its sshd keeps
+        listening. With several addresses per sshd, those share the sessions.
+        """
+        server = self._server_of.get(address)
+        if server is None or server.proc is None:
+            raise FleetError(f"{address} is not served by a running sshd of this fleet")
+        return descendants([server.proc.pid])
 
     @property
     def sshd_pids(self) -> list[int]:
@@ -304,8 +331,11 @@ class Fleet:
         (keys / "denied_authorized_keys").write_text(new_public_key() + "\n")
         self.known_hosts.write_text("")
         login = pwd.getpwnam(self.user)
+        homes = [self.sftp_home(a) for a in self.addresses] if self.sftp_home_per_host else []
         for address in self._all_addresses():
             (self.host_dir(address) / "bin").mkdir(parents=True, exist_ok=True)
+        for home in homes:
+            home.mkdir(exist_ok=True)
         if login.pw_uid != os.getuid():
             # The login user must reach authorized_keys and the host dirs.
             open_path_for_others(self.workdir)
@@ -317,6 +347,8 @@ class Fleet:
                 for path in (self.host_dir(address), self.host_dir(address) / "bin"):
                     os.chown(path, login.pw_uid, login.pw_gid)
                     path.chmod(0o755)
+            for home in homes:
+                os.chown(home, login.pw_uid, login.pw_gid)
         if os.geteuid() == 0:
             Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privsep dir sshd insists on
 
@@ -361,8 +393,9 @@ class Fleet:
         authorized = self.workdir / "keys" / (
             "denied_authorized_keys" if server.name == "denied" else "authorized_keys")
         envs = {a: self._session_env(a) for a in server.addresses}
+        sftp_dir = self.sftp_home(server.addresses[0]) if self.sftp_home_per_host else None
         config = sshd_config(server.addresses, self.port, host_key, authorized, envs,
-                             sshd_version(self.sshd_path))
+                             sshd_version(self.sshd_path), sftp_dir=sftp_dir)
         config_path = server.directory / "sshd_config"
         config_path.write_text(config)
         return [str(self.sshd_path), "-D", "-f", str(config_path), "-E", str(server.log)]
@@ -408,8 +441,15 @@ def known_hosts_name(address: str, port: int) -> str:
 
 
 def sshd_config(addresses: list[str], port: int, host_key: Path, authorized_keys: Path,
-                envs: dict[str, dict[str, str]], version: tuple[int, int] = (9, 2)) -> str:
-    """The sshd_config text for one sshd serving ``addresses`` with a per-address environment."""
+                envs: dict[str, dict[str, str]], version: tuple[int, int] = (9, 2),
+                sftp_dir: Path | None = None) -> str:
+    """The sshd_config text for one sshd serving ``addresses`` with a per-address environment.
+
+    ``sftp_dir``: the SFTP server's start directory (``internal-sftp -d``)
+    instead of the login user's home.
+    """
+    if sftp_dir is not None and any(c.isspace() or c in "%\"" for c in str(sftp_dir)):
+        raise FleetError(f"path not usable as an sftp start directory: {str(sftp_dir)!r}")
     for value in [str(host_key), str(authorized_keys)] + [
             v for env in envs.values() for v in env.values()]:
         if '"' in value or "\n" in value:
@@ -430,7 +470,8 @@ def sshd_config(addresses: list[str], port: int, host_key: Path, authorized_keys
         "PrintMotd no",
         "PrintLastLog no",
         "LogLevel VERBOSE",
-        "Subsystem sftp internal-sftp",  # Fabric's put/get
+        # Fabric's put/get, inv put/get
+        "Subsystem sftp internal-sftp" + (f" -d {sftp_dir}" if sftp_dir is not None else ""),
     ]
     if version >= (9, 8):
         # Our deliberate auth failures must not get 127.0.0.1 penalised for later tests.
