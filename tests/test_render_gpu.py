@@ -175,9 +175,9 @@ def test_failed_host_row_has_kind_message_and_hint(case, kind):
 
 def test_infoROM_warning_shown_once():
     outcome = gpu_outcome("inforom")
-    assert outcome.ok and len(outcome.data.warnings) == 2  # printed by both queries
+    assert outcome.ok and len(outcome.data.notices) == 2  # printed by both queries
     text = render(rg.gpu_table(Report([outcome])))
-    assert text.count("infoROM is corrupted") == 1
+    assert text.count("infoROM") == 1 and "GPU 1: infoROM corrupted" in text
 
 
 # ---------------------------------------------------------------------------

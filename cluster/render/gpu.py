@@ -147,8 +147,7 @@ def _notes(outcome: Outcome, data: GpuStatus | None) -> Text:
     if outcome.error is not None:
         return failure_text(outcome)
     notes = Text()
-    # The same warning may be printed by both nvidia-smi queries: show it once.
-    for line in dict.fromkeys(data.warnings if data else []):
+    for line in ([w.describe() for w in data.warnings] + data.other_notices()) if data else []:
         notes.append(("\n" if notes else "") + line, style="yellow")
     if data and data.processes_error:
         notes.append(("\n" if notes else "") + data.processes_error, style="dim")
@@ -288,8 +287,8 @@ def gpu_fields(outcome: Outcome) -> dict[str, Any]:
     """
     data = gpu_data(outcome)
     if data is None:
-        return {"gpus": None, "processes": None, "lost": [], "warnings": [], "bad_lines": [],
-                "processes_error": None, "summary": None}
+        return {"gpus": None, "processes": None, "warnings": [], "lost": [], "notices": [],
+                "bad_lines": [], "processes_error": None, "field_set": None, "summary": None}
     doc = data.to_json()
     doc["summary"] = summarize(data).to_json()
     return doc
