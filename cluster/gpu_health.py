@@ -99,9 +99,9 @@ class HealthWarning:
         value = list(self.value) if isinstance(self.value, tuple) else self.value
         return {"gpu": self.gpu, "kind": self.kind, "value": value, "limit": self.limit}
 
-    def describe(self) -> str:
+    def describe(self, with_gpu: bool = True) -> str:
         """A short phrase for a table cell: ``GPU 3: 2 uncorrected ECC errors``."""
-        where = f"GPU {self.gpu}: " if self.gpu is not None else ""
+        where = f"GPU {self.gpu}: " if self.gpu is not None and with_gpu else ""
         return where + _PHRASES[self.kind](self)
 
 
