@@ -120,8 +120,9 @@ def rows_for(count: int, repeat: int) -> list[str]:
     json_s = cpu_best_of(repeat, lambda: json.dumps(gpu_render.gpu_document(report)))
     out = []
     for name, (show_gpus, options) in VIEWS.items():
-        now = cpu_best_of(repeat, lambda: render_now(report, show_gpus, options))
-        rich = cpu_best_of(max(1, repeat // 2), lambda: render_rich(report, show_gpus, options))
+        now = cpu_best_of(repeat, lambda g=show_gpus, o=options: render_now(report, g, o))
+        rich = cpu_best_of(max(1, repeat // 2),
+                           lambda g=show_gpus, o=options: render_rich(report, g, o))
         lines = render_now(report, show_gpus, options).count("\n")
         out.append(f"| {count} | {name} | {lines} | {rich:.3f} | {now:.3f} | {now / rich:.2f} | "
                    f"{parse_s:.3f} | {json_s:.3f} |")

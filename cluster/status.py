@@ -20,9 +20,8 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
-
 from functools import partial
+from typing import Any, Callable, Iterable, Sequence
 
 from . import gpu, service, system
 from .errors import InputError

@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers import gpu_fixture
+from helpers import gpu_outcome as probe_outcome
 from rich.console import Console
 
 import cluster.gpu as gpu
@@ -16,9 +18,9 @@ import cluster.service as service
 import cluster.system as system
 from cluster.hosts import Host
 from cluster.render import gpu as rg
-from cluster.render.levels import MEM_THRESHOLDS, TEMP_THRESHOLDS, UTIL_THRESHOLDS, load_level
 from cluster.render import system as rs
 from cluster.render.fold import ViewOptions
+from cluster.render.levels import TEMP_THRESHOLDS, UTIL_THRESHOLDS, load_level
 from cluster.result import Failure, Outcome, Report
 
 ROOT = Path(__file__).resolve().parent
@@ -29,17 +31,7 @@ SERVICE_FIXTURES = ROOT / "fixtures" / "service"
 
 def gpu_outcome(case: str, address: str = "10.8.0.81") -> Outcome:
     """What run_probe would make of a host printing the fixture ``case``."""
-    stdout = (GPU_FIXTURES / f"{case}.txt").read_text()
-    exit_file = GPU_FIXTURES / f"{case}.exit"
-    code = int(exit_file.read_text()) if exit_file.exists() else 0
-    outcome = Outcome(Host(address), code == 0, stdout=stdout, exit_code=code)
-    outcome.data = gpu.parse(stdout)
-    failure = gpu.classify(code, stdout, "", outcome.data)
-    if failure is None:
-        outcome.ok, outcome.error = True, None
-    else:
-        outcome.fail(failure)
-    return outcome
+    return probe_outcome(address, *gpu_fixture(case))
 
 
 def unreachable(address: str = "10.8.0.90") -> Outcome:

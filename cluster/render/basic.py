@@ -13,8 +13,7 @@ from ..hosts import Host, fold_names
 from ..inventory import Inventory
 from ..result import Outcome, Report
 from .core import failure_text, host_table, status_cell
-from .fold import (FAILED, OK, BaseView, ViewOptions, failure_cell, failure_key, host_name,
-                   state_cell, view_table)
+from .fold import EXPANDED_VIEW, FAILED, OK, BaseView, ViewOptions, failure_cell, failure_key, host_name, state_cell, view_table
 from .levels import load_level, value_range
 from .table import Cell, Column, TextTable, host_column
 from .text import shown
@@ -81,7 +80,7 @@ class CheckView(BaseView):
                  value_range(i.command_ms for i in infos) + " ms"]]
 
 
-def check_table(report: Report, options: ViewOptions = ViewOptions()) -> TextTable:
+def check_table(report: Report, options: ViewOptions = EXPANDED_VIEW) -> TextTable:
     """Remote hostname and latencies per host, folded when the fleet is tall."""
     return view_table(CheckView(), list(report), options)
 

@@ -56,6 +56,10 @@ class ViewOptions:
     height: int | None = None
 
 
+# Not on a terminal, no option given: one row per host.
+EXPANDED_VIEW = ViewOptions()
+
+
 def view_options(expand: bool = False, fold: bool = False, state: str | None = None,
                  height: int | None = None) -> ViewOptions:
     """The options of ``--expand/--fold/--state``; `InputError` (exit 2) on a bad combination."""
@@ -159,7 +163,7 @@ def should_fold(view: HostView, outcomes: Sequence[Outcome], options: ViewOption
     return False
 
 
-def view_table(view: HostView, outcomes: Sequence[Outcome], options: ViewOptions = ViewOptions(),
+def view_table(view: HostView, outcomes: Sequence[Outcome], options: ViewOptions = EXPANDED_VIEW,
                title: str | None = None, noun: str = "hosts") -> TextTable:
     """The task's table: filtered by ``options.state``, folded or expanded (module rules)."""
     chosen = list(outcomes)

@@ -20,13 +20,24 @@ from typing import Any
 from rich.console import Group, RenderableType
 from rich.text import Text
 
-from ..gpu import DEGRADED, FAULT_FLAGS, Gpu, GpuProcess, GpuStatus, GpuSummary, summarize
+from ..gpu import DEGRADED, Gpu, GpuProcess, GpuStatus, GpuSummary, summarize
 from ..result import Outcome, Report
 from .core import json_document, summary_line
-from .fold import (FAILED, OK, WARN, BaseView, ViewOptions, empty_row, failure_cell, failure_key,
-                   host_name, state_cell, view_table)
-from .levels import (MEM_THRESHOLDS, TEMP_THRESHOLDS, UTIL_THRESHOLDS, level_style, load_level,
-                     percent, value_range, warning_style)
+from .fold import (
+    EXPANDED_VIEW,
+    FAILED,
+    OK,
+    WARN,
+    BaseView,
+    ViewOptions,
+    empty_row,
+    failure_cell,
+    failure_key,
+    host_name,
+    state_cell,
+    view_table,
+)
+from .levels import MEM_THRESHOLDS, TEMP_THRESHOLDS, UTIL_THRESHOLDS, level_style, load_level, percent, value_range, warning_style
 from .table import Cell, Column, Span, TextTable, host_column
 from .text import shown
 
@@ -34,10 +45,10 @@ MIB_PER_GIB = 1024
 
 # drop: the order columns are hidden in on a narrow terminal (highest first).
 COLUMNS = (
-    host_column(), Column("Status"), Column("GPUs", wrap=True, drop=1),
-    Column("Util avg/max", justify="right", drop=2),
-    Column("Memory used/total", justify="right", drop=3),
-    Column("Temp", justify="right", drop=4),
+    host_column(), Column("Status"), Column("GPUs", wrap=True, drop=4),
+    Column("Util avg/max", justify="right", drop=1),
+    Column("Memory used/total", justify="right", drop=2),
+    Column("Temp", justify="right", drop=3),
     Column("Power draw/limit", justify="right", drop=6),
     Column("Procs", justify="right", drop=7),
     Column("Notes", wrap=True, drop=5),
@@ -276,7 +287,7 @@ def _folded_host_row(summaries: list[GpuSummary]) -> list[Cell]:
 
 
 def gpu_table(report: Report, show_gpus: bool = False,
-              options: ViewOptions = ViewOptions()) -> TextTable:
+              options: ViewOptions = EXPANDED_VIEW) -> TextTable:
     """The host table: folded or one row per host (`cluster.render.fold`), GPU rows on request."""
     return view_table(GpuView(show_gpus), list(report), options)
 
@@ -317,7 +328,7 @@ def process_table(report: Report) -> TextTable:
 
 
 def gpu_view(report: Report, show_gpus: bool = False, show_procs: bool = False,
-             options: ViewOptions = ViewOptions()) -> RenderableType:
+             options: ViewOptions = EXPANDED_VIEW) -> RenderableType:
     """The table(s) of one gpu-status round."""
     parts: list[RenderableType] = [gpu_table(report, show_gpus, options)]
     if show_procs:

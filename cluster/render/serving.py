@@ -18,7 +18,7 @@ from rich.text import Text
 from ..result import Outcome, Report
 from ..serving.model import HostStop, ServerRow, StartResult
 from .core import failure_text, host_table
-from .fold import FAILED, OK, WARN, BaseView, ViewOptions, host_name, to_cell, view_table
+from .fold import EXPANDED_VIEW, FAILED, OK, WARN, BaseView, ViewOptions, host_name, to_cell, view_table
 from .table import Cell, Column, host_column
 from .text import shown
 
@@ -309,7 +309,7 @@ class PdStatusView(BaseView):
         return [cells]
 
 
-def status_table(report: Report, options: ViewOptions = ViewOptions()) -> RenderableType:
+def status_table(report: Report, options: ViewOptions = EXPANDED_VIEW) -> RenderableType:
     """One row per server (and the router); equal servers folded when the table is tall."""
     return view_table(PdStatusView(), list(report), options, noun="servers")
 

@@ -24,10 +24,21 @@ from typing import Any
 from ..result import Outcome, Report
 from ..service import ServiceState
 from ..system import SystemStatus, SystemSummary, summarize
-from .fold import (FAILED, OK, WARN, BaseView, ViewOptions, empty_row, failure_cell, failure_key,
-                   host_name, state_cell, view_table)
-from .levels import (MEM_THRESHOLDS, UTIL_THRESHOLDS, level_style, load_level, percent,
-                     value_range, warning_style)
+from .fold import (
+    EXPANDED_VIEW,
+    FAILED,
+    OK,
+    WARN,
+    BaseView,
+    ViewOptions,
+    empty_row,
+    failure_cell,
+    failure_key,
+    host_name,
+    state_cell,
+    view_table,
+)
+from .levels import MEM_THRESHOLDS, UTIL_THRESHOLDS, level_style, load_level, percent, value_range, warning_style
 from .table import Cell, Column, Span, host_column
 from .text import shown
 
@@ -181,7 +192,7 @@ def _folded_sys_row(summaries: list[SystemSummary]) -> list[Cell]:
             (f"{load} (1 min)", warning_style(levels["load"])), _sys_notes(s)]
 
 
-def sys_table(report: Report, options: ViewOptions = ViewOptions()):
+def sys_table(report: Report, options: ViewOptions = EXPANDED_VIEW):
     """Means over the interval samples, memory and load: folded or one row per host."""
     return view_table(SysView(), list(report), options)
 
@@ -300,7 +311,7 @@ class ServiceView(BaseView):
         return rows
 
 
-def service_table(report: Report, options: ViewOptions = ViewOptions()):
+def service_table(report: Report, options: ViewOptions = EXPANDED_VIEW):
     return view_table(ServiceView(), list(report), options)
 
 

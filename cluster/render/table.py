@@ -243,12 +243,12 @@ class TextTable:
         widths = [self._natural[i] for i in shown]
         excess = _total(widths) - width
         while excess > 0:
-            slack = [(widths[k] - self._least[i], k) for k, i in enumerate(shown)
-                     if widths[k] > self._least[i]]
+            # The host column gives up room last; others, the one with the most room first.
+            slack = [(self.columns[i].breaks == " ", widths[k] - self._least[i], k)
+                     for k, i in enumerate(shown) if widths[k] > self._least[i]]
             if not slack:
                 break
-            # Take from the column with the most room to give, a step at a time.
-            room, k = max(slack)
+            _, room, k = max(slack)
             step = min(room, excess, max(1, room // 2))
             widths[k] -= step
             excess -= step
