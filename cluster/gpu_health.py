@@ -69,6 +69,9 @@ CLOCK_EVENT_REASONS = {
     0x80: "hw_power_brake_slowdown",
     0x100: "display_clock_setting",
 }
+_REASON_LABELS = {"hw_slowdown": "HW slowdown", "sw_thermal_slowdown": "SW thermal",
+                  "hw_thermal_slowdown": "HW thermal", "hw_power_brake_slowdown": "power brake",
+                  "sw_power_cap": "power cap"}
 SLOWDOWN_REASONS = ("hw_slowdown", "sw_thermal_slowdown", "hw_thermal_slowdown",
                     "hw_power_brake_slowdown")
 
@@ -111,7 +114,7 @@ _PHRASES = {
     RETIRED_PAGES: lambda w: "page retirement pending (needs a reboot)",
     TEMPERATURE: lambda w: (f"{_deg(w.value)} °C, slowdown at {_deg(w.limit)} °C"
                             if w.limit is not None else "at the slowdown temperature"),
-    CLOCK_SLOWDOWN: lambda w: "clocks slowed: " + ", ".join(w.value),
+    CLOCK_SLOWDOWN: lambda w: "clocks slowed: " + ", ".join(_REASON_LABELS.get(r, r) for r in w.value),
     RECOVERY_ACTION: lambda w: f"recovery action {w.value}",
     INFOROM: lambda w: "infoROM corrupted",
 }

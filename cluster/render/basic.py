@@ -36,7 +36,7 @@ def hosts_fields(inventory: Inventory) -> Any:
 
 # Latency bands of check (ms): hosts fold when both latencies are in the same band.
 LATENCY_THRESHOLDS = (100, 1000)
-CHECK_COLUMNS = (host_column(), Column("Status"), Column("Remote hostname / error", wrap=True),
+CHECK_COLUMNS = (host_column(), Column("Status"), Column("Remote hostname / error", wrap=True, least=24),
                  Column("Connect", justify="right", drop=2),
                  Column("Command", justify="right", drop=1))
 

@@ -11,9 +11,11 @@ Rules (docs/gpu-status.md "Large fleets"):
 
 * A host that failed or carries a warning never folds with healthy hosts.
   Failed hosts fold with each other only when nothing differs but the name
-  (same kind, message and hint: a rack whose sshd is down is one row); a
-  warned host or one whose data shows a fault (its key is None) always gets
-  its own row.
+  (same kind, message and hint: a rack whose sshd is down is one row); a host
+  whose data shows a fault (its key is None) always gets its own row, and so
+  does a warned host where a warning is a fault (gpu-status: a GPU health
+  warning). Where ``warn`` is a load level (sys-status: swapping, heavy load;
+  pd-status: a server still loading) warned hosts fold with each other by key.
 * Order when folded: failed rows, then warned rows, then the healthy groups
   from the smallest (outliers: a host alone in its band) to the largest, ties
   in host order. Expanded (``--expand``), rows keep the host order given.
@@ -74,6 +76,7 @@ class BaseView:
     """Defaults for a `HostView`: the host in the first column, one row per outcome."""
 
     host_index = 0
+    fold_warned = False
 
     def name(self, outcome: Outcome) -> str:
         return host_name(outcome)
@@ -91,6 +94,7 @@ class HostView(Protocol):
 
     columns: Sequence[Column]
     host_index: int
+    fold_warned: bool  # whether warned hosts fold with each other (module rules)
 
     def name(self, outcome: Outcome) -> str:
         """The host's name in the folded range."""
@@ -136,7 +140,7 @@ def fold_groups(view: HostView, outcomes: Sequence[Outcome]) -> list[Group]:
     for position, outcome in enumerate(outcomes):
         state = view.state(outcome)
         key = view.key(outcome)
-        if key is None or state == WARN:
+        if key is None or (state == WARN and not view.fold_warned):
             singles.append(Group([outcome], state, position))
             continue
         group = groups.get((state, key))

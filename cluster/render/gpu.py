@@ -45,13 +45,13 @@ MIB_PER_GIB = 1024
 
 # drop: the order columns are hidden in on a narrow terminal (highest first).
 COLUMNS = (
-    host_column(), Column("Status"), Column("GPUs", wrap=True, drop=4),
+    host_column(), Column("Status"), Column("GPUs", wrap=True, drop=5, least=17),
     Column("Util avg/max", justify="right", drop=1),
     Column("Memory used/total", justify="right", drop=2),
     Column("Temp", justify="right", drop=3),
     Column("Power draw/limit", justify="right", drop=6),
     Column("Procs", justify="right", drop=7),
-    Column("Notes", wrap=True, drop=5),
+    Column("Notes", wrap=True, drop=4, least=30),
 )
 
 
@@ -370,8 +370,8 @@ def gpu_summary_line(report: Report, elapsed: float | None = None) -> Text:
                     style="bold yellow")
     text.append(f", {totals['processes']} processes")
     if totals["warned"]:
-        text.append(f" · {totals['warned']} hosts with GPU warnings ({totals['warnings']})",
-                    style="bold yellow")
+        hosts = f"{totals['warned']} host{'s' if totals['warned'] != 1 else ''}"
+        text.append(f" · {hosts} with GPU warnings ({totals['warnings']})", style="bold yellow")
     return text
 
 

@@ -223,7 +223,7 @@ STATUS_COLUMNS = (
     Column("PID", justify="right", drop=4), Column("Status"), Column("Alive", drop=5),
     Column("Listening", drop=6), Column("Health", drop=2),
     Column("Uptime", justify="right", drop=7),
-    Column("Last log line / notes", wrap=True, drop=1, short="Notes"),
+    Column("Last log line / notes", wrap=True, drop=1, short="Notes", least=30),
 )
 
 
@@ -278,6 +278,7 @@ class PdStatusView(BaseView):
 
     columns = STATUS_COLUMNS
     host_index = 1
+    fold_warned = True  # servers still loading fold by role and status
 
     def name(self, outcome: Outcome) -> str:
         return shown(_host(outcome.data)) if outcome.data is not None else host_name(outcome)
@@ -289,6 +290,8 @@ class PdStatusView(BaseView):
         row: ServerRow | None = outcome.data
         if row is None or not outcome.ok or row.workers is not None:
             return None  # failed servers and the router: their own rows
+        # Loading servers fold with each other (fold_warned), never with ready ones: the
+        # status and health are part of the key.
         return (row.role, row.nnodes, row.node_rank, row.port, row.status, row.alive,
                 row.listening, row.health)
 

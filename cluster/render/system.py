@@ -146,9 +146,10 @@ def sys_state(outcome: Outcome) -> str:
 
 
 class SysView(BaseView):
-    """sys-status for `cluster.render.fold`."""
+    """sys-status for `cluster.render.fold`: warned hosts (a load level) fold with each other."""
 
     columns = SYS_COLUMNS
+    fold_warned = True
 
     def state(self, outcome: Outcome) -> str:
         return sys_state(outcome)
@@ -170,10 +171,11 @@ class SysView(BaseView):
         first = outcomes[0]
         if sys_data(first) is None:
             return [sys_row(first, FAILED)]
-        return [_folded_sys_row([summarize(sys_data(o)) for o in outcomes])]
+        status = state_cell(first, self.state(first))
+        return [_folded_sys_row([summarize(sys_data(o)) for o in outcomes], status)]
 
 
-def _folded_sys_row(summaries: list[SystemSummary]) -> list[Cell]:
+def _folded_sys_row(summaries: list[SystemSummary], state: Cell) -> list[Cell]:
     s = summaries[0]
     levels = _levels(s)
 
@@ -186,7 +188,7 @@ def _folded_sys_row(summaries: list[SystemSummary]) -> list[Cell]:
     memory = (f"{used}G / {gib(s.mem_total_kib)}", level_style(levels["memory"]))
     load = value_range((x.load[0] for x in summaries if x.load), "{:.2f}")
     free = value_range((x.free_kib / KIB_PER_GIB for x in summaries if x.free_kib), "{:.1f}")
-    return ["", ("ok", "green"), span("r"), span("b"), free + "G", memory,
+    return ["", state, span("r"), span("b"), free + "G", memory,
             (span("si"), swap), (span("so"), swap), (span("us"), busy), (span("sy"), busy),
             (span("id"), busy), (span("wa"), wait), span("st"),
             (f"{load} (1 min)", warning_style(levels["load"])), _sys_notes(s)]
@@ -210,7 +212,7 @@ def sys_fields(outcome: Outcome) -> dict[str, Any]:
 # ---------------------------------------------------------------------------
 
 SERVICE_COLUMNS = (host_column(), Column("Status"), Column("Service"), Column("Via", drop=3),
-                   Column("State"), Column("PIDs", drop=2), Column("Details", wrap=True, drop=1))
+                   Column("State"), Column("PIDs", drop=2), Column("Details", wrap=True, drop=1, least=24))
 
 
 def _state_cell(state: ServiceState, describe: str | None = None) -> Span:

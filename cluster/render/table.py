@@ -37,8 +37,9 @@ Span = tuple[str, str]
 Cell = Union[str, Span, list]
 Line = list[Span]
 
-# Narrowest a wrapping column gets before columns are hidden instead.
-WRAP_MIN = 20
+# Narrowest a wrapping column gets (unless its Column says otherwise) before
+# columns are hidden instead.
+WRAP_MIN = 16
 HIDDEN_NOTE = "hidden: {} — widen the terminal or use --json"
 
 
@@ -52,6 +53,7 @@ class Column:
     drop: int = 0
     breaks: str = " "   # where a wrapping cell may break (Host: also after commas)
     short: str = ""     # the name in the "hidden:" note (default: the name's first word)
+    least: int = WRAP_MIN  # a wrapping column is not squeezed below this: columns hide first
 
     @property
     def label(self) -> str:
@@ -224,7 +226,7 @@ class TextTable:
             pieces = max((_longest_piece(r[index], column.breaks) for r in self.rows
                           if index < len(r)), default=0)
             return max(header, pieces)
-        return max(header, min(self._natural[index], WRAP_MIN))
+        return max(header, min(self._natural[index], column.least))
 
     def layout(self, width: int) -> Layout:
         """Natural widths if they fit; else wrap, then hide columns by ``drop`` priority."""
