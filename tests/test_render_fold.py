@@ -11,6 +11,7 @@ and gpu-status on 60-, 80- and 120-column terminals.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -298,3 +299,63 @@ def test_pd_status_folds_servers_of_a_role_and_keeps_loading_ones_apart():
     assert rows[0][4] == "loading" and serving.server_state(outcomes[3]) == "warn"
     assert rows[2][0] == "decode" and rows[2][3] == "22 pids"
     assert rows[2][9] == "The server is fired up and ready to roll!"
+
+
+# ---------------------------------------------------------------------------
+# Remote text: spelled out, never interpreted (cluster.render.text.shown)
+# ---------------------------------------------------------------------------
+
+ESC = "\x1b]0;pwned\x07\x1b[2J"
+
+
+def rendered(table, width: int = 200) -> str:
+    import io
+
+    from rich.console import Console
+
+    out = io.StringIO()
+    Console(file=out, width=width, force_terminal=True, color_system="standard").print(table)
+    return out.getvalue()
+
+
+def assert_spelled(text: str) -> None:
+    assert "\x07" not in text and "\x1b]" not in text and "\x1b[2J" not in text
+    assert "\\x1b]0;pwned\\x07" in text
+
+
+def test_remote_text_in_gpu_tables_is_spelled_out():
+    stdout, _ = fixture("h100-idle")
+    rows, rest = stdout.split(gpu.APPS_MARKER, 1)
+    lines = rows.splitlines()
+    cells = lines[0].split(", ")
+    cells[2] = f"NVIDIA H100{ESC}"
+    cells[19] = f"Reset{ESC}"
+    lines[0] = ", ".join(cells)
+    evil = ("\n".join(lines) + f"\nWARNING: odd{ESC}\n" + gpu.APPS_MARKER
+            + rest.replace("@@compute-apps-exit 0",
+                           f"{cells[1]}, 77, 100, python{ESC}\n@@compute-apps-exit 0"))
+    outcome = gpu_outcome("10.0.9.1", evil)
+    assert outcome.ok and outcome.data.warnings[0].value == f"Reset{ESC}"
+    report = Report([outcome])
+    for table in (rg.gpu_view(report, True, True, EXPANDED),
+                  rg.gpu_view(report, False, False, FOLDED)):
+        assert_spelled(rendered(table))
+
+
+def test_remote_text_in_other_tables_is_spelled_out():
+    check = Outcome(Host("10.0.9.2"), True, data=CheckInfo(f"vm{ESC}", 3.0, 4.0))
+    failed = Outcome(Host("10.0.9.3"), False, error=Failure("exit", f"exit code 1: {ESC}", "x"))
+    assert_spelled(rendered(basic.check_table(Report([check, failed]), EXPANDED)))
+    assert_spelled(rendered(basic.check_table(Report([check, check]), FOLDED)))
+    row = ServerRow(role="decode", host="10.0.9.4", target="10.0.9.4", port=30001, key="k",
+                    pid=1, status="ready", alive=True, listening=True, health=200, uptime_s=5,
+                    last_log=f"INFO {ESC}")
+    server_outcome = Outcome(Host("10.0.9.4"), True, data=row)
+    assert_spelled(rendered(serving.status_table(Report([server_outcome]), EXPANDED)))
+    twin = Outcome(Host("10.0.9.5"), True, data=replace(row, host="10.0.9.5", target="10.0.9.5"))
+    assert_spelled(rendered(serving.status_table(Report([server_outcome, twin]), FOLDED)))
+    states = service.parse((SERVICE_FIXTURES / "no-systemd.txt").read_text())
+    states[0].processes = [(42, f"python -m sglang.launch_server {ESC}")]
+    states[0].warnings = [f"odd {ESC}"]
+    svc = Outcome(Host("10.0.9.6"), True, data=states)
+    assert_spelled(rendered(rs.service_table(Report([svc]), EXPANDED)))

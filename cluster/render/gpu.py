@@ -147,7 +147,7 @@ def _notes(outcome: Outcome, data: GpuStatus | None) -> list[Span]:
     notes: list[Span] = []
     if outcome.error is not None:
         notes.extend(failure_cell(outcome))
-    lines = [(w.describe(), "yellow") for w in data.warnings] if data else []
+    lines = [(shown(w.describe()), "yellow") for w in data.warnings] if data else []
     lines += [(shown(n), "yellow") for n in data.other_notices()] if data else []
     if data and data.processes_error:
         lines.append((shown(data.processes_error), "dim"))
@@ -198,15 +198,15 @@ def gpu_rows(data: GpuStatus) -> list[list[Cell]]:
         else:
             util = (f"{g.utilization_pct} %",
                     level_style(load_level(g.utilization_pct, UTIL_THRESHOLDS)))
-        notes: list[Span] = [(g.pci_bus_id or "", "dim")]
-        notes += [("\n" + w.describe(with_gpu=False), "yellow") for w in g.warnings]
+        notes: list[Span] = [(shown(g.pci_bus_id or ""), "dim")]
+        notes += [("\n" + shown(w.describe(with_gpu=False)), "yellow") for w in g.warnings]
         rows.append([(f"  [{g.index}]", "cyan"), gpu_status_cell(g), short_name(g.name), util,
                      memory_cell(g.memory_used_mib, g.memory_total_mib),
                      temperature_cell(g.temperature_c), power_cell(g.power_w, g.power_limit_w),
                      str(procs.get(g.uuid, 0)), notes])
     for bus in data.lost:
         rows.append([("  [?]", "cyan"), ("lost", "bold red"), ("cannot be opened", "red"),
-                     "", "", "", "", "", (bus, "dim")])
+                     "", "", "", "", "", (shown(bus), "dim")])
     return rows
 
 
