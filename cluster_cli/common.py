@@ -154,6 +154,7 @@ def emit(task: str, report: Report, as_json: bool, render_table: Callable[[Repor
         console = render.stdout_console()
         table = render_table(report)
         if table is not None:
-            console.print(table)
+            # Not cropped: a host name wider than the terminal wraps there, never cut.
+            console.print(table, crop=False)
         console.print(render.summary_line(report, elapsed))
     finish(report)

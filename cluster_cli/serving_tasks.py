@@ -181,6 +181,6 @@ def pd_status(c, hosts=None, role=None, deployment=None, roles_file=None, json=F
     if json:
         render.print_json(render.json_document("pd-status", result.report, view.status_fields, extra))
     else:
-        console.print(view.status_table(result.report, options))
+        console.print(view.status_table(result.report, options), crop=False)
         _summary(result.report, started, "servers")
     finish(result.report)

@@ -79,7 +79,7 @@ def gpu_status(c, hosts=None, role=None, roles_file=None, json=False, fanout=Non
     if json:
         render.print_json(gpu_render.gpu_document(report))
     else:
-        console.print(gpu_render.gpu_view(report, gpus, procs, options))
+        console.print(gpu_render.gpu_view(report, gpus, procs, options), crop=False)
         console.print(gpu_render.gpu_summary_line(report, time.monotonic() - started))
     _finish_gpus(report, strict)
 
@@ -123,7 +123,7 @@ def _watch_gpus(cluster, hosts, role, view: _GpuFrames, as_json: bool, limit: fl
         elif live is not None:
             live.update(view.frame(tick), refresh=True)
         else:  # not a terminal: one frame after the other, like `watch` into a file
-            console.print(view.frame(tick))
+            console.print(view.frame(tick), crop=False)
             console.print()
 
     console = render.stdout_console()

@@ -163,3 +163,14 @@ def test_check_and_sys_status_fold_too(views_fleet):
                              "--state", "failed")
     assert code == 0, err
     assert "--state failed: 0 of 8 hosts" in out
+
+
+def test_a_host_wider_than_the_terminal_is_never_cropped(views_fleet):
+    roles, _, _ = views_fleet
+    code, out, err = run_cli("check", "--roles-file", str(roles), "-H", "127.0.1.2", columns=8)
+    assert code == 0, err
+    assert any(line.startswith("│127.0.1.2 │") for line in out.splitlines()), out
+    code, out, err = run_cli("gpu-status", "--roles-file", str(roles), "-H", "127.0.1.2",
+                             columns=8)
+    assert code == 0, err
+    assert any(line.startswith("│127.0.1.2 │") for line in out.splitlines()), out

@@ -218,15 +218,15 @@ class TextTable:
             self._least[i] = self._narrowest(i, column)
 
     def _narrowest(self, index: int, column: Column) -> int:
+        """How narrow a column may get: its header wraps at spaces, cells per the column."""
         header = _header_min(column.name)
+        cells = [row[index] for row in self.rows if index < len(row)]
+        widest = max((cell.width for cell in cells), default=0)
         if not column.wrap:
-            return max(header, max((r[index].width for r in self.rows if index < len(r)),
-                                   default=0))
+            return max(header, widest)
         if column.breaks != " ":  # the host column: never cut inside a piece
-            pieces = max((_longest_piece(r[index], column.breaks) for r in self.rows
-                          if index < len(r)), default=0)
-            return max(header, pieces)
-        return max(header, min(self._natural[index], column.least))
+            return max(header, max((_longest_piece(c, column.breaks) for c in cells), default=0))
+        return max(header, min(widest, column.least))
 
     def layout(self, width: int) -> Layout:
         """Natural widths if they fit; else wrap, then hide columns by ``drop`` priority."""
