@@ -24,6 +24,7 @@ interprets markup or control characters.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -113,19 +114,22 @@ def _split_lines(spans: list[Span]) -> list[Line]:
 
 
 def _longest_piece(cell: _Cell, breaks: str) -> int:
-    """The widest run of text a wrap may not split (between break characters)."""
+    """The widest run of text a wrap may not split: up to a space, or through a comma."""
+    if cell.width <= 1:
+        return cell.width
     longest = 0
     for line in cell.lines:
         text = "".join(t for t, _ in line)
-        piece = 0
-        for char in text:
-            if char in breaks:
-                longest = max(longest, piece + (char != " "))
-                piece = 0
-            else:
-                piece += _width(char) if not char.isascii() else 1
-        longest = max(longest, piece)
+        for piece in _pieces(breaks).findall(text):
+            longest = max(longest, _width(piece))
     return longest
+
+
+@lru_cache(maxsize=8)
+def _pieces(breaks: str) -> re.Pattern[str]:
+    """Runs between break characters; a break other than a space stays on the piece before it."""
+    kept = re.escape(breaks.replace(" ", ""))
+    return re.compile(f"[^{re.escape(breaks)}]*[{kept}]?" if kept else f"[^{re.escape(breaks)}]+")
 
 
 def wrap_line(line: Line, width: int, breaks: str = " ") -> list[Line]:
