@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from . import checks, status, transfer
+from .gpu_health import HealthLimits, parse_limits
 from .hosts import Host
 from .inventory import Inventory, load_inventory
 from .result import Report, build_report
@@ -68,12 +69,18 @@ class Cluster:
         """Fetch host keys and record/verify them per the host-key policy."""
         return checks.keyscan(self.engine, self.hosts(hosts, role), on_done=on_done)
 
+    def gpu_limits(self) -> HealthLimits:
+        """The roles file's ``gpu:`` health limits (`cluster.gpu_health`), validated."""
+        source = str(self.inventory.path) if self.inventory.path else "roles.yaml"
+        return parse_limits(self.inventory.sections.get("gpu"), source)
+
     def gpu_status(self, *, hosts: Targets = None, role: Targets = None,
                    timeout: float | None = status.GPU_TIMEOUT_S,
                    on_done: Callable[..., None] | None = None) -> Report:
         """nvidia-smi GPUs and compute processes per host (``.data``: `cluster.gpu.GpuStatus`)."""
+        limits = self.gpu_limits()
         return status.gpu_status(self.engine, self.hosts(hosts, role), timeout=timeout,
-                                 on_done=on_done)
+                                 on_done=on_done, limits=limits)
 
     def watch_gpu_status(self, interval: float, on_tick: Callable[[status.Tick], None], *,
                          hosts: Targets = None, role: Targets = None,
@@ -81,7 +88,8 @@ class Cluster:
                          max_ticks: int | None = None,
                          stop: Any = None) -> status.Tick | None:
         """`gpu_status` every ``interval`` s on the same open connections; see `cluster.status.watch`."""
-        return status.watch(self.engine, self.hosts(hosts, role), status.gpu_probe(timeout),
+        probe = status.gpu_probe(timeout, self.gpu_limits())
+        return status.watch(self.engine, self.hosts(hosts, role), probe,
                             interval, on_tick, max_ticks=max_ticks, stop=stop)
 
     def sys_status(self, *, hosts: Targets = None, role: Targets = None, samples: int = 2,

@@ -1,13 +1,18 @@
 """GPU probe: one ``nvidia-smi`` round trip per host, parsed into dataclasses.
 
-Pure module: it builds the command string, parses its stdout and classifies
-its failures. Running it over SSH is the ``ssh`` layer's job.
+Pure module: it builds the command string, parses its stdout, judges GPU
+health against `HealthLimits` and classifies failures. Running it over SSH is
+the ``ssh`` layer's job.
 
 Command and output layout
 -------------------------
-`COMMAND` runs two queries in one shell (the user's login shell, POSIX syntax)::
+`COMMAND` runs the queries in one shell (the user's login shell, POSIX syntax)::
 
-    nvidia-smi --query-gpu=<GPU_FIELDS> --format=csv,noheader,nounits; rc=$?
+    nvidia-smi --query-gpu=<current fields> --format=csv,noheader,nounits; rc=$?
+    if [ $rc = 2 ]; then                     # 2: this driver rejects a field
+        echo '@@gpu-fields legacy'; nvidia-smi --query-gpu=<legacy fields> ...; rc=$?
+    fi
+    if [ $rc = 2 ]; then echo '@@gpu-fields base'; nvidia-smi --query-gpu=<base fields> ...; rc=$?; fi
     case $rc in 0|14|15)                     # data printed (14: infoROM warning, 15: a GPU lost)
         echo '@@compute-apps'
         nvidia-smi --query-compute-apps=gpu_uuid,pid,used_memory,process_name ...
@@ -15,12 +20,30 @@ Command and output layout
     esac
     exit $rc                                  # the host's exit code is nvidia-smi's own
 
-so stdout is the GPU rows, then (when the first query produced data) a marker
-line, the process rows and a trailer with the process query's exit code.
-Columns are mapped by position (`GPU_FIELDS` order) and every row's width is
-checked; ``process_name`` is queried last so a name holding ``", "`` is rebuilt
-from the trailing fields. nvidia-smi prints its errors on stdout, so the
-failure text is read from there.
+nvidia-smi refuses a whole query when one field is unknown to its driver
+(``Field "X" is not a valid field to query.`` on stdout, exit 2), so the
+health fields come in `FIELD_SETS`, newest first, and the shell falls back to
+the next set, in the same round trip, only on such a refusal:
+
+``current``  `BASE_FIELDS` + `HEALTH_FIELDS` (``temperature.gpu.tlimit``,
+             ``clocks_event_reasons.active``, ``remapped_rows.pending``,
+             ``retired_pages.pending``, ``gpu_recovery_action``): drivers
+             that know all of them (R550 and later).
+``legacy``   `BASE_FIELDS` + `LEGACY_HEALTH_FIELDS` (the reasons under their
+             old name ``clocks_throttle_reasons.active``, remapped rows,
+             retired pages): older drivers; slowdown margin and recovery
+             action are null.
+``base``     `BASE_FIELDS` only: drivers that know no remapped rows either;
+             every health value is null.
+
+A healthy current driver costs one GPU query, as before. Stdout is the
+refused attempts' lines, each followed by a ``@@gpu-fields <set>`` marker,
+then the GPU rows of the set that answered, then (when a query produced data)
+a marker line, the process rows and a trailer with the process query's exit
+code. Columns are mapped by position (the answering set's order) and every
+row's width is checked; ``process_name`` is queried last so a name holding
+``", "`` is rebuilt from the trailing fields. nvidia-smi prints its errors on
+stdout, so the failure text is read from there.
 
 Values
 ------
@@ -38,6 +61,14 @@ becomes ``None``; the token itself is kept in ``Gpu.tokens`` /
 ``mig``             MIG mode enabled: utilization is ``[N/A]`` by design, show
                     "MIG", never 0 %
 ``inforom``         ``WARNING: infoROM is corrupted at gpu <bus id>`` named it
+
+Health values (``slowdown_margin_c``, ``clock_event_reasons``,
+``remapped_rows_pending``, ``retired_pages_pending``, ``recovery_action``,
+``ecc_uncorrected``) are judged by `cluster.gpu_health` against
+`cluster.gpu_health.HealthLimits`: each GPU carries its ``warnings`` (kind,
+value, limit) and ``GpuStatus.warnings`` lists every GPU's. Warnings never make
+a host fail; a value nvidia-smi did not report (``[N/A]``, or not queried on an
+older driver) gives no warning.
 
 Failure kinds (`classify`)
 --------------------------
@@ -62,6 +93,7 @@ Failure kinds (`classify`)
                  nvidia-smi, 4: no permission...), message = nvidia-smi's text.
 
 Not failures: exit 14 (infoROM corrupted, data still valid: a warning), MIG,
+health warnings,
 ``[N/A]`` values, an empty process list, and a failed process query after a
 good GPU query (recorded in ``GpuStatus.processes_error``).
 A wedged nvidia-smi is the SSH layer's ``command-timeout``.
@@ -73,6 +105,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from . import gpu_health
+from .gpu_health import DEFAULT_LIMITS, HealthLimits, HealthWarning, judge
 from .result import EXIT, Failure
 
 # --- failure kinds added by this probe (documented above) -----------------
@@ -92,10 +126,12 @@ FLAG_MIG = "mig"
 FLAG_INFOROM = "inforom"
 FAULT_FLAGS = frozenset({FLAG_RESET, FLAG_UNKNOWN})
 
-# (nvidia-smi query field, Gpu attribute / JSON name, value type). The order is
+# (nvidia-smi query field, Gpu attribute / JSON name, value kind). The order is
 # the column order of the output; index, uuid and name come first (the
-# stand-in's ``-L`` relies on that).
-GPU_FIELDS: tuple[tuple[str, str, type], ...] = (
+# stand-in's ``-L`` relies on that). Kinds: int, float, str, "yes-no" (bool),
+# "hex" (``0x...`` bitmask as int).
+Field = tuple[str, str, Any]
+BASE_FIELDS: tuple[Field, ...] = (
     ("index", "index", int),
     ("uuid", "uuid", str),
     ("name", "name", str),
@@ -112,6 +148,30 @@ GPU_FIELDS: tuple[tuple[str, str, type], ...] = (
     ("mig.mode.current", "mig_mode", str),
     ("ecc.errors.uncorrected.volatile.total", "ecc_uncorrected", int),
 )
+YES_NO = "yes-no"
+HEX = "hex"
+# temperature.gpu.tlimit is the margin in degrees C left before the slowdown
+# temperature (NVML's margin temperature: 46 on an idle H100 at 41 degrees C).
+HEALTH_FIELDS: tuple[Field, ...] = (
+    ("temperature.gpu.tlimit", "slowdown_margin_c", int),
+    ("clocks_event_reasons.active", "clock_event_reasons", HEX),
+    ("remapped_rows.pending", "remapped_rows_pending", YES_NO),
+    ("retired_pages.pending", "retired_pages_pending", YES_NO),
+    ("gpu_recovery_action", "recovery_action", str),
+)
+LEGACY_HEALTH_FIELDS: tuple[Field, ...] = (
+    ("clocks_throttle_reasons.active", "clock_event_reasons", HEX),
+    ("remapped_rows.pending", "remapped_rows_pending", YES_NO),
+    ("retired_pages.pending", "retired_pages_pending", YES_NO),
+)
+# Tried in this order; the shell falls back to the next on exit 2 (module docstring).
+FIELD_SETS: dict[str, tuple[Field, ...]] = {
+    "current": BASE_FIELDS + HEALTH_FIELDS,
+    "legacy": BASE_FIELDS + LEGACY_HEALTH_FIELDS,
+    "base": BASE_FIELDS,
+}
+FIRST_SET = "current"
+GPU_FIELDS = FIELD_SETS[FIRST_SET]
 # process_name last: it may contain ", " and is rebuilt from the trailing fields.
 PROCESS_FIELDS = ("gpu_uuid", "pid", "used_memory", "process_name")
 
@@ -122,14 +182,26 @@ _CORE_FIELDS = frozenset(
 
 APPS_MARKER = "@@compute-apps"
 APPS_EXIT_MARKER = "@@compute-apps-exit"
+FIELDS_MARKER = "@@gpu-fields"
 _FORMAT = "--format=csv,noheader,nounits"
 
-COMMAND = (
-    f"nvidia-smi --query-gpu={','.join(f for f, _, _ in GPU_FIELDS)} {_FORMAT}; rc=$?; "
-    f"case $rc in 0|14|15) echo '{APPS_MARKER}'; "
-    f"nvidia-smi --query-compute-apps={','.join(PROCESS_FIELDS)} {_FORMAT}; "
-    f'echo "{APPS_EXIT_MARKER} $?";; esac; exit $rc'
-)
+
+def _gpu_query(fields: tuple[Field, ...]) -> str:
+    return f"nvidia-smi --query-gpu={','.join(f for f, _, _ in fields)} {_FORMAT}; rc=$?; "
+
+
+def _command() -> str:
+    names = list(FIELD_SETS)
+    text = _gpu_query(FIELD_SETS[names[0]])
+    for name in names[1:]:
+        text += (f"if [ $rc = 2 ]; then echo '{FIELDS_MARKER} {name}'; "
+                 f"{_gpu_query(FIELD_SETS[name])}fi; ")
+    return (text + f"case $rc in 0|14|15) echo '{APPS_MARKER}'; "
+            f"nvidia-smi --query-compute-apps={','.join(PROCESS_FIELDS)} {_FORMAT}; "
+            f'echo "{APPS_EXIT_MARKER} $?";; esac; exit $rc')
+
+
+COMMAND = _command()
 
 # nvidia-smi RETURN VALUE section (man page), plus NVML's 18 seen as an exit code.
 RETURN_CODES = {
@@ -154,6 +226,11 @@ _BUS_ID = re.compile(
     r"(?<![0-9A-Fa-f])([0-9A-Fa-f]{4,8}):([0-9A-Fa-f]{2}):([0-9A-Fa-f]{2})\.([0-9A-Fa-f])\b")
 _NUMBER = re.compile(r"^-?\d+(?:\.\d+)?")
 _UUID = re.compile(r"^(GPU|MIG)-[0-9A-Za-z-]+$")
+_REJECTED = re.compile(r'^Field "([^"]+)" is not a valid field to query')
+_INFOROM = re.compile(r"inforom", re.IGNORECASE)
+_HEX_VALUE = re.compile(r"^0[xX][0-9a-fA-F]+$")
+_YES_NO = {"yes": True, "no": False, "active": True, "not active": False,
+           "enabled": True, "disabled": False}
 
 
 # ---------------------------------------------------------------------------
@@ -180,9 +257,15 @@ class Gpu:
     pstate: str | None = None
     mig_mode: str | None = None
     ecc_uncorrected: int | None = None
+    slowdown_margin_c: int | None = None
+    clock_event_reasons: int | None = None
+    remapped_rows_pending: bool | None = None
+    retired_pages_pending: bool | None = None
+    recovery_action: str | None = None
     flags: list[str] = field(default_factory=list)
     # JSON field name -> the token printed instead of a value ("[N/A]"...).
     tokens: dict[str, str] = field(default_factory=dict)
+    warnings: list[HealthWarning] = field(default_factory=list)
 
     @property
     def mig(self) -> bool:
@@ -203,6 +286,7 @@ class Gpu:
         doc = {name: getattr(self, name) for _, name, _ in _JSON_GPU_ORDER}
         doc["flags"] = list(self.flags)
         doc["tokens"] = dict(self.tokens)
+        doc["warnings"] = [w.to_json() for w in self.warnings]
         return doc
 
 
@@ -252,6 +336,7 @@ class GpuSummary:
     process_count: int
     lost_count: int
     degraded: bool
+    warning_count: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__, models=list(self.models))
@@ -264,21 +349,37 @@ class GpuStatus:
     gpus: list[Gpu] = field(default_factory=list)
     processes: list[GpuProcess] = field(default_factory=list)
     # Bus ids (``00000000:5D:00.0`` form) of GPUs nvidia-smi could not open;
-    # the full line is in ``warnings``.
+    # the full line is in ``notices``.
     lost: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
+    # Lines nvidia-smi printed instead of rows: "Unable to determine...",
+    # "WARNING: ...", a refused field.
+    notices: list[str] = field(default_factory=list)
     bad_lines: list[str] = field(default_factory=list)
     # Set when the process query failed after a good GPU query.
     processes_error: str | None = None
+    # The FIELD_SETS entry that answered (older drivers: "legacy" or "base").
+    field_set: str = FIRST_SET
+    # Health warnings not tied to a listed GPU (an infoROM line naming no GPU row).
+    host_warnings: list[HealthWarning] = field(default_factory=list)
 
     @property
     def faulted(self) -> list[Gpu]:
         return [g for g in self.gpus if g.faults]
 
     @property
+    def warnings(self) -> list[HealthWarning]:
+        """Every GPU's health warnings (GPU order), then the host's own."""
+        return [w for g in self.gpus for w in g.warnings] + self.host_warnings
+
+    @property
     def degraded(self) -> bool:
         """A GPU is lost or faulted, or a line was not understood, while nvidia-smi answered."""
         return bool(self.lost or self.faulted or (self.gpus and self.bad_lines))
+
+    def other_notices(self) -> list[str]:
+        """Notices not already told by a flag, a warning or the field-set fallback (shown once)."""
+        told = (_LOST, _REJECTED, _INFOROM)
+        return list(dict.fromkeys(n for n in self.notices if not any(r.search(n) for r in told)))
 
     def problems(self) -> list[str]:
         """One phrase per lost or faulted GPU, for messages."""
@@ -298,10 +399,12 @@ class GpuStatus:
         return {
             "gpus": [g.to_json() for g in self.gpus],
             "processes": [p.to_json() for p in self.processes],
+            "warnings": [w.to_json() for w in self.warnings],
             "lost": list(self.lost),
-            "warnings": list(self.warnings),
+            "notices": list(self.notices),
             "bad_lines": list(self.bad_lines),
             "processes_error": self.processes_error,
+            "field_set": self.field_set,
         }
 
 
@@ -310,56 +413,84 @@ class GpuStatus:
 # ---------------------------------------------------------------------------
 
 
-def parse(stdout: str) -> GpuStatus:
-    """Parse COMMAND's stdout. Never raises on odd input: unknown lines go to ``bad_lines``."""
-    gpu_lines, app_lines, apps_rc = _split_sections(stdout)
-    status = GpuStatus()
-    for line in gpu_lines:
+def parse(stdout: str, limits: HealthLimits = DEFAULT_LIMITS) -> GpuStatus:
+    """Parse COMMAND's stdout and judge GPU health against ``limits``.
+
+    Never raises on odd input: unknown lines go to ``bad_lines``.
+    """
+    sections = _split_sections(stdout)
+    status = GpuStatus(field_set=sections.field_set, bad_lines=list(sections.bad_markers))
+    status.notices.extend(sections.refused)
+    fields = FIELD_SETS[sections.field_set]
+    for line in sections.gpu_lines:
         if _take_notice(line, status):
             continue
-        gpu = _parse_gpu_row(line)
+        gpu = _parse_gpu_row(line, fields)
         if gpu is None:
             status.bad_lines.append(line)
         else:
             status.gpus.append(gpu)
-    _parse_processes(app_lines, apps_rc, status)
+    _parse_processes(sections.app_lines, sections.apps_rc, status)
     _apply_inforom_flags(status)
+    for gpu in status.gpus:
+        gpu.warnings = judge(gpu, limits)
     by_uuid = {g.uuid: g.index for g in status.gpus if g.uuid}
     for proc in status.processes:
         proc.gpu_index = by_uuid.get(proc.gpu_uuid)
     return status
 
 
-def _split_sections(stdout: str) -> tuple[list[str], list[str], int | None]:
-    """GPU lines, process lines, process query exit code (None: not run)."""
-    gpu_lines: list[str] = []
-    app_lines: list[str] = []
-    apps_rc: int | None = None
-    target = gpu_lines
+@dataclass
+class _Sections:
+    """COMMAND's stdout cut at its markers."""
+
+    field_set: str = FIRST_SET
+    refused: list[str] = field(default_factory=list)   # output of refused GPU queries
+    gpu_lines: list[str] = field(default_factory=list)
+    app_lines: list[str] = field(default_factory=list)
+    apps_rc: int | None = None                         # None: the process query did not run
+    bad_markers: list[str] = field(default_factory=list)
+
+
+def _split_sections(stdout: str) -> _Sections:
+    found = _Sections()
+    target = found.gpu_lines
     for raw in stdout.splitlines():
         line = raw.strip()
-        if line == APPS_MARKER:
-            target = app_lines
-            apps_rc = 0 if apps_rc is None else apps_rc
-        elif line.startswith(APPS_EXIT_MARKER + " ") and target is app_lines:
+        if line.startswith(FIELDS_MARKER + " ") and target is found.gpu_lines:
+            _next_field_set(line[len(FIELDS_MARKER):].strip(), line, found)
+        elif line == APPS_MARKER:
+            target = found.app_lines
+            found.apps_rc = 0 if found.apps_rc is None else found.apps_rc
+        elif line.startswith(APPS_EXIT_MARKER + " ") and target is found.app_lines:
             code = line[len(APPS_EXIT_MARKER):].strip()
-            apps_rc = int(code) if code.isdigit() else 255
+            found.apps_rc = int(code) if code.isdigit() else 255
         elif line:
             target.append(line)
-    return gpu_lines, app_lines, apps_rc
+    return found
+
+
+def _next_field_set(name: str, line: str, found: _Sections) -> None:
+    """A fallback marker: what came before was a refused query's output."""
+    if name not in FIELD_SETS:
+        found.bad_markers.append(line)
+        return
+    found.refused.extend(found.gpu_lines)
+    found.gpu_lines.clear()
+    found.field_set = name
 
 
 def _take_notice(line: str, status: GpuStatus) -> bool:
-    """Record an ``Unable to determine...`` or ``WARNING:`` line; False for anything else."""
+    """Record an ``Unable to determine...``, ``WARNING:`` or refused-field line; False otherwise."""
     if _LOST.match(line):
         bus = _BUS_ID.search(line)
         name = normalize_bus_id(bus.group(0)) if bus else line
         if name not in status.lost:
             status.lost.append(name)
-        status.warnings.append(line)
+        status.notices.append(line)
         return True
-    if line.upper().startswith("WARNING"):
-        status.warnings.append(line)
+    if line.upper().startswith("WARNING") or _REJECTED.match(line):
+        status.notices.append(line)
         return True
     return False
 
@@ -373,14 +504,14 @@ def normalize_bus_id(text: str) -> str:
     return f"{int(domain, 16):08X}:{bus.upper()}:{dev.upper()}.{fn.upper()}"
 
 
-def _parse_gpu_row(line: str) -> Gpu | None:
-    """One ``--query-gpu`` row, or None when its width or index is wrong."""
+def _parse_gpu_row(line: str, fields: tuple[Field, ...] = GPU_FIELDS) -> Gpu | None:
+    """One ``--query-gpu`` row of ``fields``, or None when its width or index is wrong."""
     cells = [c.strip() for c in line.split(",")]
-    if len(cells) != len(GPU_FIELDS) or not cells[0].isdigit():
+    if len(cells) != len(fields) or not cells[0].isdigit():
         return None
     values: dict[str, Any] = {}
     tokens: dict[str, str] = {}
-    for cell, (_, attr, kind) in zip(cells, GPU_FIELDS):
+    for cell, (_, attr, kind) in zip(cells, fields):
         value = _value(cell, kind)
         if value is None:
             tokens[attr] = cell
@@ -390,12 +521,16 @@ def _parse_gpu_row(line: str) -> Gpu | None:
     return gpu
 
 
-def _value(cell: str, kind: type) -> Any:
+def _value(cell: str, kind: Any) -> Any:
     """A typed value, or None for a token (``[N/A]``, ``N/A``, ``ERR!``, empty...)."""
     if not cell or (cell.startswith("[") and cell.endswith("]")):
         return None
     if kind is str:
         return None if cell.upper() == "N/A" else cell
+    if kind == YES_NO:
+        return _YES_NO.get(cell.lower())
+    if kind == HEX:
+        return int(cell, 16) if _HEX_VALUE.match(cell) else None
     match = _NUMBER.match(cell)  # also accepts "81559 MiB" should units slip in
     if not match:
         return None
@@ -459,15 +594,19 @@ def _is_token(cell: str) -> bool:
 
 
 def _apply_inforom_flags(status: GpuStatus) -> None:
-    for warning in status.warnings:
-        if "inforom" not in warning.lower():
+    """Flag the GPU an infoROM warning names; a warning naming no listed GPU is the host's."""
+    for notice in dict.fromkeys(status.notices):  # both queries print it: once is enough
+        if not _INFOROM.search(notice):
             continue
-        bus = _BUS_ID.search(warning)
+        bus = _BUS_ID.search(notice)
         target = normalize_bus_id(bus.group(0)) if bus else None
-        for gpu in status.gpus:
-            if gpu.pci_bus_id and normalize_bus_id(gpu.pci_bus_id) == target:
-                if FLAG_INFOROM not in gpu.flags:
-                    gpu.flags.append(FLAG_INFOROM)
+        named = [g for g in status.gpus
+                 if g.pci_bus_id and normalize_bus_id(g.pci_bus_id) == target]
+        for gpu in named:
+            if FLAG_INFOROM not in gpu.flags:
+                gpu.flags.append(FLAG_INFOROM)
+        if not named:
+            status.host_warnings.append(HealthWarning(None, gpu_health.INFOROM))
 
 
 # ---------------------------------------------------------------------------
@@ -494,6 +633,7 @@ def summarize(status: GpuStatus) -> GpuSummary:
         process_count=len(status.processes),
         lost_count=len(status.lost),
         degraded=status.degraded,
+        warning_count=len(status.warnings),
     )
 
 

@@ -20,10 +20,12 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable, Iterable, Sequence
 
 from . import gpu, service, system
 from .errors import InputError
+from .gpu_health import DEFAULT_LIMITS, HealthLimits
 from .hosts import Host
 from .options import seconds
 from .probe import Probe, run_probe
@@ -49,9 +51,12 @@ def check_timeout(timeout: float | None, option: str = "--timeout") -> float | N
     return None if timeout is None else seconds(timeout, option)
 
 
-def gpu_probe(timeout: float | None = GPU_TIMEOUT_S) -> Probe:
-    """nvidia-smi GPU rows + compute processes in one round trip (see `cluster.gpu`)."""
-    return Probe("gpu-status", gpu.COMMAND, gpu.parse, gpu.classify,
+def gpu_probe(timeout: float | None = GPU_TIMEOUT_S,
+              limits: HealthLimits = DEFAULT_LIMITS) -> Probe:
+    """nvidia-smi GPU rows + compute processes in one round trip (see `cluster.gpu`);
+    health warnings judged against ``limits`` (`cluster.gpu_health`)."""
+    parse = gpu.parse if limits == DEFAULT_LIMITS else partial(gpu.parse, limits=limits)
+    return Probe("gpu-status", gpu.COMMAND, parse, gpu.classify,
                  check_timeout(timeout) or GPU_TIMEOUT_S)
 
 
@@ -86,15 +91,16 @@ def service_probe(names: str | Iterable[str], timeout: float | None = SERVICE_TI
 
 def gpu_status(engine: Engine, hosts: Sequence[Host], *, timeout: float | None = GPU_TIMEOUT_S,
                fanout: int | None = None, keep_open: bool = False,
-               on_done: OnDone | None = None) -> Report:
+               on_done: OnDone | None = None, limits: HealthLimits = DEFAULT_LIMITS) -> Report:
     """GPU rows and compute processes of every host; ``.data`` is a `cluster.gpu.GpuStatus`.
 
     Failure kinds: the SSH base kinds plus `cluster.gpu.KINDS` (``no-gpu-tool``,
     ``driver``, ``nvml``, ``gpu-lost``, ``no-gpu``, ``degraded``, ``bad-output``).
-    A wedged nvidia-smi is ``command-timeout`` after ``timeout`` seconds.
+    A wedged nvidia-smi is ``command-timeout`` after ``timeout`` seconds. Health
+    warnings (``.data.warnings``) never fail a host.
     """
-    return run_probe(engine, hosts, gpu_probe(timeout), fanout=fanout, keep_open=keep_open,
-                     on_done=on_done)
+    return run_probe(engine, hosts, gpu_probe(timeout, limits), fanout=fanout,
+                     keep_open=keep_open, on_done=on_done)
 
 
 def sys_status(engine: Engine, hosts: Sequence[Host], *, samples: int = 2, interval: int = 1,

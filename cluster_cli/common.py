@@ -20,6 +20,8 @@ from invoke import Exit, Task
 from cluster.api import Cluster
 from cluster.errors import InputError
 from cluster.render import core as render
+from cluster.render import fold as fold_view
+from cluster.render.fold import ViewOptions
 from cluster.result import Report
 
 COMMON_HELP = {
@@ -30,6 +32,17 @@ COMMON_HELP = {
     "roles_file": "Roles file (default: $CLUSTER_ROLES, else ./roles.yaml).",
     "json": "Print one JSON document instead of the table.",
     "fanout": "Hosts in flight at once (default: ssh.fanout in the roles file, else 64).",
+}
+
+# The folded status views (cluster.render.fold): gpu-status, sys-status, service-status,
+# pd-status, check.
+VIEW_HELP = {
+    "expand": "One row per host, never folded (the default when the table fits the terminal "
+              "or is piped).",
+    "fold": "Fold equal hosts into one row (NodeSet range and count) even when the table "
+            "fits or is piped.",
+    "state": "Only show hosts in this state: ok, warn or failed (the exit code still "
+             "covers every host).",
 }
 
 # Short flags are explicit: invoke would derive -h from "hosts", clashing with --help.
@@ -116,6 +129,13 @@ def opened(roles_file: str | None = None, fanout: int | None = None,
         cluster.close()
 
 
+def view_options(console: Any, expand: bool = False, fold: bool = False,
+                 state: str | None = None) -> ViewOptions:
+    """--expand/--fold/--state for a table printed on ``console`` (exit 2 on a bad value)."""
+    height = console.height if console.is_terminal else None
+    return fold_view.view_options(expand, fold, state, height)
+
+
 def finish(report: Report) -> None:
     """Exit 1 when any host failed (the table or JSON was already printed)."""
     sys.stdout.flush()
@@ -134,6 +154,7 @@ def emit(task: str, report: Report, as_json: bool, render_table: Callable[[Repor
         console = render.stdout_console()
         table = render_table(report)
         if table is not None:
-            console.print(table)
+            # Not cropped: a host name wider than the terminal wraps there, never cut.
+            console.print(table, crop=False)
         console.print(render.summary_line(report, elapsed))
     finish(report)

@@ -11,7 +11,7 @@ from cluster.render import basic
 from cluster.render import core as render
 from cluster.result import Outcome, Report
 
-from .common import cluster_task, emit, opened
+from .common import VIEW_HELP, cluster_task, emit, opened, view_options
 
 
 @cluster_task
@@ -54,15 +54,18 @@ def run(c, command, hosts=None, role=None, roles_file=None, json=False, fanout=N
         emit("run", report, False, lambda r: None, started=started)
 
 
-@cluster_task
-def check(c, hosts=None, role=None, roles_file=None, json=False, fanout=None):
+@cluster_task(help=VIEW_HELP)
+def check(c, hosts=None, role=None, roles_file=None, json=False, fanout=None, expand=False,
+          fold=False, state=None):
     """Connect, authenticate and run `uname -n` on every host; show latencies."""
     started = time.monotonic()
+    options = view_options(render.stdout_console(), expand, fold, state)
     with opened(roles_file, fanout) as cluster:
         targets = cluster.hosts(hosts, role)
         with render.progress(len(targets), "check") as tick:
             report = cluster.check(hosts=hosts, role=role, on_done=tick)
-        emit("check", report, json, basic.check_table, fields=basic.check_fields, started=started)
+        emit("check", report, json, lambda r: basic.check_table(r, options),
+             fields=basic.check_fields, started=started)
 
 
 @cluster_task(help={"policy": "Host-key policy for this scan: accept-new (record unknown keys) "

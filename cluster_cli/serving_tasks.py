@@ -18,7 +18,7 @@ from cluster.render import core as render
 from cluster.render import serving as view
 from cluster.serving import lifecycle
 
-from .common import cluster_task, finish, opened
+from .common import VIEW_HELP, cluster_task, finish, opened, view_options
 
 START_HELP = {
     "prefill": "Prefill hosts (host expression). Default: the roles file's 'prefill' role.",
@@ -55,6 +55,7 @@ STOP_HELP = {
 }
 
 STATUS_HELP = {
+    **VIEW_HELP,
     "hosts": "Only the servers start-pd started on these hosts.",
     "role": "Only the servers on the hosts of these roles.",
     "deployment": "Name of the recorded deployment (default 'default').",
@@ -165,9 +166,12 @@ def stop_pd(c, hosts=None, role=None, deployment=None, grace=None, sweep="user",
 
 
 @cluster_task(name="pd-status", help=STATUS_HELP)
-def pd_status(c, hosts=None, role=None, deployment=None, roles_file=None, json=False, fanout=None):
+def pd_status(c, hosts=None, role=None, deployment=None, roles_file=None, json=False, fanout=None,
+              expand=False, fold=False, state=None):
     """Per server: process alive, port listening, /health, uptime, last log line; the router."""
     started = time.monotonic()
+    console = render.stdout_console()
+    options = view_options(console, expand, fold, state)
     with opened(roles_file, fanout) as cluster:
         result = cluster.pd_status(hosts=hosts, role=role, deployment=deployment)
     manifest = result.manifest
@@ -177,6 +181,6 @@ def pd_status(c, hosts=None, role=None, deployment=None, roles_file=None, json=F
     if json:
         render.print_json(render.json_document("pd-status", result.report, view.status_fields, extra))
     else:
-        render.stdout_console().print(view.status_table(result.report))
+        console.print(view.status_table(result.report, options), crop=False)
         _summary(result.report, started, "servers")
     finish(result.report)

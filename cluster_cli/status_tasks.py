@@ -12,6 +12,10 @@ map the outcome to the exit code.
   (JSON lines), each with ``tick`` and ``time`` added.
 * ``--count N`` stops after N rounds (scripts, tests); the exit code is then
   the last round's.
+
+Tables fold equal hosts when taller than the terminal (``--expand``/``--fold``/
+``--state``: `cluster.render.fold`). GPU health warnings keep exit code 0
+unless ``--strict``.
 """
 
 from __future__ import annotations
@@ -34,9 +38,12 @@ from cluster.render import gpu as gpu_render
 from cluster.render import system as sys_render
 from cluster.result import Report
 
-from .common import cluster_task, emit, finish, opened
+from .common import VIEW_HELP, cluster_task, emit, finish, opened, view_options
 
 GPU_HELP = {
+    **VIEW_HELP,
+    "strict": "Exit 1 when a GPU carries a health warning (ECC, remapped rows, temperature, "
+              "clock slowdown, recovery action); without it warnings keep exit code 0.",
     "gpus": "Also show one row per GPU under each host.",
     "procs": "Also list GPU compute processes (host, GPU, pid, name, memory).",
     "timeout": "nvidia-smi timeout per host in seconds (default 20); a wedged GPU shows as "
@@ -49,44 +56,62 @@ GPU_HELP = {
 
 @cluster_task(name="gpu-status", help=GPU_HELP)
 def gpu_status(c, hosts=None, role=None, roles_file=None, json=False, fanout=None, gpus=False,
-               procs=False, timeout=None, watch=None, count=None):
-    """GPU state of every host: utilization, memory, temperature, power, processes, faults."""
+               procs=False, timeout=None, watch=None, count=None, expand=False, fold=False,
+               state=None, strict=False):
+    """GPU state of every host: utilization, memory, temperature, power, processes, health."""
     started = time.monotonic()
     limit = status.check_timeout(timeout) or status.GPU_TIMEOUT_S
     interval = status.check_interval(watch) if watch is not None else None
     rounds = status.check_count(count)
     if rounds is not None and interval is None:
         raise InputError("--count only applies with --watch SECONDS")
+    console = render.stdout_console()
+    options = view_options(console, expand, fold, state)
     with opened(roles_file, fanout) as cluster:
         targets = cluster.hosts(hosts, role)
         if interval is not None:
-            _watch_gpus(cluster, hosts, role, len(targets), interval, rounds, json, gpus, procs,
-                        limit)
+            view = _GpuFrames(gpus, procs, options, interval, len(targets), rounds)
+            last = _watch_gpus(cluster, hosts, role, view, json, limit)
+            _finish_gpus(last, strict)
             return
         with render.progress(len(targets), "gpu-status") as tick:
             report = cluster.gpu_status(hosts=hosts, role=role, timeout=limit, on_done=tick)
     if json:
         render.print_json(gpu_render.gpu_document(report))
     else:
-        console = render.stdout_console()
-        console.print(gpu_render.gpu_view(report, gpus, procs))
+        console.print(gpu_render.gpu_view(report, gpus, procs, options), crop=False)
         console.print(gpu_render.gpu_summary_line(report, time.monotonic() - started))
+    _finish_gpus(report, strict)
+
+
+def _finish_gpus(report: Report, strict: bool) -> None:
+    """Exit 1 when a host failed, or with --strict when a GPU carries a health warning."""
     finish(report)
+    if strict and gpu_render.warned(report):
+        raise Exit(code=1)
 
 
-def _watch_gpus(cluster, hosts, role, host_count: int, interval: float, rounds: int | None,
-                as_json: bool, gpus: bool, procs: bool, limit: float) -> None:
-    """Run the watch loop, showing each round; exit with the last round's code."""
-    last: list[status.Tick] = []
+class _GpuFrames:
+    """What one --watch round shows: a header line, the tables, the summary line."""
 
-    def frame(tick: status.Tick) -> Group:
+    def __init__(self, gpus: bool, procs: bool, options, interval: float, host_count: int,
+                 rounds: int | None) -> None:
+        self.gpus, self.procs, self.options = gpus, procs, options
+        self.interval, self.host_count, self.rounds = interval, host_count, rounds
+
+    def frame(self, tick: status.Tick) -> Group:
         when = datetime.fromtimestamp(tick.started_at).strftime("%H:%M:%S")
-        header = Text(f"Every {interval:g} s: gpu-status on {host_count} hosts · "
+        header = Text(f"Every {self.interval:g} s: gpu-status on {self.host_count} hosts · "
                       f"round {tick.number} at {when}", style="bold")
-        if rounds is None:
+        if self.rounds is None:
             header.append(" · Ctrl-C to stop", style="dim")
-        return Group(header, gpu_render.gpu_view(tick.report, gpus, procs),
+        return Group(header, gpu_render.gpu_view(tick.report, self.gpus, self.procs, self.options),
                      gpu_render.gpu_summary_line(tick.report, tick.elapsed))
+
+
+def _watch_gpus(cluster, hosts, role, view: _GpuFrames, as_json: bool, limit: float) -> Report:
+    """Run the watch loop, showing each round; return the last round's report."""
+    last: list[status.Tick] = []
 
     def show(tick: status.Tick) -> None:
         last[:] = [tick]
@@ -96,17 +121,17 @@ def _watch_gpus(cluster, hosts, role, host_count: int, interval: float, rounds: 
             sys.stdout.write(jsonlib.dumps(doc, default=str) + "\n")
             sys.stdout.flush()
         elif live is not None:
-            live.update(frame(tick), refresh=True)
+            live.update(view.frame(tick), refresh=True)
         else:  # not a terminal: one frame after the other, like `watch` into a file
-            console.print(frame(tick))
+            console.print(view.frame(tick), crop=False)
             console.print()
 
     console = render.stdout_console()
     live = None if as_json or not console.is_terminal else Live(console=console,
                                                                 auto_refresh=False)
     def loop() -> None:
-        cluster.watch_gpu_status(interval, show, hosts=hosts, role=role, timeout=limit,
-                                 max_ticks=rounds)
+        cluster.watch_gpu_status(view.interval, show, hosts=hosts, role=role, timeout=limit,
+                                 max_ticks=view.rounds)
 
     try:
         if live is not None:
@@ -118,7 +143,7 @@ def _watch_gpus(cluster, hosts, role, host_count: int, interval: float, rounds: 
         # Ctrl-C is how a watch normally ends: exit with the last round's code.
         if not last:
             raise Exit("interrupted before the first refresh", code=130) from None
-    finish(last[0].report if last else Report())
+    return last[0].report if last else Report()
 
 
 def _whole(value: Any, option: str, default: int) -> int:
@@ -132,15 +157,17 @@ def _whole(value: Any, option: str, default: int) -> int:
 
 
 @cluster_task(name="sys-status", help={
+    **VIEW_HELP,
     "samples": "vmstat samples to take (default 2); the seed's `vmstat 2 15` is "
                "--interval 2 --samples 15.",
     "interval": "Seconds between samples (default 1).",
     "timeout": "Command timeout per host in seconds (default: samples x interval + 15).",
 })
 def sys_status(c, hosts=None, role=None, roles_file=None, json=False, fanout=None, samples=None,
-               interval=None, timeout=None):
+               interval=None, timeout=None, expand=False, fold=False, state=None):
     """System load of every host: vmstat (r, b, memory, swap, CPU) means, memory, load average."""
     started = time.monotonic()
+    options = view_options(render.stdout_console(), expand, fold, state)
     count = _whole(samples, "--samples", 2)
     every = _whole(interval, "--interval", 1)
     limit = status.check_timeout(timeout)
@@ -150,19 +177,22 @@ def sys_status(c, hosts=None, role=None, roles_file=None, json=False, fanout=Non
         with render.progress(len(targets), "sys-status", delay=0.5) as tick:
             report = cluster.sys_status(hosts=hosts, role=role, samples=count, interval=every,
                                         timeout=limit, on_done=tick)
-        emit("sys-status", report, json, sys_render.sys_table, fields=sys_render.sys_fields,
-             started=started, extra={"samples": count, "interval_s": every})
+        emit("sys-status", report, json, lambda r: sys_render.sys_table(r, options),
+             fields=sys_render.sys_fields, started=started,
+             extra={"samples": count, "interval_s": every})
 
 
 @cluster_task(name="service-status", positional=["names"], help={
+    **VIEW_HELP,
     "names": "Service name(s), comma-separated: a systemd unit (sglang, nginx.service) or a "
              "command-line pattern matched literally (e.g. sglang.launch_server).",
     "timeout": "Command timeout per host in seconds (default 20).",
 })
 def service_status(c, names, hosts=None, role=None, roles_file=None, json=False, fanout=None,
-                   timeout=None):
+                   timeout=None, expand=False, fold=False, state=None):
     """Per host and service: systemd state, or the matching processes where there is no unit."""
     started = time.monotonic()
+    options = view_options(render.stdout_console(), expand, fold, state)
     limit = status.check_timeout(timeout) or status.SERVICE_TIMEOUT_S
     status.service_probe(names, limit)  # validate the names before connecting
     with opened(roles_file, fanout) as cluster:
@@ -170,5 +200,5 @@ def service_status(c, names, hosts=None, role=None, roles_file=None, json=False,
         with render.progress(len(targets), "service-status") as tick:
             report = cluster.service_status(names, hosts=hosts, role=role, timeout=limit,
                                             on_done=tick)
-        emit("service-status", report, json, sys_render.service_table,
+        emit("service-status", report, json, lambda r: sys_render.service_table(r, options),
              fields=sys_render.service_fields, started=started)

@@ -33,6 +33,9 @@ EXPECTED = {
     "h100-busy": (8, 9, None),
     "h200": (8, 1, None),
     "a100": (4, 0, None),
+    "a100-r470": (4, 0, None),
+    "h100-ecc": (8, 0, None),
+    "h100-hot": (8, 1, None),
     "h100-mig": (2, 2, None),
     "l40s": (1, 0, None),
     "geforce-not-supported": (1, 1, None),
@@ -112,11 +115,12 @@ def test_fixture_json_is_contract_shaped(case):
 
 @pytest.mark.parametrize("case", [c for c in CASES if EXPECTED[c][0]])
 def test_fixture_rows_have_the_queried_width(case):
-    """Fixtures stay in step with GPU_FIELDS: every GPU row has one cell per field."""
-    stdout = load(case)[0].split(gpu.APPS_MARKER)[0]
+    """Fixtures stay in step with FIELD_SETS: GPU rows have one cell per field of their set."""
+    status = parsed(case)
+    stdout = load(case)[0].split(gpu.APPS_MARKER)[0].split(gpu.FIELDS_MARKER)[-1]
     rows = [line for line in stdout.splitlines() if line[:1].isdigit()]
     widths = {len(r.split(", ")) for r in rows}
-    assert len(gpu.GPU_FIELDS) in widths
+    assert len(gpu.FIELD_SETS[status.field_set]) in widths
 
 
 # ---------------------------------------------------------------------------
@@ -134,11 +138,27 @@ def test_h100_idle_fields():
     assert (first.memory_used_mib, first.memory_total_mib) == (1, 81559)
     assert (first.utilization_pct, first.temperature_c) == (0, 30)
     assert first.power_w == pytest.approx(100.89) and first.power_limit_w == 700.0
-    assert first.fan_pct is None and first.tokens == {"fan_pct": "[N/A]"}
+    assert first.fan_pct is None and first.tokens == {"fan_pct": "[N/A]",
+                                                     "retired_pages_pending": "[N/A]"}
     assert (first.pstate, first.mig_mode, first.ecc_uncorrected) == ("P0", "Disabled", 0)
     assert first.flags == []
     assert status.processes == [] and status.bad_lines == [] and status.lost == []
     assert status.processes_error is None
+
+
+def test_health_fields_of_a_current_driver():
+    status = parsed("h100-idle")
+    first = status.gpus[0]
+    assert status.field_set == "current"
+    assert first.slowdown_margin_c == 57        # 30 degrees C now, slowdown at 87
+    assert first.clock_event_reasons == 0x1     # gpu_idle
+    assert first.remapped_rows_pending is False
+    assert first.retired_pages_pending is None and first.tokens["retired_pages_pending"] == "[N/A]"
+    assert first.recovery_action == "None"
+    assert status.warnings == [] and first.warnings == []
+    doc = first.to_json()
+    assert doc["slowdown_margin_c"] == 57 and doc["warnings"] == []
+    assert parsed("h100-mig").gpus[0].remapped_rows_pending is None  # [N/A] under MIG
 
 
 def test_h100_busy_processes_and_summary():
@@ -253,7 +273,7 @@ def test_lost_gpu_keeps_the_others():
     assert status.lost == ["00000000:5D:00.0"]
     assert [g.index for g in status.gpus] == [0, 1, 2, 4, 5, 6, 7]
     assert status.bad_lines == []
-    assert any("Unable to determine" in w for w in status.warnings)
+    assert any("Unable to determine" in w for w in status.notices)
     result = failure("lost-gpu")
     assert result.kind == "degraded" and result.exit_code == 15
     assert "00000000:5D:00.0" in result.message and "Xid" in result.hint
@@ -289,8 +309,11 @@ def test_inforom_is_a_warning_not_a_failure():
     assert failure("inforom") is None
     assert status.gpus[1].flags == ["inforom"]
     assert [g.index for g in status.gpus if g.flags] == [1]
-    assert any("infoROM is corrupted" in w for w in status.warnings)
+    assert any("infoROM is corrupted" in w for w in status.notices)
     assert len(status.processes) == 1 and status.processes_error is None
+    # A health warning on the GPU it names (printed by both queries: one warning).
+    assert [(w.gpu, w.kind) for w in status.warnings] == [(1, "inforom")]
+    assert status.other_notices() == []
 
 
 @pytest.mark.parametrize("case, code, message_part, hint_part", [
@@ -360,13 +383,17 @@ def test_units_and_crlf_are_tolerated():
 
 def test_command_shape():
     command = gpu.COMMAND
-    fields = command.split("--query-gpu=")[1].split()[0].split(",")
-    assert fields == [f for f, _, _ in gpu.GPU_FIELDS]
+    queries = [q.split()[0].split(",") for q in command.split("--query-gpu=")[1:]]
+    assert queries == [[f for f, _, _ in fields] for fields in gpu.FIELD_SETS.values()]
+    assert queries[0] == [f for f, _, _ in gpu.GPU_FIELDS]
+    # Each fallback runs only when the previous query was refused (exit 2), after its marker.
+    assert command.count("if [ $rc = 2 ]; then echo '@@gpu-fields ") == len(gpu.FIELD_SETS) - 1
+    fields = queries[0]
     assert {"index", "uuid", "name", "memory.used", "memory.total", "utilization.gpu",
             "temperature.gpu", "power.draw", "power.limit"} <= set(fields)
     apps = command.split("--query-compute-apps=")[1].split()[0].split(",")
     assert apps[-1] == "process_name"
-    assert command.count("--format=csv,noheader,nounits") == 2
+    assert command.count("--format=csv,noheader,nounits") == len(gpu.FIELD_SETS) + 1
     assert command.rstrip().endswith("exit $rc")
 
 

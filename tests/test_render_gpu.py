@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers import gpu_fixture
+from helpers import gpu_outcome as probe_outcome
 from rich.console import Console
 
 import cluster.gpu as gpu
@@ -17,6 +19,8 @@ import cluster.system as system
 from cluster.hosts import Host
 from cluster.render import gpu as rg
 from cluster.render import system as rs
+from cluster.render.fold import ViewOptions
+from cluster.render.levels import TEMP_THRESHOLDS, UTIL_THRESHOLDS, load_level
 from cluster.result import Failure, Outcome, Report
 
 ROOT = Path(__file__).resolve().parent
@@ -27,17 +31,7 @@ SERVICE_FIXTURES = ROOT / "fixtures" / "service"
 
 def gpu_outcome(case: str, address: str = "10.8.0.81") -> Outcome:
     """What run_probe would make of a host printing the fixture ``case``."""
-    stdout = (GPU_FIXTURES / f"{case}.txt").read_text()
-    exit_file = GPU_FIXTURES / f"{case}.exit"
-    code = int(exit_file.read_text()) if exit_file.exists() else 0
-    outcome = Outcome(Host(address), code == 0, stdout=stdout, exit_code=code)
-    outcome.data = gpu.parse(stdout)
-    failure = gpu.classify(code, stdout, "", outcome.data)
-    if failure is None:
-        outcome.ok, outcome.error = True, None
-    else:
-        outcome.fail(failure)
-    return outcome
+    return probe_outcome(address, *gpu_fixture(case))
 
 
 def unreachable(address: str = "10.8.0.90") -> Outcome:
@@ -49,6 +43,9 @@ def render(renderable, width: int = 220) -> str:
     console = Console(width=width, record=True, force_terminal=False, color_system=None)
     console.print(renderable)
     return console.export_text()
+
+
+EXPANDED = ViewOptions(fold=False)
 
 
 def row_of(text: str, start: str) -> str:
@@ -67,50 +64,52 @@ def row_of(text: str, start: str) -> str:
     (75, "heavy"), (100, "heavy"),
 ])
 def test_load_level_util_thresholds(value, level):
-    assert rg.load_level(value, rg.UTIL_THRESHOLDS) == level
+    assert load_level(value, UTIL_THRESHOLDS) == level
 
 
 @pytest.mark.parametrize("used, total, style", [
     (1, 100, "green"), (10, 100, "yellow"), (79, 100, "yellow"), (80, 100, "bold red"),
 ])
 def test_memory_colour_follows_mem_thresholds(used, total, style):
-    assert rg.memory_text(used, total).style == style
+    assert rg.memory_cell(used, total)[1] == style
 
 
-def test_memory_text_gib_and_unknown():
-    assert rg.memory_text(19818, 81559).plain == f"{19818 / 1024:.1f}/{81559 / 1024:.1f} GiB"
-    assert rg.memory_text(None, None).plain == "—"
-    assert rg.memory_text(None, 81559).plain.startswith("—/")
+def test_memory_cell_gib_and_unknown():
+    assert rg.memory_cell(19818, 81559)[0] == f"{19818 / 1024:.1f}/{81559 / 1024:.1f} GiB"
+    assert rg.memory_cell(None, None)[0] == "—"
+    assert rg.memory_cell(None, 81559)[0].startswith("—/")
 
 
-def test_util_text_mig_is_not_zero_percent():
-    assert rg.util_text(None, None, mig=2, total=2).plain == "MIG"
-    mixed = rg.util_text(0.0, 0, mig=1, total=2).plain
+def plain(cell) -> str:
+    return "".join(t for t, _ in cell)
+
+
+def test_util_cell_mig_is_not_zero_percent():
+    assert plain(rg.util_cell(None, None, mig=2, total=2)) == "MIG"
+    mixed = plain(rg.util_cell(0.0, 0, mig=1, total=2))
     assert mixed.endswith("+1 MIG") and mixed.startswith("0/0 %")
-    assert rg.util_text(None, None).plain == "—"
+    assert plain(rg.util_cell(None, None)) == "—"
 
 
-def test_util_text_colours_mean_and_max_separately():
-    text = rg.util_text(5.0, 90)
-    assert text.plain == "5/90 %"
-    assert text.style == "green"  # the mean: the text's base style
-    styles = {text.plain[span.start:span.end]: span.style for span in text.spans}
-    assert styles == {"90 %": "bold red"}
+def test_util_cell_colours_mean_and_max_separately():
+    cell = rg.util_cell(5.0, 90)
+    assert plain(cell) == "5/90 %"
+    assert dict((t, s) for t, s in cell) == {"5": "green", "/": "", "90 %": "bold red"}
 
 
 def test_power_and_temperature_cells():
-    assert rg.power_text(631.95, 700.0).plain == "632/700 W"
-    assert rg.power_text(631.95, 700.0).style == "bold red"
-    assert rg.power_text(None, 700.0).plain == "—/700 W"
-    assert rg.temperature_text(None).plain == "—"
-    assert rg.temperature_text(rg.TEMP_THRESHOLDS[1]).style == "bold red"
-    assert rg.temperature_text(rg.TEMP_THRESHOLDS[0] - 1).style == ""
+    assert rg.power_cell(631.95, 700.0) == ("632/700 W", "bold red")
+    assert rg.power_cell(None, 700.0)[0] == "—/700 W"
+    assert rg.temperature_cell(None)[0] == "—"
+    assert rg.temperature_cell(TEMP_THRESHOLDS[1])[1] == "bold red"
+    assert rg.temperature_cell(TEMP_THRESHOLDS[0] - 1)[1] == ""
 
 
-def test_short_name_drops_vendor_prefix_only():
+def test_short_name_drops_vendor_prefix_only_and_spells_controls():
     assert rg.short_name("NVIDIA H100 80GB HBM3") == "H100 80GB HBM3"
     assert rg.short_name("Tesla T4") == "Tesla T4"
     assert rg.short_name(None) == "—"
+    assert rg.short_name("NVIDIA \x1b]0;pwned\x07H100") == "\\x1b]0;pwned\\x07H100"
 
 
 # ---------------------------------------------------------------------------
@@ -148,7 +147,7 @@ def test_degraded_host_keeps_data_and_names_lost_gpu():
     assert "degraded" in row and f"{len(outcome.data.gpus)}× H100 80GB HBM3 (+1 lost)" in row
     lost = row_of(text, "  [?]")
     assert "lost" in lost and outcome.data.lost[0] in lost
-    assert rg.host_status_cell(outcome).style == "bold yellow"
+    assert rg.host_row(outcome)[1] == [("degraded", "bold yellow")]
     assert sum(1 for line in text.splitlines() if line.startswith("│  [")) == (
         len(outcome.data.gpus) + len(outcome.data.lost))
 
@@ -158,7 +157,7 @@ def test_reset_required_gpu_row_is_flagged():
     faulted = outcome.data.faulted[0]
     text = render(rg.gpu_table(Report([outcome]), show_gpus=True))
     assert "reset-required" in row_of(text, f"  [{faulted.index}]")
-    assert rg.gpu_flags_text(faulted).spans[0].style == "bold red"
+    assert rg.gpu_status_cell(faulted) == ("reset-required", "bold red")
 
 
 @pytest.mark.parametrize("case, kind", [
@@ -175,9 +174,9 @@ def test_failed_host_row_has_kind_message_and_hint(case, kind):
 
 def test_infoROM_warning_shown_once():
     outcome = gpu_outcome("inforom")
-    assert outcome.ok and len(outcome.data.warnings) == 2  # printed by both queries
+    assert outcome.ok and len(outcome.data.notices) == 2  # printed by both queries
     text = render(rg.gpu_table(Report([outcome])))
-    assert text.count("infoROM is corrupted") == 1
+    assert text.count("infoROM") == 1 and "GPU 1: infoROM corrupted" in text
 
 
 # ---------------------------------------------------------------------------
@@ -263,7 +262,7 @@ def test_sys_row_shows_means_memory_and_load():
 ])
 def test_load_colour_is_per_cpu(load, cpus, style):
     summary = system.summarize(system.SystemStatus(load=load, cpus=cpus))
-    assert rs._load_text(summary).style == style
+    assert rs._load_cell(summary, rs._levels(summary)["load"])[1] == style
 
 
 def test_sys_failed_host_row_and_fields():

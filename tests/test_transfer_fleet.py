@@ -18,7 +18,8 @@ import threading
 from pathlib import Path
 
 import pytest
-from helpers import cli, cli_json
+from helpers import cli_json
+from helpers import run_cli as cli
 
 from cluster import transfer
 from cluster.hosts import Host

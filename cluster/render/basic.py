@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from typing import Any
 
 from rich.console import Console
@@ -12,6 +13,10 @@ from ..hosts import Host, fold_names
 from ..inventory import Inventory
 from ..result import Outcome, Report
 from .core import failure_text, host_table, status_cell
+from .fold import EXPANDED_VIEW, FAILED, OK, BaseView, ViewOptions, failure_cell, failure_key, host_name, state_cell, view_table
+from .levels import load_level, value_range
+from .table import Cell, Column, TextTable, host_column
+from .text import shown
 
 
 def roles_table(inventory: Inventory, selected: list[Host]) -> Table:
@@ -29,18 +34,55 @@ def hosts_fields(inventory: Inventory) -> Any:
     return fields
 
 
-def check_table(report: Report) -> Table:
-    rows = []
-    for outcome in report:
+# Latency bands of check (ms): hosts fold when both latencies are in the same band.
+LATENCY_THRESHOLDS = (100, 1000)
+CHECK_COLUMNS = (host_column(), Column("Status"), Column("Remote hostname / error", wrap=True, least=24),
+                 Column("Connect", justify="right", drop=2),
+                 Column("Command", justify="right", drop=1))
+
+
+def _ms(value: float | None) -> str:
+    return "local" if value is None else f"{value:.0f} ms"
+
+
+class CheckView(BaseView):
+    """check for `cluster.render.fold`: ok hosts fold by latency band (module LATENCY_THRESHOLDS)."""
+
+    columns = CHECK_COLUMNS
+
+    def state(self, outcome: Outcome) -> str:
+        return OK if outcome.ok else FAILED
+
+    def key(self, outcome: Outcome) -> Hashable | None:
         info = outcome.data
+        if not outcome.ok or info is None:
+            return failure_key(outcome) if not outcome.ok else None
+        return (info.connect_ms is None, load_level(info.connect_ms, LATENCY_THRESHOLDS),
+                load_level(info.command_ms, LATENCY_THRESHOLDS))
+
+    def rows(self, outcome: Outcome) -> list[list[Cell]]:
+        info = outcome.data
+        status = state_cell(outcome, self.state(outcome))
         if outcome.ok and info is not None:
-            connect = f"{info.connect_ms:.0f} ms" if info.connect_ms is not None else "local"
-            rows.append((str(outcome.host), status_cell(outcome), info.hostname, connect,
-                         f"{info.command_ms:.0f} ms"))
-        else:
-            rows.append((str(outcome.host), status_cell(outcome), failure_text(outcome), "", ""))
-    return host_table(["Host", "Status", "Remote hostname / error", ("Connect", {"justify": "right"}),
-                       ("Command", {"justify": "right"})], rows)
+            return [[host_name(outcome), status, shown(info.hostname), _ms(info.connect_ms),
+                     _ms(info.command_ms)]]
+        return [[host_name(outcome), status, failure_cell(outcome), "", ""]]
+
+    def folded_rows(self, outcomes: list[Outcome]) -> list[list[Cell]]:
+        first = outcomes[0]
+        if not first.ok or first.data is None:
+            return self.rows(first)
+        infos = [o.data for o in outcomes]
+        names = fold_names([shown(i.hostname) for i in infos])
+        connect = "local" if infos[0].connect_ms is None else \
+            value_range(i.connect_ms for i in infos) + " ms"
+        return [["", state_cell(first, OK), names, connect,
+                 value_range(i.command_ms for i in infos) + " ms"]]
+
+
+def check_table(report: Report, options: ViewOptions = EXPANDED_VIEW) -> TextTable:
+    """Remote hostname and latencies per host, folded when the fleet is tall."""
+    return view_table(CheckView(), list(report), options)
 
 
 def check_fields(outcome: Outcome) -> dict[str, Any]:

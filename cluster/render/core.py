@@ -9,6 +9,7 @@ or, with ``--json``, one JSON document
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 from collections import Counter
@@ -27,8 +28,10 @@ Row = Sequence[Any]
 
 
 def stdout_console() -> Console:
-    # soft_wrap off + wide default so piped output is not squeezed into 80 columns.
-    return Console(file=sys.stdout, highlight=False, width=None if sys.stdout.isatty() else 160)
+    # soft_wrap off + wide default so piped output is not squeezed into 80 columns;
+    # COLUMNS, when set, is the width either way (rich reads it).
+    wide = sys.stdout.isatty() or os.environ.get("COLUMNS", "").isdigit()
+    return Console(file=sys.stdout, highlight=False, width=None if wide else 160)
 
 
 def stderr_console() -> Console:

@@ -8,16 +8,19 @@ ready) also gets its last log lines under the table.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from pathlib import PurePosixPath
 from typing import Any, Sequence
 
 from rich.console import Group, RenderableType
-from rich.markup import escape
 from rich.text import Text
 
 from ..result import Outcome, Report
 from ..serving.model import HostStop, ServerRow, StartResult
 from .core import failure_text, host_table
+from .fold import EXPANDED_VIEW, FAILED, OK, WARN, BaseView, ViewOptions, host_name, to_cell, view_table
+from .table import Cell, Column, host_column
+from .text import shown
 
 GOOD = {"ready", "healthy", "running", "started"}
 BUSY = {"planned", "starting", "loading", "waiting"}
@@ -215,9 +218,13 @@ def stop_fields(outcome: Outcome) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- pd-status
 
-STATUS_COLUMNS = ("Role", "Host", ("Port", {"justify": "right"}), ("PID", {"justify": "right"}),
-                  "Status", "Alive", "Listening", "Health", ("Uptime", {"justify": "right"}),
-                  "Last log line / notes")
+STATUS_COLUMNS = (
+    Column("Role"), host_column(), Column("Port", justify="right", drop=3),
+    Column("PID", justify="right", drop=4), Column("Status"), Column("Alive", drop=5),
+    Column("Listening", drop=6), Column("Health", drop=2),
+    Column("Uptime", justify="right", drop=7),
+    Column("Last log line / notes", wrap=True, drop=1, short="Notes", least=30),
+)
 
 
 def _yes_no(value: bool | None) -> Text:
@@ -243,7 +250,7 @@ def _notes(outcome: Outcome) -> Text:
             row.workers) else "red")
         text.append("  ")
     if row.last_log:
-        text.append(escape(row.last_log[:120]), style="dim")
+        text.append(shown(row.last_log[:120]), style="dim")
     if outcome.error is not None:
         if text:
             text.append("\n")
@@ -258,8 +265,56 @@ def status_row(outcome: Outcome) -> list[Any]:
             _notes(outcome)]
 
 
-def status_table(report: Report) -> RenderableType:
-    return host_table(STATUS_COLUMNS, [status_row(o) for o in report])
+def server_state(outcome: Outcome) -> str:
+    """``failed``; ``warn`` while a server is still starting (not ready yet); ``ok``."""
+    if not outcome.ok:
+        return FAILED
+    row: ServerRow | None = outcome.data
+    return WARN if row is not None and (row.status in BUSY or row.health == 503) else OK
+
+
+class PdStatusView(BaseView):
+    """pd-status for `cluster.render.fold`: one row per server; equal servers fold by role."""
+
+    columns = STATUS_COLUMNS
+    host_index = 1
+    fold_warned = True  # servers still loading fold by role and status
+
+    def name(self, outcome: Outcome) -> str:
+        return shown(_host(outcome.data)) if outcome.data is not None else host_name(outcome)
+
+    def state(self, outcome: Outcome) -> str:
+        return server_state(outcome)
+
+    def key(self, outcome: Outcome) -> Hashable | None:
+        row: ServerRow | None = outcome.data
+        if row is None or not outcome.ok or row.workers is not None:
+            return None  # failed servers and the router: their own rows
+        # Loading servers fold with each other (fold_warned), never with ready ones: the
+        # status and health are part of the key.
+        return (row.role, row.nnodes, row.node_rank, row.port, row.status, row.alive,
+                row.listening, row.health)
+
+    def rows(self, outcome: Outcome) -> list[list[Cell]]:
+        return [[to_cell(cell) for cell in status_row(outcome)]]
+
+    def folded_rows(self, outcomes: list[Outcome]) -> list[list[Cell]]:
+        rows = [o.data for o in outcomes]
+        cells = self.rows(outcomes[0])[0]
+        first = rows[0]
+        cells[0] = first.role if first.nnodes == 1 else f"{first.role} rank {first.node_rank}"
+        cells[3] = f"{sum(1 for r in rows if r.pid)} pids"
+        uptimes = [r.uptime_s for r in rows if r.uptime_s is not None]
+        low, high = (_seconds(min(uptimes)), _seconds(max(uptimes))) if uptimes else ("—", "—")
+        cells[8] = low if low == high else f"{low}–{high}"
+        logs = {r.last_log for r in rows}
+        cells[9] = (shown(first.last_log[:120]), "dim") if len(logs) == 1 and first.last_log else ""
+        return [cells]
+
+
+def status_table(report: Report, options: ViewOptions = EXPANDED_VIEW) -> RenderableType:
+    """One row per server (and the router); equal servers folded when the table is tall."""
+    return view_table(PdStatusView(), list(report), options, noun="servers")
 
 
 def status_fields(outcome: Outcome) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""sys-status and service-status output: tables and per-host JSON fields.
+"""sys-status and service-status output: tables (folded or per host) and per-host JSON fields.
 
 sys-status shows, per host, the mean of vmstat's interval samples (the
 since-boot row is never included): run queue ``r``, blocked ``b``, idle
@@ -7,29 +7,57 @@ memory ``free`` and used/total memory (MemTotal - MemAvailable), swap in/out
 Colours: CPU busy (100 - id) and memory use with the gpu-status thresholds
 (10/75 % and 10/80 %); I/O wait from 10 % (yellow) and 30 % (red); any
 swapping in yellow; load per CPU from 1 (yellow) and 2 (red).
+
+A sys-status host is ``warn`` when it swaps, or its memory use, I/O wait or
+load per CPU is in the red band; healthy hosts fold when their CPU count,
+memory size and every band (CPU busy, memory, I/O wait, load per CPU,
+swapping) are equal. A service-status host is ``warn`` when a service check
+printed a warning; hosts fold when every service reads the same (state,
+unit, unit file state).
 """
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from typing import Any
-
-from rich.table import Table
-from rich.text import Text
 
 from ..result import Outcome, Report
 from ..service import ServiceState
 from ..system import SystemStatus, SystemSummary, summarize
-from .core import failure_text, host_table, status_cell
-from .gpu import MEM_THRESHOLDS, UTIL_THRESHOLDS, level_style, load_level, percent
+from .fold import (
+    EXPANDED_VIEW,
+    FAILED,
+    OK,
+    WARN,
+    BaseView,
+    ViewOptions,
+    empty_row,
+    failure_cell,
+    failure_key,
+    host_name,
+    state_cell,
+    view_table,
+)
+from .levels import MEM_THRESHOLDS, UTIL_THRESHOLDS, level_style, load_level, percent, value_range, warning_style
+from .table import Cell, Column, Span, host_column
+from .text import shown
 
 WAIT_THRESHOLDS = (10, 30)
 LOAD_PER_CPU_THRESHOLDS = (1.0, 2.0)
 KIB_PER_GIB = 1024 * 1024
 
-SYS_COLUMNS: tuple[str | tuple[str, dict], ...] = (
-    "Host", "Status", *((c, {"justify": "right"}) for c in (
-        "r", "b", "free", "mem used/total", "si", "so", "us", "sy", "id", "wa", "st",
-        "load 1/5/15")), "Notes",
+# drop: hidden first on a narrow terminal = highest.
+SYS_COLUMNS = (
+    host_column(), Column("Status"),
+    Column("r", justify="right", drop=5), Column("b", justify="right", drop=8),
+    Column("free", justify="right", drop=9),
+    Column("mem used/total", justify="right", drop=1, short="mem"),
+    Column("si", justify="right", drop=12), Column("so", justify="right", drop=11),
+    Column("us", justify="right", drop=10), Column("sy", justify="right", drop=13),
+    Column("id", justify="right", drop=2), Column("wa", justify="right", drop=3),
+    Column("st", justify="right", drop=14),
+    Column("load 1/5/15", justify="right", drop=4, short="load"),
+    Column("Notes", wrap=True, drop=7),
 )
 
 
@@ -49,51 +77,126 @@ def _n(value: float | None) -> str:
     return f"{value:.0f}" if float(value).is_integer() else f"{value:.1f}"
 
 
-def _mem_text(s: SystemSummary) -> Text:
+def _levels(s: SystemSummary) -> dict[str, str | None]:
+    """The band of each coloured value (they pick the colours and the fold key)."""
+    per_cpu = s.load[0] / s.cpus if s.load is not None and s.cpus else None
+    return {
+        "busy": load_level(None if s.id is None else 100 - s.id, UTIL_THRESHOLDS),
+        "memory": load_level(percent(s.mem_used_kib, s.mem_total_kib), MEM_THRESHOLDS),
+        "wait": load_level(s.wa, WAIT_THRESHOLDS),
+        "load": load_level(per_cpu, LOAD_PER_CPU_THRESHOLDS),
+        "swap": "moderate" if (s.si or 0) > 0 or (s.so or 0) > 0 else None,
+    }
+
+
+def _mem_cell(s: SystemSummary, level: str | None) -> list[Span]:
     share = percent(s.mem_used_kib, s.mem_total_kib)
-    text = Text(f"{gib(s.mem_used_kib)} / {gib(s.mem_total_kib)}",
-                style=level_style(load_level(share, MEM_THRESHOLDS)))
+    cell: list[Span] = [(f"{gib(s.mem_used_kib)} / {gib(s.mem_total_kib)}", level_style(level))]
     if share is not None:
-        text.append(f" {share:3.0f}%", style="dim")
-    return text
+        cell.append((f" {share:3.0f}%", "dim"))
+    return cell
 
 
-def _load_text(s: SystemSummary) -> Text:
+def _load_cell(s: SystemSummary, level: str | None) -> Span:
     if s.load is None:
-        return Text("—")
-    per_cpu = s.load[0] / s.cpus if s.cpus else None
-    level = load_level(per_cpu, LOAD_PER_CPU_THRESHOLDS)
-    style = {"moderate": "yellow", "heavy": "bold red"}.get(level or "", "")
-    return Text(" ".join(f"{v:.2f}" for v in s.load), style=style)
+        return ("—", "")
+    return (" ".join(f"{v:.2f}" for v in s.load), warning_style(level))
 
 
-def _cpu_cells(s: SystemSummary) -> list[Text]:
-    busy = None if s.id is None else 100 - s.id
-    busy_style = level_style(load_level(busy, UTIL_THRESHOLDS))
-    wait_level = load_level(s.wa, WAIT_THRESHOLDS)
-    wait_style = {"moderate": "yellow", "heavy": "bold red"}.get(wait_level or "", "")
-    return [Text(_n(s.us), style=busy_style), Text(_n(s.sy), style=busy_style),
-            Text(_n(s.id), style=busy_style), Text(_n(s.wa), style=wait_style), Text(_n(s.st))]
+def _cpu_cells(s: SystemSummary, levels: dict[str, str | None]) -> list[Cell]:
+    busy = level_style(levels["busy"])
+    wait = warning_style(levels["wait"])
+    return [(_n(s.us), busy), (_n(s.sy), busy), (_n(s.id), busy), (_n(s.wa), wait), _n(s.st)]
 
 
-def sys_row(outcome: Outcome) -> list[Any]:
+def _sys_notes(s: SystemSummary) -> Span:
+    return (f"{s.samples} sample{'s' if s.samples != 1 else ''}"
+            + (f", {s.cpus} CPUs" if s.cpus else ""), "dim")
+
+
+def sys_data(outcome: Outcome) -> SystemStatus | None:
     data = outcome.data
-    host, status = str(outcome.host), status_cell(outcome)
-    if not isinstance(data, SystemStatus) or not data.samples:
-        return [host, status, *[""] * 12, failure_text(outcome)]
+    return data if isinstance(data, SystemStatus) and data.samples else None
+
+
+def sys_row(outcome: Outcome, state: str = OK) -> list[Cell]:
+    data = sys_data(outcome)
+    host, status = host_name(outcome), state_cell(outcome, state)
+    if data is None:
+        return empty_row(SYS_COLUMNS, host, status, failure_cell(outcome))
     s = summarize(data)
-    swap = "yellow" if (s.si or 0) > 0 or (s.so or 0) > 0 else ""
-    notes = failure_text(outcome) if outcome.error else Text(
-        f"{s.samples} sample{'s' if s.samples != 1 else ''}"
-        + (f", {s.cpus} CPUs" if s.cpus else ""), style="dim")
-    return [host, status, _n(s.r), _n(s.b), gib(s.free_kib), _mem_text(s),
-            Text(_n(s.si), style=swap), Text(_n(s.so), style=swap), *_cpu_cells(s),
-            _load_text(s), notes]
+    levels = _levels(s)
+    swap = warning_style(levels["swap"])
+    notes: Cell = failure_cell(outcome) if outcome.error else _sys_notes(s)
+    return [host, status, _n(s.r), _n(s.b), gib(s.free_kib), _mem_cell(s, levels["memory"]),
+            (_n(s.si), swap), (_n(s.so), swap), *_cpu_cells(s, levels),
+            _load_cell(s, levels["load"]), notes]
 
 
-def sys_table(report: Report) -> Table:
-    """One row per host: means over the interval samples, memory and load."""
-    return host_table(SYS_COLUMNS, [sys_row(o) for o in report])
+def sys_state(outcome: Outcome) -> str:
+    """``failed``; ``warn`` when swapping or memory, I/O wait or load per CPU is heavy; ``ok``."""
+    if not outcome.ok:
+        return FAILED
+    data = sys_data(outcome)
+    if data is None:
+        return OK
+    levels = _levels(summarize(data))
+    heavy = any(levels[k] == "heavy" for k in ("memory", "wait", "load"))
+    return WARN if heavy or levels["swap"] else OK
+
+
+class SysView(BaseView):
+    """sys-status for `cluster.render.fold`: warned hosts (a load level) fold with each other."""
+
+    columns = SYS_COLUMNS
+    fold_warned = True
+
+    def state(self, outcome: Outcome) -> str:
+        return sys_state(outcome)
+
+    def key(self, outcome: Outcome) -> Hashable | None:
+        data = sys_data(outcome)
+        if not outcome.ok:
+            return failure_key(outcome) if data is None else None
+        if data is None:
+            return None
+        s = summarize(data)
+        total_gib = round((s.mem_total_kib or 0) / KIB_PER_GIB)
+        return (s.cpus, total_gib, s.samples, tuple(sorted(_levels(s).items(), key=str)))
+
+    def rows(self, outcome: Outcome) -> list[list[Cell]]:
+        return [sys_row(outcome, self.state(outcome))]
+
+    def folded_rows(self, outcomes: list[Outcome]) -> list[list[Cell]]:
+        first = outcomes[0]
+        if sys_data(first) is None:
+            return [sys_row(first, FAILED)]
+        status = state_cell(first, self.state(first))
+        return [_folded_sys_row([summarize(sys_data(o)) for o in outcomes], status)]
+
+
+def _folded_sys_row(summaries: list[SystemSummary], state: Cell) -> list[Cell]:
+    s = summaries[0]
+    levels = _levels(s)
+
+    def span(name: str, fmt: str = "{:.0f}") -> str:
+        return value_range((getattr(x, name) for x in summaries), fmt)
+
+    busy, wait = level_style(levels["busy"]), warning_style(levels["wait"])
+    swap = warning_style(levels["swap"])
+    used = value_range((x.mem_used_kib / KIB_PER_GIB for x in summaries if x.mem_used_kib), "{:.1f}")
+    memory = (f"{used}G / {gib(s.mem_total_kib)}", level_style(levels["memory"]))
+    load = value_range((x.load[0] for x in summaries if x.load), "{:.2f}")
+    free = value_range((x.free_kib / KIB_PER_GIB for x in summaries if x.free_kib), "{:.1f}")
+    return ["", state, span("r"), span("b"), free + "G", memory,
+            (span("si"), swap), (span("so"), swap), (span("us"), busy), (span("sy"), busy),
+            (span("id"), busy), (span("wa"), wait), span("st"),
+            (f"{load} (1 min)", warning_style(levels["load"])), _sys_notes(s)]
+
+
+def sys_table(report: Report, options: ViewOptions = EXPANDED_VIEW):
+    """Means over the interval samples, memory and load: folded or one row per host."""
+    return view_table(SysView(), list(report), options)
 
 
 def sys_fields(outcome: Outcome) -> dict[str, Any]:
@@ -108,55 +211,114 @@ def sys_fields(outcome: Outcome) -> dict[str, Any]:
 # service-status
 # ---------------------------------------------------------------------------
 
+SERVICE_COLUMNS = (host_column(), Column("Status"), Column("Service"), Column("Via", drop=3),
+                   Column("State"), Column("PIDs", drop=2), Column("Details", wrap=True, drop=1, least=24))
 
-def _state_text(state: ServiceState) -> Text:
-    style = "green" if state.active else "bold red" if state.state in ("failed", "inactive") else "yellow"
-    return Text(state.describe, style=style)
+
+def _state_cell(state: ServiceState, describe: str | None = None) -> Span:
+    style = ("green" if state.active else
+             "bold red" if state.state in ("failed", "inactive") else "yellow")
+    return (shown(describe or state.describe), style)
 
 
 def _pids(state: ServiceState, limit: int = 6) -> str:
     pids = [state.main_pid] if state.main_pid else []
     pids += [pid for pid, _ in state.processes if pid not in pids]
-    shown = ", ".join(str(p) for p in pids[:limit])
-    return shown + (f" (+{len(pids) - limit})" if len(pids) > limit else "")
+    listed = ", ".join(str(p) for p in pids[:limit])
+    return listed + (f" (+{len(pids) - limit})" if len(pids) > limit else "")
 
 
-def _service_detail(state: ServiceState) -> Text:
+def _service_detail(state: ServiceState, per_host: bool = True) -> list[Span]:
+    """Unit (file state), since, restarts, the process; ``per_host`` False: only what folds."""
     parts = []
     if state.unit:
         parts.append(f"{state.unit} ({state.unit_file_state or state.load_state or '?'})")
-    if state.since and state.active:
+    if per_host and state.since and state.active:
         parts.append(f"since {state.since}")
     if state.restarts:
-        parts.append(f"{state.restarts} restarts")
-    if state.manager == "process" and state.processes:
+        parts.append(f"{state.restarts} restarts" if per_host else "restarted")
+    if per_host and state.manager == "process" and state.processes:
         parts.append(state.processes[0][1][:80])
-    text = Text("; ".join(parts), style="dim")
+    cell: list[Span] = [(shown("; ".join(parts)), "dim")]
     for warning in state.warnings:
-        text.append(("\n" if text else "") + warning, style="yellow")
-    return text
+        cell.append(("\n" + shown(warning), "yellow"))
+    return cell
 
 
-def service_rows(outcome: Outcome) -> list[list[Any]]:
+def service_states(outcome: Outcome) -> list[ServiceState]:
+    return outcome.data if isinstance(outcome.data, list) else []
+
+
+def service_rows(outcome: Outcome, state: str | None = None) -> list[list[Cell]]:
     """One row per requested service on the host; one failure row when it could not answer."""
-    states = outcome.data if isinstance(outcome.data, list) else []
-    host = str(outcome.host)
+    states = service_states(outcome)
+    host = host_name(outcome)
+    status = state_cell(outcome, state or service_state(outcome))
     if not states:
-        return [[host, status_cell(outcome), "", "", "", "", failure_text(outcome)]]
+        return [empty_row(SERVICE_COLUMNS, host, status, failure_cell(outcome))]
     rows = []
-    for i, state in enumerate(states):
-        status = status_cell(outcome) if i == 0 else ""
-        rows.append([host if i == 0 else "", status, state.name, state.manager,
-                     _state_text(state), _pids(state), _service_detail(state)])
+    for i, service in enumerate(states):
+        rows.append([host if i == 0 else "", status if i == 0 else "", shown(service.name),
+                     service.manager, _state_cell(service), _pids(service),
+                     _service_detail(service)])
     return rows
 
 
-def service_table(report: Report) -> Table:
-    columns = ("Host", "Status", "Service", "Via", "State", "PIDs", "Details")
-    return host_table(columns, [row for o in report for row in service_rows(o)])
+def service_state(outcome: Outcome) -> str:
+    if not outcome.ok:
+        return FAILED
+    return WARN if any(s.warnings for s in service_states(outcome)) else OK
+
+
+class ServiceView(BaseView):
+    """service-status for `cluster.render.fold`."""
+
+    columns = SERVICE_COLUMNS
+
+    def state(self, outcome: Outcome) -> str:
+        return service_state(outcome)
+
+    def key(self, outcome: Outcome) -> Hashable | None:
+        states = service_states(outcome)
+        if not states:
+            return failure_key(outcome) if not outcome.ok else None
+        if any(s.warnings for s in states):
+            return None
+        return (outcome.ok, outcome.error.kind if outcome.error else None,
+                tuple((s.name, s.manager, s.active, s.state, s.sub_state, s.unit,
+                       s.unit_file_state, bool(s.restarts), bool(s.processes)) for s in states))
+
+    def rows(self, outcome: Outcome) -> list[list[Cell]]:
+        return service_rows(outcome, self.state(outcome))
+
+    def lines(self, outcome: Outcome) -> int:
+        return max(1, len(service_states(outcome)))
+
+    def folded_rows(self, outcomes: list[Outcome]) -> list[list[Cell]]:
+        first = outcomes[0]
+        states = service_states(first)
+        if not states:
+            return service_rows(first)
+        status = state_cell(first, service_state(first))
+        rows = []
+        for i, service in enumerate(states):
+            counts = [len(service_states(o)[i].processes) for o in outcomes]
+            pids = f"{value_range(counts)} each" if any(counts) else ""
+            describe = service.describe
+            if service.manager == "process" and any(counts):
+                describe = f"{service.state} ({value_range(counts)} processes)"
+            rows.append(["", status if i == 0 else "", shown(service.name), service.manager,
+                         _state_cell(service, describe), pids,
+                         _service_detail(service, per_host=False)])
+        return rows
+
+
+def service_table(report: Report, options: ViewOptions = EXPANDED_VIEW):
+    return view_table(ServiceView(), list(report), options)
 
 
 def service_fields(outcome: Outcome) -> dict[str, Any]:
     """Per-host JSON: ``services`` (one object per requested name), null when unread."""
     states = outcome.data if isinstance(outcome.data, list) else None
     return {"services": [s.to_json() for s in states] if states is not None else None}
+
