@@ -73,6 +73,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from .options import seconds
+from .probe import Probe
 from .result import EXIT, Failure
 
 # --- failure kinds added by this probe (documented above) -----------------
@@ -620,3 +622,13 @@ def _first_line(text: str) -> str:
         if line.strip():
             return line.strip()[:200]
     return ""
+
+
+TIMEOUT_S = 20.0
+
+
+def probe(timeout: float | None = TIMEOUT_S) -> Probe:
+    """This module as a `cluster.probe.Probe`: `COMMAND`, `parse`, `classify`, and a
+    command timeout (a wedged nvidia-smi is ``command-timeout``)."""
+    limit = TIMEOUT_S if timeout is None else seconds(timeout, "timeout")
+    return Probe("gpu-status", COMMAND, parse, classify, limit)

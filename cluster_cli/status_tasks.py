@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json as jsonlib
 import sys
-import time
 from datetime import datetime, timezone
 from typing import Any
 
@@ -27,14 +26,14 @@ from rich.console import Group
 from rich.live import Live
 from rich.text import Text
 
-from cluster import status
+from cluster import gpu, service, status, system
 from cluster.errors import InputError
 from cluster.render import core as render
 from cluster.render import gpu as gpu_render
 from cluster.render import system as sys_render
 from cluster.result import Report
 
-from .common import cluster_task, emit, finish, opened
+from .common import cluster_task, finish, host_task, opened
 
 GPU_HELP = {
     "gpus": "Also show one row per GPU under each host.",
@@ -47,31 +46,25 @@ GPU_HELP = {
 }
 
 
-@cluster_task(name="gpu-status", help=GPU_HELP)
+@cluster_task(name="gpu-status", help=GPU_HELP, flags={"interval": "--watch", "max_ticks": "--count"})
 def gpu_status(c, hosts=None, role=None, roles_file=None, json=False, fanout=None, gpus=False,
                procs=False, timeout=None, watch=None, count=None):
     """GPU state of every host: utilization, memory, temperature, power, processes, faults."""
-    started = time.monotonic()
-    limit = status.check_timeout(timeout) or status.GPU_TIMEOUT_S
+    limit = status.check_timeout(timeout) or gpu.TIMEOUT_S
     interval = status.check_interval(watch) if watch is not None else None
     rounds = status.check_count(count)
     if rounds is not None and interval is None:
         raise InputError("--count only applies with --watch SECONDS")
-    with opened(roles_file, fanout) as cluster:
-        targets = cluster.hosts(hosts, role)
-        if interval is not None:
-            _watch_gpus(cluster, hosts, role, len(targets), interval, rounds, json, gpus, procs,
-                        limit)
-            return
-        with render.progress(len(targets), "gpu-status") as tick:
-            report = cluster.gpu_status(hosts=hosts, role=role, timeout=limit, on_done=tick)
-    if json:
-        render.print_json(gpu_render.gpu_document(report))
-    else:
-        console = render.stdout_console()
-        console.print(gpu_render.gpu_view(report, gpus, procs))
-        console.print(gpu_render.gpu_summary_line(report, time.monotonic() - started))
-    finish(report)
+    if interval is not None:
+        with opened(roles_file, fanout) as cluster:
+            _watch_gpus(cluster, hosts, role, len(cluster.hosts(hosts, role)), interval, rounds,
+                        json, gpus, procs, limit)
+        return
+    host_task("gpu-status", lambda cluster, tick: cluster.gpu_status(hosts=hosts, role=role,
+                                                                    timeout=limit, on_done=tick),
+              roles_file=roles_file, fanout=fanout, hosts=hosts, role=role, as_json=json,
+              table=lambda report: gpu_render.gpu_view(report, gpus, procs),
+              summary=gpu_render.gpu_summary_line)
 
 
 def _watch_gpus(cluster, hosts, role, host_count: int, interval: float, rounds: int | None,
@@ -140,18 +133,14 @@ def _whole(value: Any, option: str, default: int) -> int:
 def sys_status(c, hosts=None, role=None, roles_file=None, json=False, fanout=None, samples=None,
                interval=None, timeout=None):
     """System load of every host: vmstat (r, b, memory, swap, CPU) means, memory, load average."""
-    started = time.monotonic()
     count = _whole(samples, "--samples", 2)
     every = _whole(interval, "--interval", 1)
     limit = status.check_timeout(timeout)
-    status.sys_probe(count, every, limit)  # validate everything before connecting
-    with opened(roles_file, fanout) as cluster:
-        targets = cluster.hosts(hosts, role)
-        with render.progress(len(targets), "sys-status", delay=0.5) as tick:
-            report = cluster.sys_status(hosts=hosts, role=role, samples=count, interval=every,
-                                        timeout=limit, on_done=tick)
-        emit("sys-status", report, json, sys_render.sys_table, fields=sys_render.sys_fields,
-             started=started, extra={"samples": count, "interval_s": every})
+    system.probe(count, every, limit)  # validate everything before connecting
+    host_task("sys-status", lambda cluster, tick: cluster.sys_status(
+                  hosts=hosts, role=role, samples=count, interval=every, timeout=limit, on_done=tick),
+              roles_file=roles_file, fanout=fanout, hosts=hosts, role=role, as_json=json,
+              table=sys_render.sys_table, delay=0.5)
 
 
 @cluster_task(name="service-status", positional=["names"], help={
@@ -162,13 +151,9 @@ def sys_status(c, hosts=None, role=None, roles_file=None, json=False, fanout=Non
 def service_status(c, names, hosts=None, role=None, roles_file=None, json=False, fanout=None,
                    timeout=None):
     """Per host and service: systemd state, or the matching processes where there is no unit."""
-    started = time.monotonic()
-    limit = status.check_timeout(timeout) or status.SERVICE_TIMEOUT_S
-    status.service_probe(names, limit)  # validate the names before connecting
-    with opened(roles_file, fanout) as cluster:
-        targets = cluster.hosts(hosts, role)
-        with render.progress(len(targets), "service-status") as tick:
-            report = cluster.service_status(names, hosts=hosts, role=role, timeout=limit,
-                                            on_done=tick)
-        emit("service-status", report, json, sys_render.service_table,
-             fields=sys_render.service_fields, started=started)
+    limit = status.check_timeout(timeout) or service.TIMEOUT_S
+    service.probe(names, limit)  # validate the names before connecting
+    host_task("service-status", lambda cluster, tick: cluster.service_status(
+                  names, hosts=hosts, role=role, timeout=limit, on_done=tick),
+              roles_file=roles_file, fanout=fanout, hosts=hosts, role=role, as_json=json,
+              table=sys_render.service_table)

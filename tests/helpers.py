@@ -21,3 +21,18 @@ def http(method: str, url: str, body: Any = None, timeout: float = 3) -> tuple[i
         return exc.code, exc.read().decode()
     except OSError:
         return 0, ""
+
+
+def serving_config(**doc: Any) -> Any:
+    """A ``serving:`` section as parsed from roles.yaml (model path defaulted)."""
+    from cluster.serving.config import parse_serving
+
+    doc.setdefault("model_path", "deepseek-ai/DeepSeek-V3")
+    return parse_serving(doc, source="roles.yaml")
+
+
+def run_local(script: str) -> Any:
+    """Run shell text on this machine (``sh -s``); the CompletedProcess."""
+    import subprocess
+
+    return subprocess.run(["sh", "-s"], input=script, text=True, capture_output=True, timeout=30)

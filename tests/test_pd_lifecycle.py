@@ -28,8 +28,8 @@ from typing import Any
 import pytest
 from helpers import http
 
-from cluster.serving.manifest import Manifest
 from cluster.serving.plan import RUN_ID_ENV
+from cluster.serving.records import Manifest
 from cluster.testing import standin_server as standin
 from cluster.testing.fleet import open_path_for_others
 
