@@ -255,3 +255,34 @@ def test_progress_stop_and_status_tables_render():
                  workers=[{"is_healthy": True}, {"is_healthy": True}])
     text = text_of(view.status_table(Report([Outcome(Host("local"), True, data=router)])))
     assert "workers 2/2 healthy" in text and "ready 200" in text
+
+
+def test_restart_picks_whole_servers_and_refuses_what_it_cannot_relaunch():
+    cfg = config(prefill={"tp_size": 4, "nnodes": 2}, router={"host": "local"})
+    specs = plan.plan_deployment(cfg, ["10.8.0.81", "10.8.0.82"], ["10.8.0.83", "10.8.0.84"], run_id="R")
+    manifest = records.Manifest("d", "sglang", "R", "m", 1.0,
+                                servers=[records.ServerRecord(s, pid=100 + i) for i, s in enumerate(specs)])
+    # A host picks every rank of the servers with a rank there; no host: the dead ones.
+    on_82 = start.select_restart(manifest, [Host("10.8.0.82")], {})
+    assert [(r.role, r.host) for r in on_82] == [("prefill", "10.8.0.81"), ("prefill", "10.8.0.82")]
+    dead = start.select_restart(manifest, None, {"prefill-0-0": True, "prefill-0-1": True,
+                                                 "decode-0-0": False, "decode-1-0": True})
+    assert [r.host for r in dead] == ["10.8.0.83"]
+    with pytest.raises(ParameterError, match="no server of deployment 'd' is recorded on 10.8.0.99"):
+        start.restart_pd(Engine(), manifest, hosts=[Host("10.8.0.99")])
+    manifest.version = 1  # recorded before specs were: nothing to relaunch from
+    with pytest.raises(InputError, match="older version .* `inv start-pd --restart`"):
+        start.restart_pd(Engine(), manifest, hosts=[Host("10.8.0.83")])
+    with pytest.raises(ParameterError, match="^timeout must be > 0"):
+        start.restart_pd(Engine(), manifest, timeout=-1)
+
+
+def test_restart_resolves_secret_values_that_were_never_recorded():
+    cfg = config(env={"HF_TOKEN": "hf_x", "NCCL_SOCKET_IFNAME": "eth0"})
+    spec = plan.plan_deployment(cfg, ["10.8.0.81"], ["10.8.0.82"], run_id="R")[0]
+    recorded = records.ServerRecord(spec).spec
+    assert dict(recorded.env) == {"HF_TOKEN": None, "NCCL_SOCKET_IFNAME": "eth0"}
+    with pytest.raises(InputError, match="HF_TOKEN was recorded as a secret"):
+        start.resolve_secrets(recorded, {})
+    assert dict(start.resolve_secrets(recorded, {"HF_TOKEN": "hf_y"}).env)["HF_TOKEN"] == "hf_y"
+    assert "hf_x" not in records.ServerRecord(spec).command and "HF_TOKEN=***" in records.ServerRecord(spec).command

@@ -63,3 +63,28 @@ def test_manifest_path_honours_the_state_dir_variable(monkeypatch):
     assert records.manifest_path("prod") == "/srv/state/prod.json"
     assert records.manifest_path() == "/srv/state/default.json"
     assert records.manifest_path("x", base="~/b") == "~/b/x.json"
+
+
+def test_a_version_1_manifest_is_still_read_for_status_and_stop():
+    # What start-pd wrote before records held their spec (flat records, no "spec").
+    doc = {"version": 1, "name": "old", "engine": "sglang", "run_id": "R0", "model_path": "m",
+           "created_at": 1.0, "stopped_at": None,
+           "servers": [{"engine": "sglang", "role": "prefill", "host": "10.8.0.81", "target": "ops@10.8.0.81",
+                        "port": 30000, "server_index": 0, "node_rank": 0, "nnodes": 2, "is_api": True,
+                        "run_id": "R0", "log_path": "/run/sglang-prefill-10.8.0.81-30000-R0.log",
+                        "pid_path": "/run/sglang-prefill-10.8.0.81-30000.pid",
+                        "record_path": "/run/sglang-prefill-10.8.0.81-30000.json",
+                        "ports": [30000, 9000, 5001], "pid": 42, "pgid": 42, "started_at": 2.0,
+                        "stopped_at": None, "command": "python3 -m sglang.launch_server ..."}],
+           "router": {"engine": "sglang", "host": "local", "target": "local", "bind": "127.0.0.1",
+                      "port": 8000, "url": "http://127.0.0.1:8000", "run_id": "R0",
+                      "log_path": "/run/sglang-router-local-8000-R0.log",
+                      "pid_path": "/run/sglang-router-local-8000.pid", "pid": 43, "pgid": 43}}
+    import json
+
+    manifest = records.Manifest.loads(json.dumps(doc))
+    server, router = manifest.servers[0], manifest.router
+    assert manifest.version == 1 and server.pid == 42 and server.ssh_host.user == "ops"
+    assert server.log_path == doc["servers"][0]["log_path"] and server.record_path.endswith("30000.json")
+    assert server.ports == (30000, 9000, 5001)  # port, bootstrap, dist-init: checked after a stop
+    assert router.is_router and router.pid == 43 and router.url == "http://127.0.0.1:8000"

@@ -194,13 +194,36 @@ class ServerRecord:
 
     @classmethod
     def from_doc(cls, doc: Mapping[str, Any]) -> ServerRecord:
-        """Inverse of :meth:`to_doc`; unknown keys are ignored (newer writers)."""
+        """Inverse of :meth:`to_doc`; unknown keys are ignored (newer writers). Reads the
+        flat records of manifest version 1 too (:func:`_from_version_1`)."""
+        if isinstance(doc, Mapping) and "spec" not in doc and "port" in doc:
+            return _from_version_1(doc)
         if not isinstance(doc, Mapping) or not isinstance(doc.get("spec"), Mapping):
             raise TypeError("expected an object with a spec")
         raw = dict(doc["spec"])
         kind = RouterSpec if raw.pop("kind", "server") == "router" else ServerSpec
         spec = kind(**_fields(kind, _tuples(raw)))
         return cls(spec=spec, **_fields(cls, doc, exclude=("spec",)))
+
+
+def _from_version_1(doc: Mapping[str, Any]) -> ServerRecord:
+    """A record written before records held their spec (manifest version 1): enough of
+    the spec to find, probe and stop the process (files, ports, ranks), not to relaunch
+    it — restart-pd refuses such a deployment."""
+    run_dir = os.path.dirname(str(doc["log_path"]))
+    ports = [int(p) for p in doc.get("ports", [])]
+    common = {"engine": doc["engine"], "target": doc["target"], "port": int(doc["port"]),
+              "run_dir": run_dir, "run_id": doc["run_id"]}
+    spec: ProcessSpec
+    if "bind" in doc:  # the router
+        spec = RouterSpec(host=doc["host"], bind=doc["bind"], metrics_port=0, **common)
+    else:
+        extra = ports[1:]  # after --port: bootstrap (prefill rank 0), then dist-init (nnodes > 1)
+        bootstrap = extra.pop(0) if doc["role"] == "prefill" and doc["node_rank"] == 0 and extra else 8998
+        spec = ServerSpec(role=doc["role"], host=doc["host"], server_index=doc["server_index"],
+                          node_rank=doc["node_rank"], nnodes=doc["nnodes"], bootstrap_port=bootstrap,
+                          dist_init_port=extra[0] if extra else 5000, **common)
+    return ServerRecord(spec, **_fields(ServerRecord, doc, exclude=("spec",)))
 
 
 def _fields(cls: type, doc: Mapping[str, Any], exclude: tuple[str, ...] = ()) -> dict[str, Any]:

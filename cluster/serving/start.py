@@ -47,6 +47,7 @@ from .records import (
     DRY_RUN,
     FAILED,
     LOADING,
+    MANIFEST_VERSION,
     NOT_STARTED,
     PLANNED,
     READY,
@@ -575,6 +576,10 @@ def restart_pd(engine: Engine, manifest: Manifest, *, hosts: Sequence[Host] | No
     Raises `ParameterError` when ``hosts`` name no recorded server.
     """
     limit, grace = check_timeout(timeout), check_grace(grace)
+    if manifest.version < MANIFEST_VERSION:
+        raise InputError(f"deployment '{manifest.name}' was recorded by an older version (manifest "
+                         f"version {manifest.version}): its servers' launch specs are not recorded; "
+                         "restart it whole with `inv start-pd --restart`")
     alive = {} if hosts is not None else _alive(engine, manifest, fanout)
     chosen = select_restart(manifest, hosts, alive)
     if hosts is not None and not chosen:
