@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))  # this checkout's cluster package, installed or n
 from cluster.hosts import Host  # noqa: E402
 from cluster.render import gpu as gpu_render  # noqa: E402
 from cluster.result import Outcome, Report  # noqa: E402
-from cluster.status import gpu_probe  # noqa: E402
+from cluster.gpu import probe as gpu_probe  # noqa: E402
 
 FIXTURES = ROOT / "cluster" / "testing" / "fixtures" / "gpu"
 

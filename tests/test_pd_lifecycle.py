@@ -645,3 +645,30 @@ def _wait(condition, what: str, timeout: float = 20) -> None:
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting: {what}"
         time.sleep(0.2)
+
+
+def test_restart_with_vllm_restarts_a_router_that_cannot_take_a_worker_back(pd_factory):
+    """vllm-router refuses PD workers added at run time: restart-pd restarts the router
+    from its recorded spec, and it serves through the replaced server again."""
+    pd = pd_factory("vllm")
+    code, doc = pd.start()
+    assert code == 0, json.dumps(doc, indent=1)
+    router_url, before = doc["router_url"], pd.manifest()
+    lost = f"http://{DECODES[0]}:{pd.decode_port}"
+    assert http("POST", f"{router_url}/remove_worker?url={lost}")[0] == 200
+    _wait(lambda: lost not in http("GET", router_url + "/list_workers")[1], "worker removed")
+    code, again = pd.cli_json("restart-pd", "-H", DECODES[0], "--grace", "1", "--timeout", "60")
+    assert code == 0, json.dumps(again, indent=1)
+    assert again["router"].startswith("restarted")
+    assert [e["role"] for e in again["hosts"]] == ["decode", "router"]
+    after = pd.manifest()
+    assert after.router.pid != before.router.pid and not _group_alive(before.router.pid)
+    assert [r.pid for r in after.servers if r.host != DECODES[0]] == [
+        r.pid for r in before.servers if r.host != DECODES[0]]
+    assert lost in http("GET", router_url + "/list_workers")[1]
+    code, text = http("POST", router_url + "/v1/completions",
+                      {"model": "test/model", "prompt": "after the restart", "max_tokens": 2}, timeout=30)
+    assert code == 200, text
+    run_ids = {r.run_id for r in after.records}
+    code, _ = pd.stop()
+    assert code == 0 and pd.processes(run_ids) == {}
