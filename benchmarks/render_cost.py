@@ -26,10 +26,10 @@ from rich.console import Console
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's cluster package, installed or not
 
+from cluster.gpu import probe as gpu_probe  # noqa: E402
 from cluster.hosts import Host  # noqa: E402
 from cluster.render import gpu as gpu_render  # noqa: E402
 from cluster.result import Outcome, Report  # noqa: E402
-from cluster.gpu import probe as gpu_probe  # noqa: E402
 
 FIXTURES = ROOT / "cluster" / "testing" / "fixtures" / "gpu"
 
