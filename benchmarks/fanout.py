@@ -46,7 +46,7 @@ Tables
 ``--probe gpu-status``  every host gets the stand-in ``nvidia-smi`` (8-GPU
     ``h100-idle`` output). ``engine`` runs ``true``, ``engine-gpu-cmd`` runs
     the gpu-status command without parsing (what the stand-in itself costs),
-    ``engine-gpu`` is ``cluster.status.gpu_status`` (command, parse, classify),
+    ``engine-gpu`` is ``run_probe(engine, hosts, cluster.gpu.probe())`` (command, parse, classify),
     ``engine-two-sh`` runs ``sh -c :; sh -c :`` (the floor of any probe that
     starts two processes, as gpu-status must: one per nvidia-smi query).
     A second table times the whole commands the way a user types them:
@@ -304,14 +304,15 @@ _engine_run = _engine_command("true")
 
 
 def _engine_gpu(info: FleetInfo, hosts: list[str], fanout: int) -> Callable[[], int]:
-    """``cluster.status.gpu_status``: nvidia-smi + parse + classify (what ``inv gpu-status`` runs)."""
+    """``cluster.gpu.probe()``: nvidia-smi + parse + classify (what ``inv gpu-status`` runs)."""
+    from cluster import gpu
     from cluster.hosts import Host
+    from cluster.probe import run_probe
     from cluster.ssh import Engine
-    from cluster.status import gpu_status
 
     def op() -> int:
         with Engine(engine_settings(info, fanout)) as engine:
-            report = gpu_status(engine, [Host(h) for h in hosts])
+            report = run_probe(engine, [Host(h) for h in hosts], gpu.probe())
         good = [o for o in report if o.ok and o.data is not None and len(o.data.gpus) == 8]
         if len(good) < len(report):
             bad = next(o for o in report if o not in good)

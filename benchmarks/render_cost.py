@@ -35,12 +35,12 @@ from rich.text import Text
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's cluster package, installed or not
 
+from cluster.gpu import probe as gpu_probe  # noqa: E402
 from cluster.hosts import Host  # noqa: E402
 from cluster.render import gpu as gpu_render  # noqa: E402
 from cluster.render.core import host_table  # noqa: E402
 from cluster.render.fold import ViewOptions  # noqa: E402
 from cluster.result import Outcome, Report  # noqa: E402
-from cluster.status import gpu_probe  # noqa: E402
 
 FIXTURES = ROOT / "cluster" / "testing" / "fixtures" / "gpu"
 WIDTH, HEIGHT = 120, 50

@@ -1,26 +1,42 @@
 """The Python API: ``Cluster.from_roles("roles.yaml").run("cmd", role="decode")``.
 
-Usable without invoke. Every method returns a `cluster.result.Report`:
-outcomes in host order, each with ``.ok``, ``.stdout``, ``.error`` (kind,
-message, hint) and ``.data`` (what a probe parsed).
+Usable without invoke. Every per-host operation returns a `cluster.result.Report`:
+outcomes in host order, each with ``.ok``, ``.stdout``, ``.error`` (kind, message,
+hint) and ``.data`` (what a probe parsed); ``report.to_dict()`` / ``to_json()`` is the
+document the matching task prints with ``--json``. Bad input raises
+`cluster.errors.InputError` (a `ParameterError` names the parameter) before any host
+is contacted; per-host failures never raise. See docs/api.md.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+import threading
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from . import checks, status, transfer
+from . import checks, gpu, kill, logs, service, status, system, transfer
+from .errors import ParameterError
 from .gpu_health import HealthLimits, parse_limits
 from .hosts import Host
 from .inventory import Inventory, load_inventory
-from .result import Report, build_report
-from .serving import lifecycle
+from .probe import Probe, run_probe
+from .render import basic as basic_view
+from .render import gpu as gpu_view
+from .render import kill as kill_view
+from .render import logs as logs_view
+from .render import system as system_view
+from .result import Outcome, Report, build_report
+from .serving import records as serving_records
+from .serving import start as serving_start
+from .serving import status as serving_status
+from .serving import stop as serving_stop
 from .serving.config import ServingConfig, parse_serving
+from .serving.plan import StartPlan, plan_start
 from .ssh import Engine, HostSession
 
 Targets = str | Iterable[str] | None
+OnDone = Callable[[HostSession, Any], None]
 
 
 class Cluster:
@@ -32,12 +48,13 @@ class Cluster:
         self._engine: Engine | None = None
 
     @classmethod
-    def from_roles(cls, path: str | os.PathLike | None = None, **ssh_overrides: Any) -> Cluster:
+    def from_roles(cls, path: str | os.PathLike[str] | None = None, **ssh_overrides: Any) -> Cluster:
         """Load ``path`` (default: $CLUSTER_ROLES, then ./roles.yaml)."""
         return cls(load_inventory(path), **ssh_overrides)
 
     @property
     def engine(self) -> Engine:
+        """The shared SSH engine (created on first use)."""
         if self._engine is None:
             self._engine = Engine(self.settings)
         return self._engine
@@ -46,12 +63,15 @@ class Cluster:
         """The selected hosts: ``role`` hosts then ``hosts``; neither means all roles."""
         return self.inventory.select(hosts=hosts, roles=role)
 
+    # -- commands and probes ---------------------------------------------------------------
     def run(self, command: str, *, hosts: Targets = None, role: Targets = None,
-            timeout: float | None = None, on_done: Callable[..., None] | None = None) -> Report:
-        """Run a shell command on every selected host."""
+            timeout: float | None = None, on_done: OnDone | None = None) -> Report:
+        """Run a shell command on every selected host (``inv run``)."""
+        limit = status.check_timeout(timeout)
         targets = self.hosts(hosts, role)
-        return build_report(self.engine.run(targets, command, timeout=timeout, on_done=on_done),
-                            self.engine)
+        report = build_report(self.engine.run(targets, command, timeout=limit, on_done=on_done),
+                              self.engine)
+        return _described(report, "run", basic_view.run_fields)
 
     def call(self, fn: Callable[[HostSession], Any], *, hosts: Targets = None,
              role: Targets = None, keep_open: bool = False) -> Report:
@@ -59,15 +79,25 @@ class Cluster:
         targets = self.hosts(hosts, role)
         return build_report(self.engine.call(targets, fn, keep_open=keep_open), self.engine)
 
+    def probe(self, probe: Probe, *, hosts: Targets = None, role: Targets = None,
+              keep_open: bool = False, on_done: OnDone | None = None) -> Report:
+        """Run any `cluster.probe.Probe` (``gpu.probe()``, ``system.probe()``, your own)
+        on every selected host: ``.data`` = what its parser made of stdout."""
+        return _described(run_probe(self.engine, self.hosts(hosts, role), probe,
+                                    fanout=self.settings.fanout, keep_open=keep_open,
+                                    on_done=on_done), probe.name)
+
     def check(self, *, hosts: Targets = None, role: Targets = None,
-              on_done: Callable[..., None] | None = None) -> Report:
-        """Connect + authenticate + ``uname -n`` everywhere."""
-        return checks.check(self.engine, self.hosts(hosts, role), on_done=on_done)
+              on_done: OnDone | None = None) -> Report:
+        """Connect + authenticate + ``uname -n`` everywhere (``inv check``)."""
+        report = checks.check(self.engine, self.hosts(hosts, role), on_done=on_done)
+        return _described(report, "check", basic_view.check_fields)
 
     def keyscan(self, *, hosts: Targets = None, role: Targets = None,
-                on_done: Callable[..., None] | None = None) -> Report:
-        """Fetch host keys and record/verify them per the host-key policy."""
-        return checks.keyscan(self.engine, self.hosts(hosts, role), on_done=on_done)
+                on_done: OnDone | None = None) -> Report:
+        """Fetch host keys and record/verify them per the host-key policy (``inv keyscan``)."""
+        report = checks.keyscan(self.engine, self.hosts(hosts, role), on_done=on_done)
+        return _described(report, "keyscan", basic_view.keyscan_fields)
 
     def gpu_limits(self) -> HealthLimits:
         """The roles file's ``gpu:`` health limits (`cluster.gpu_health`), validated."""
@@ -75,36 +105,110 @@ class Cluster:
         return parse_limits(self.inventory.sections.get("gpu"), source)
 
     def gpu_status(self, *, hosts: Targets = None, role: Targets = None,
-                   timeout: float | None = status.GPU_TIMEOUT_S,
-                   on_done: Callable[..., None] | None = None) -> Report:
+                   timeout: float | None = gpu.TIMEOUT_S, on_done: OnDone | None = None) -> Report:
         """nvidia-smi GPUs and compute processes per host (``.data``: `cluster.gpu.GpuStatus`)."""
-        limits = self.gpu_limits()
-        return status.gpu_status(self.engine, self.hosts(hosts, role), timeout=timeout,
-                                 on_done=on_done, limits=limits)
+        report = self.probe(gpu.probe(timeout, self.gpu_limits()), hosts=hosts, role=role,
+                            on_done=on_done)
+        report.fields, report.totals = gpu_view.gpu_fields, gpu_view.gpu_totals
+        return report
 
     def watch_gpu_status(self, interval: float, on_tick: Callable[[status.Tick], None], *,
                          hosts: Targets = None, role: Targets = None,
-                         timeout: float | None = status.GPU_TIMEOUT_S,
-                         max_ticks: int | None = None,
-                         stop: Any = None) -> status.Tick | None:
+                         timeout: float | None = gpu.TIMEOUT_S, max_ticks: int | None = None,
+                         stop: threading.Event | None = None) -> status.Tick | None:
         """`gpu_status` every ``interval`` s on the same open connections; see `cluster.status.watch`."""
-        probe = status.gpu_probe(timeout, self.gpu_limits())
-        return status.watch(self.engine, self.hosts(hosts, role), probe,
+        return status.watch(self.engine, self.hosts(hosts, role), gpu.probe(timeout, self.gpu_limits()),
                             interval, on_tick, max_ticks=max_ticks, stop=stop)
 
     def sys_status(self, *, hosts: Targets = None, role: Targets = None, samples: int = 2,
                    interval: int = 1, timeout: float | None = None,
-                   on_done: Callable[..., None] | None = None) -> Report:
+                   on_done: OnDone | None = None) -> Report:
         """vmstat samples, load and memory per host (``.data``: `cluster.system.SystemStatus`)."""
-        return status.sys_status(self.engine, self.hosts(hosts, role), samples=samples,
-                                 interval=interval, timeout=timeout, on_done=on_done)
+        report = self.probe(system.probe(samples, interval, timeout), hosts=hosts, role=role,
+                            on_done=on_done)
+        report.fields = system_view.sys_fields
+        report.extra.update(samples=samples, interval_s=interval)
+        return report
 
     def service_status(self, names: str | Iterable[str], *, hosts: Targets = None,
-                       role: Targets = None, timeout: float | None = status.SERVICE_TIMEOUT_S,
-                       on_done: Callable[..., None] | None = None) -> Report:
+                       role: Targets = None, timeout: float | None = service.TIMEOUT_S,
+                       on_done: OnDone | None = None) -> Report:
         """systemd state or matching processes of each service per host (``.data``: list)."""
-        return status.service_status(self.engine, self.hosts(hosts, role), names,
-                                     timeout=timeout, on_done=on_done)
+        report = self.probe(service.probe(names, timeout), hosts=hosts, role=role, on_done=on_done)
+        report.fields = system_view.service_fields
+        return report
+
+    # -- logs and kill ---------------------------------------------------------------------
+    def log_sources(self, *, hosts: Targets = None, role: Targets = None, file: str | None = None,
+                    deployment: str | None = None) -> list[logs.LogSource]:
+        """Which files `logs` reads where: ``file`` on every selected host, else the server
+        logs of the recorded deployment (``role`` may name its roles: prefill, decode)."""
+        if file is not None:
+            return logs.file_sources(self.hosts(hosts, role), file)
+        manifest = serving_records.load_manifest(deployment)
+        if manifest is None:
+            raise ParameterError("file", f"no recorded deployment "
+                                         f"({serving_records.manifest_file(deployment)} not found): "
+                                         "start one with `inv start-pd`, or name a file with {name}")
+        sources = serving_records.select_log_sources(manifest, self.hosts, hosts, role)
+        if not sources:
+            raise ParameterError("hosts", "the recorded deployment has no server on the selected "
+                                          "hosts ({name})")
+        return sources
+
+    def logs(self, *, hosts: Targets = None, role: Targets = None, file: str | None = None,
+             lines: int | None = logs.DEFAULT_LINES, grep: str | None = None,
+             deployment: str | None = None, timeout: float | None = logs.READ_TIMEOUT_S,
+             on_done: OnDone | None = None) -> Report:
+        """The last ``lines`` lines (None: all) of each host's log (``.data``: `cluster.logs.LogText`)."""
+        count, pattern = logs.check_lines(lines), logs.check_grep(grep)
+        sources = self.log_sources(hosts=hosts, role=role, file=file, deployment=deployment)
+        report = logs.read_logs(self.engine, sources, count, pattern,
+                                timeout=status.check_timeout(timeout), on_done=on_done)
+        return _described(report, "logs", logs_view.logs_fields)
+
+    def save_logs(self, directory: str | os.PathLike[str], *, hosts: Targets = None,
+                  role: Targets = None, file: str | None = None, lines: int | None = None,
+                  grep: str | None = None, deployment: str | None = None,
+                  timeout: float | None = None, on_done: OnDone | None = None) -> Report:
+        """Each host's log (all of it, or its last ``lines``) into ``directory/<host>.log``."""
+        count, pattern = logs.check_lines(lines), logs.check_grep(grep)
+        sources = self.log_sources(hosts=hosts, role=role, file=file, deployment=deployment)
+        report = logs.save_logs(self.engine, sources, directory, count, pattern,
+                                timeout=status.check_timeout(timeout), on_done=on_done)
+        report = _described(report, "logs", logs_view.logs_fields)
+        report.extra["saved_to"] = str(directory)
+        return report
+
+    def follow_logs(self, on_event: Callable[[logs.FollowEvent], None], *, hosts: Targets = None,
+                    role: Targets = None, file: str | None = None, lines: int = 10,
+                    grep: str | None = None, deployment: str | None = None,
+                    stop: threading.Event | None = None, duration: float | None = None) -> Report:
+        """Stream new lines of every host's log to ``on_event`` until ``stop`` is set,
+        ``duration`` passes or Ctrl-C (see `cluster.logs.follow_logs`)."""
+        count, pattern = logs.check_lines(lines), logs.check_grep(grep)
+        sources = self.log_sources(hosts=hosts, role=role, file=file, deployment=deployment)
+        report = logs.follow_logs(self.engine, sources, on_event, 10 if count is None else count,
+                                  pattern, stop=stop, duration=duration)
+        return _described(report, "logs", logs_view.logs_fields)
+
+    def kill(self, pattern: str, *, hosts: Targets = None, role: Targets = None,
+             signal: str = kill.DEFAULT_SIGNAL, dry_run: bool = False, user: str | None = None,
+             all_users: bool = False, wait: float = kill.DEFAULT_WAIT_S,
+             timeout: float | None = kill.LIST_TIMEOUT_S, on_done: OnDone | None = None) -> Report:
+        """Signal the processes whose command line matches ``pattern`` on every host
+        (``.data``: `cluster.kill.KillResult`, each process with its result)."""
+        pattern, sig = kill.check_pattern(pattern), kill.check_signal(signal)
+        who = kill.check_user(user)
+        if who and all_users:
+            raise ParameterError("user", "{name} and all_users do not go together")
+        report = kill.kill(self.engine, self.hosts(hosts, role), pattern, signal=sig,
+                           dry_run=dry_run, user=who, all_users=all_users,
+                           wait_s=kill.check_wait(wait), timeout=status.check_timeout(timeout),
+                           on_done=on_done)
+        report = _described(report, "kill", kill_view.kill_fields)
+        report.extra.update(pattern=pattern, signal=sig, dry_run=bool(dry_run))
+        return report
 
     # -- files (cluster.transfer) ----------------------------------------------------------
     def put(self, local: str, remote: str, *, hosts: Targets = None, role: Targets = None,
@@ -123,7 +227,7 @@ class Cluster:
         plan = transfer.plan_get(remote, localdir, targets, recursive)
         return transfer.get(self.engine, targets, plan, force=force, timeout=timeout)
 
-    # -- PD serving (cluster.serving.lifecycle) --------------------------------------------
+    # -- PD serving (cluster.serving) --------------------------------------------
     def serving_config(self, **overrides: Any) -> ServingConfig:
         """The roles file's ``serving:`` section with overrides (None = not given), validated."""
         source = str(self.inventory.path) if self.inventory.path else "roles.yaml"
@@ -131,46 +235,80 @@ class Cluster:
         return parse_serving(raw, source=source).with_overrides(**overrides)
 
     def plan_pd(self, prefill: Targets = None, decode: Targets = None, *, router: str | None = None,
-                deployment: str | None = None, **overrides: Any) -> lifecycle.StartPlan:
+                deployment: str | None = None, run_id: str | None = None,
+                **overrides: Any) -> StartPlan:
         """Plan a PD deployment without connecting: hosts from the expressions, else from
-        the roles ``prefill`` / ``decode``. Raises `InputError` on bad input."""
+        the roles ``prefill`` / ``decode``. ``overrides`` are `ServingConfig.with_overrides`
+        keys (model_path, tp_size, engine...). Raises `InputError` on bad input."""
         config = self.serving_config(**overrides)
         prefill_hosts = self.hosts(prefill) if prefill else self.inventory.role_hosts("prefill")
         decode_hosts = self.hosts(decode) if decode else self.inventory.role_hosts("decode")
-        return lifecycle.plan_start(config, prefill_hosts, decode_hosts, router=router,
-                                    deployment=deployment)
+        return plan_start(config, prefill_hosts, decode_hosts, router=router,
+                          deployment=deployment, run_id=run_id)
 
-    def start_pd(self, prefill: Targets = None, decode: Targets = None, *, router: str | None = None,
-                 deployment: str | None = None, wait: bool = True,
-                 timeout: float = lifecycle.DEFAULT_TIMEOUT_S, restart: bool = False,
-                 grace: float = lifecycle.DEFAULT_GRACE_S,
-                 on_progress: Callable[..., None] | None = None,
-                 **overrides: Any) -> lifecycle.StartResult:
-        """Start SGLang/vLLM prefill + decode servers (and the router) and wait until ready.
+    def start_pd(self, plan: StartPlan, *, wait: bool = True,
+                 timeout: float = serving_start.DEFAULT_TIMEOUT_S, restart: bool = False,
+                 grace: float = serving_stop.DEFAULT_GRACE_S,
+                 on_progress: serving_start.ProgressFn | None = None) -> serving_start.StartResult:
+        """Start the planned servers (and router) and wait until they are ready: exactly
+        the scripts ``serving.dry_run_scripts(plan)`` shows, with the plan's run id."""
+        return serving_start.start_pd(self.engine, plan, wait=wait, timeout=timeout,
+                                      restart=restart, grace=grace, fanout=self.settings.fanout,
+                                      on_progress=on_progress)
 
-        ``overrides`` are `ServingConfig.with_overrides` keys (model_path, tp_size, engine...).
-        """
-        plan = self.plan_pd(prefill, decode, router=router, deployment=deployment, **overrides)
-        return lifecycle.start_pd(self.engine, plan, wait=wait, timeout=timeout, restart=restart,
-                                  grace=grace, fanout=self.settings.fanout, on_progress=on_progress)
+    def restart_pd(self, *, hosts: Targets = None, role: Targets = None,
+                   deployment: str | None = None, wait: bool = True,
+                   timeout: float = serving_start.DEFAULT_TIMEOUT_S,
+                   grace: float = serving_stop.DEFAULT_GRACE_S,
+                   on_progress: serving_start.ProgressFn | None = None) -> serving_start.RestartResult:
+        """Replace servers of the recorded deployment: those on the selected hosts (every
+        rank of each), or with no selection those whose process is gone; others are left
+        alone. Recorded specs, a new run id; the router is made to list them again."""
+        manifest = self._recorded(deployment)
+        targets = self.hosts(hosts, role) if (hosts or role) else None
+        return serving_start.restart_pd(self.engine, manifest, hosts=targets,
+                                        secrets=self._secret_values(), wait=wait, timeout=timeout,
+                                        grace=grace, fanout=self.settings.fanout,
+                                        on_progress=on_progress)
 
     def stop_pd(self, *, hosts: Targets = None, role: Targets = None, deployment: str | None = None,
-                grace: float = lifecycle.DEFAULT_GRACE_S, sweep: str = "user",
-                keep_router: bool = False) -> lifecycle.StopResult:
+                grace: float = serving_stop.DEFAULT_GRACE_S, sweep: str = "user",
+                keep_router: bool = False) -> serving_stop.StopResult:
         """Stop the recorded deployment, or what start-pd started on the selected hosts."""
         targets = self.hosts(hosts, role) if (hosts or role) else None
-        return lifecycle.stop_pd(self.engine, lifecycle.load_manifest(deployment), hosts=targets,
-                                 run_dir=self.serving_config().run_dir, grace=grace, sweep=sweep,
-                                 keep_router=keep_router, fanout=self.settings.fanout)
+        return serving_stop.stop_pd(self.engine, serving_records.load_manifest(deployment),
+                                    hosts=targets, run_dir=self.serving_config().run_dir,
+                                    grace=grace, sweep=sweep, keep_router=keep_router,
+                                    fanout=self.settings.fanout, deployment=deployment)
 
     def pd_status(self, *, hosts: Targets = None, role: Targets = None,
-                  deployment: str | None = None) -> lifecycle.StatusResult:
+                  deployment: str | None = None) -> serving_status.StatusResult:
         """Health of every server of the recorded deployment (or of the selected hosts)."""
         targets = self.hosts(hosts, role) if (hosts or role) else None
-        return lifecycle.pd_status(self.engine, lifecycle.load_manifest(deployment), hosts=targets,
-                                   run_dir=self.serving_config().run_dir, fanout=self.settings.fanout)
+        return serving_status.pd_status(self.engine, serving_records.load_manifest(deployment),
+                                        hosts=targets, run_dir=self.serving_config().run_dir,
+                                        fanout=self.settings.fanout, deployment=deployment)
+
+    def _recorded(self, deployment: str | None) -> serving_records.Manifest:
+        manifest = serving_records.load_manifest(deployment)
+        if manifest is None:
+            raise ParameterError("deployment", f"no recorded deployment "
+                                               f"({serving_records.manifest_file(deployment)} not found): "
+                                               "start one with `inv start-pd` (or check {name})")
+        return manifest
+
+    def _secret_values(self) -> Mapping[str, str]:
+        """Where the values of secret variables (never recorded) come from on a restart:
+        this process's environment, then the roles file's serving env (role env last)."""
+        config = self.serving_config()
+        values = dict(os.environ)
+        values.update(config.env)
+        values.update(config.prefill.env)
+        values.update(config.decode.env)
+        return values
 
     def close(self) -> None:
+        """Close every open connection."""
         if self._engine is not None:
             self._engine.close()
 
@@ -179,4 +317,13 @@ class Cluster:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _described(report: Report, task: str,
+               fields: Callable[[Outcome], dict[str, Any]] | None = None) -> Report:
+    """``report`` named after its task, with the task's JSON fields per host."""
+    report.task = task
+    if fields is not None:
+        report.fields = fields
+    return report
 

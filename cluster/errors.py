@@ -29,3 +29,23 @@ class InventoryError(InputError):
 
 class HostExpressionError(InventoryError):
     """A host expression could not be parsed (bad range, missing @file...)."""
+
+
+class ParameterError(InputError):
+    """A bad value of one named parameter (``timeout``, ``grace``, ``prefill_port``...).
+
+    The message speaks of the parameter as the library names it
+    (``timeout must be > 0 seconds, got 0``); the CLI rewrites it with the option a
+    user typed (``--timeout must be > 0 seconds, got 0``) through :meth:`naming`.
+    ``template`` holds ``{name}`` where the parameter's name goes (plain replacement:
+    other braces in the value shown are left alone).
+    """
+
+    def __init__(self, parameter: str, template: str) -> None:
+        self.parameter = parameter
+        self.template = template
+        super().__init__(template.replace("{name}", parameter))
+
+    def naming(self, name: str) -> str:
+        """The message with ``name`` (e.g. ``--timeout``) in place of the parameter."""
+        return self.template.replace("{name}", name)

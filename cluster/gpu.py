@@ -103,10 +103,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Callable
 
 from . import gpu_health
 from .gpu_health import DEFAULT_LIMITS, HealthLimits, HealthWarning, judge
+from .options import seconds
+from .probe import Probe
 from .result import EXIT, Failure
 
 # --- failure kinds added by this probe (documented above) -----------------
@@ -760,3 +763,15 @@ def _first_line(text: str) -> str:
         if line.strip():
             return line.strip()[:200]
     return ""
+
+
+TIMEOUT_S = 20.0
+
+
+def probe(timeout: float | None = TIMEOUT_S, limits: HealthLimits = DEFAULT_LIMITS) -> Probe:
+    """This module as a `cluster.probe.Probe`: `COMMAND`, `parse` (health judged against
+    ``limits``, `cluster.gpu_health`), `classify`, and a command timeout (a wedged
+    nvidia-smi is ``command-timeout``)."""
+    limit = TIMEOUT_S if timeout is None else seconds(timeout, "timeout")
+    parser = parse if limits == DEFAULT_LIMITS else partial(parse, limits=limits)
+    return Probe("gpu-status", COMMAND, parser, classify, limit)

@@ -27,11 +27,11 @@ import secrets
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
-from .errors import InputError
+from .errors import ParameterError
 from .hosts import Host
 from .options import regex, seconds
 from .result import Failure, Outcome, Report, build_report
-from .serving.shellcmd import quote
+from .shell import quote
 from .ssh import Engine, HostSession
 
 # Signals a user may send, and the ones that are expected to end a process
@@ -87,9 +87,9 @@ def check_pattern(pattern: Any) -> str:
     blatant mistakes (unbalanced parenthesis), so those are caught here.
     """
     if pattern is None or not str(pattern).strip():
-        raise InputError("--pattern is required and cannot be empty: name what to kill "
-                         "(e.g. --pattern 'sglang::' or --pattern 'python3 -m my.server')")
-    return regex(pattern, "--pattern")
+        raise ParameterError("pattern", "{name} is required and cannot be empty: name what to kill "
+                                        "(e.g. {name} 'sglang::' or {name} 'python3 -m my.server')")
+    return regex(pattern, "pattern")
 
 
 def check_signal(name: Any) -> str:
@@ -103,7 +103,7 @@ def check_signal(name: Any) -> str:
         text = numbers.get(text, text)
     text = text[3:] if text.startswith("SIG") else text
     if text not in SIGNALS:
-        raise InputError(f"--signal: {name!r} is not one of {', '.join(SIGNALS)}")
+        raise ParameterError("signal", f"{{name}}: {name!r} is not one of {', '.join(SIGNALS)}")
     return text
 
 
@@ -113,7 +113,7 @@ def check_user(user: Any) -> str | None:
         return None
     text = str(user).strip()
     if not _USER.match(text):
-        raise InputError(f"--user: {user!r} is not a user name")
+        raise ParameterError("user", f"{{name}}: {user!r} is not a user name")
     return text
 
 
@@ -121,7 +121,7 @@ def check_wait(value: Any) -> float:
     """Seconds to wait for signalled processes to exit (0-600)."""
     if value is None:
         return DEFAULT_WAIT_S
-    return seconds(value, "--wait", maximum=600, allow_minimum=True)
+    return seconds(value, "wait", maximum=600, allow_minimum=True)
 
 
 # --------------------------------------------------------------------------- commands

@@ -1,9 +1,10 @@
 """Logs from every host: read the last lines, save them, or follow them live.
 
-Which file: by default the server log(s) of the recorded PD deployment on each
-host (the manifest ``inv start-pd`` writes, see :func:`load_deployment`), or any
-path given by the caller (``--file``). Commands are built here (pure, every path
-and pattern shell-quoted) and run over the engine's connections:
+Which file: the caller names the files per host (`LogSource`): any path on every
+host (:func:`file_sources`, ``--file``), or the server logs of a recorded PD
+deployment (:func:`cluster.serving.records.select_log_sources`, which the API and the
+task use when no file is named). Commands are built here (pure, every path and
+pattern shell-quoted) and run over the engine's connections:
 
 * :func:`read_logs`   one round trip per host: ``tail -n N`` (or the whole file),
   optionally through ``grep -E`` first (the last N *matching* lines).
@@ -27,15 +28,14 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
-from .errors import InputError
-from .hosts import Host, parse_hosts
+from .errors import ParameterError
+from .hosts import Host
 from .options import regex
 from .result import Failure, Outcome, Report, build_report, classify_exception
-from .serving.manifest import DEFAULT_DEPLOYMENT, Manifest, ServerRecord, manifest_path
-from .serving.shellcmd import path as shell_path
-from .serving.shellcmd import quote
+from .shell import path as shell_path
+from .shell import quote
 from .ssh import CommandResult, Engine, HostSession
 
 DEFAULT_LINES = 100
@@ -62,124 +62,32 @@ _TAIL_NOTICE = re.compile(r"^tail: ")
 
 @dataclass(frozen=True)
 class LogSource:
-    """The file(s) to read on one host. ``roles`` is informative (from the manifest)."""
+    """The file(s) to read on one host. ``roles`` is informative (from a deployment)."""
 
     host: Host
     paths: tuple[str, ...]
     roles: tuple[str, ...] = ()
 
 
-def manifest_file(name: str | None = None) -> Path:
-    """Where the controller keeps the manifest of deployment ``name`` (the place ``inv
-    start-pd`` writes it: ``$CLUSTER_STATE_DIR/<name>.json``, else
-    ``~/.cluster/deployments/<name>.json``)."""
-    return Path(manifest_path(name or DEFAULT_DEPLOYMENT)).expanduser()
-
-
-def load_deployment(name: str | None = None, path: str | os.PathLike | None = None) -> Manifest:
-    """The recorded deployment (``path``, else the manifest of ``name``).
-
-    Raises `InputError` (exit 2) when there is none: the caller should then
-    name a file with ``--file``.
-    """
-    where = Path(path).expanduser() if path else manifest_file(name)
-    try:
-        text = where.read_text()
-    except FileNotFoundError:
-        raise InputError(f"no recorded deployment ({where} not found): start one with "
-                         "`inv start-pd`, or name the file with --file PATH") from None
-    except OSError as exc:
-        raise InputError(f"cannot read the deployment manifest {where}: {exc.strerror}") from None
-    return Manifest.loads(text)
-
-
-def deployment_sources(manifest: Manifest, hosts: Sequence[Host] | None = None,
-                       roles: Iterable[str] | None = None) -> list[LogSource]:
-    """One `LogSource` per host: the log files of the deployment's servers on it.
-
-    ``hosts`` None = every host of the deployment, in manifest order. Hosts are
-    matched by name/address (SSH user and port do not matter). ``roles`` keeps
-    only servers of those roles (prefill, decode) when any server has one of
-    them. A selected host without a server gets a source with no paths (the
-    read then fails it as ``no-log``).
-    """
-    wanted = {r for r in (roles or ()) if r}
-    records = manifest.servers
-    if wanted & {s.role for s in records}:
-        records = [s for s in records if s.role in wanted]
-    by_name: dict[str, list[ServerRecord]] = {}
-    order: list[Host] = []
-    for record in records:
-        target = _target_host(record)
-        if target.hostname not in by_name:
-            order.append(target)
-        by_name.setdefault(target.hostname, []).append(record)
-    chosen = list(hosts) if hosts is not None else order
-    sources = []
-    for host in chosen:
-        mine = by_name.get(host.hostname, [])
-        sources.append(LogSource(host, tuple(dict.fromkeys(r.log_path for r in mine)),
-                                 tuple(dict.fromkeys(r.role for r in mine))))
-    return sources
-
-
-def select_sources(manifest: Manifest, select: Callable[[Any, Any], list[Host]],
-                   hosts: Any = None, roles: Any = None) -> list[LogSource]:
-    """The sources for ``--hosts``/``--role`` against a recorded deployment.
-
-    ``--role prefill,decode`` (names the deployment's servers carry) picks the
-    deployment's servers of those roles, on whatever hosts they run, whether
-    or not the roles file defines those roles; ``--hosts`` adds hosts (all
-    their servers). Other role names are looked up in the roles file through
-    ``select(hosts, roles)`` (`cluster.api.Cluster.hosts`). Neither option:
-    every server of the deployment.
-    """
-    names = _names(roles)
-    served = {s.role for s in manifest.servers}
-    if names and set(names) <= served:
-        sources = deployment_sources(manifest, None, names)
-        if hosts:
-            seen = {s.host.hostname for s in sources}
-            sources += [s for s in deployment_sources(manifest, select(hosts, None))
-                        if s.host.hostname not in seen]
-        return sources
-    chosen = select(hosts, roles) if (hosts or roles) else None
-    return deployment_sources(manifest, chosen, names)
-
-
-def _names(roles: Any) -> list[str]:
-    if not roles:
-        return []
-    items = roles.replace(",", " ").split() if isinstance(roles, str) else list(roles)
-    return [str(r).strip() for r in items if str(r).strip()]
-
-
 def file_sources(hosts: Sequence[Host], path: str) -> list[LogSource]:
     """The same ``path`` on every host (``--file``)."""
     if not path or not str(path).strip():
-        raise InputError("--file: empty path")
+        raise ParameterError("file", "{name}: empty path")
     if "\n" in path or "\0" in path:
-        raise InputError("--file: a path cannot hold a newline or NUL")
+        raise ParameterError("file", "{name}: a path cannot hold a newline or NUL")
     return [LogSource(h, (path,)) for h in hosts]
-
-
-def _target_host(record: ServerRecord) -> Host:
-    try:
-        return parse_hosts(record.target)[0]
-    except Exception:  # an odd target in a hand-edited manifest: fall back to the address
-        return Host(record.host)
 
 
 # --------------------------------------------------------------------------- options
 
 
-def check_lines(value: Any, option: str = "--lines") -> int | None:
-    """``value`` as a line count >= 0 (None stays None); `InputError` otherwise."""
+def check_lines(value: Any, option: str = "lines") -> int | None:
+    """``value`` as a line count >= 0 (None stays None); `ParameterError` otherwise."""
     if value is None:
         return None
     text = str(value).strip()
     if not text.isdigit():
-        raise InputError(f"{option} must be a whole number >= 0, got {value!r}")
+        raise ParameterError(option, f"{{name}} must be a whole number >= 0, got {value!r}")
     return int(text)
 
 
@@ -193,8 +101,8 @@ def check_grep(pattern: str | None) -> str | None:
     if pattern is None:
         return None
     if not str(pattern):
-        raise InputError("--grep: empty pattern")
-    return regex(pattern, "--grep")
+        raise ParameterError("grep", "{name}: empty pattern")
+    return regex(pattern, "grep")
 
 
 # --------------------------------------------------------------------------- commands
@@ -351,7 +259,7 @@ def save_logs(engine: Engine, sources: Sequence[LogSource], directory: str | os.
     try:
         target.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise InputError(f"--save: cannot create {target}: {exc.strerror}") from None
+        raise ParameterError("save", f"{{name}}: cannot create {target}: {exc.strerror}") from None
     taken: set[str] = set()
     files = {s.host: target / save_file_name(s.host, taken) for s in sources}
     commands = {s.host: read_command(s.paths, lines, grep) for s in sources}

@@ -1,19 +1,24 @@
 """A probe: a command, a pure parser for its stdout, and a classifier for its exit codes.
 
-Probe modules (`cluster.gpu`, `cluster.system`, `cluster.service`) define
-the pieces; this module runs them across hosts through the engine and turns
-the outcome into `Outcome.data` (parsed) or a probe-specific `Failure`.
+Probe modules (`cluster.gpu`, `cluster.system`, `cluster.service`) each build their
+own `Probe` (``gpu.probe()``...): the command, the parser and the classifier live
+together in the probe's module. This module runs any probe across hosts through the
+engine (`run_probe`, `cluster.Cluster.probe`) and turns the outcome into
+`Outcome.data` (parsed) or a probe-specific `Failure`. Importing it loads no SSH code,
+so the pure probe modules can build probes without paramiko.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .hosts import Host
 from .result import Failure, Outcome, Report, build_report
-from .ssh import Engine, HostSession
+
+if TYPE_CHECKING:
+    from .hosts import Host
+    from .ssh import Engine, HostSession
 
 Parser = Callable[[str], Any]
 Classifier = Callable[[int, str, str, Any], "Failure | None"]

@@ -9,12 +9,14 @@ carrying a `Failure` with a DESIGN.md kind and a one-line hint.
 from __future__ import annotations
 
 import errno
+import json
 import socket
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .hosts import Host, fold_names
+from .errors import InputError
+from .hosts import Host, fold_names, parse_host
 
 # The base failure kinds of the public contract. Probes add their own
 # (documented) kinds, e.g. ``no-gpu-tool`` or ``driver``.
@@ -74,9 +76,19 @@ class Outcome:
 
 @dataclass
 class Report:
-    """Outcomes of one operation across hosts, in the order the hosts were given."""
+    """Outcomes of one operation across hosts, in the order the hosts were given.
+
+    ``task`` names the operation; ``fields`` gives one outcome's task fields in the JSON
+    document (default: ``outcome.data.to_json()`` when the data has one); ``extra``
+    holds document-level fields and ``totals`` more summary fields. :meth:`to_dict` is
+    then exactly what the CLI prints with ``--json``.
+    """
 
     outcomes: list[Outcome] = field(default_factory=list)
+    task: str = ""
+    fields: Callable[[Outcome], dict[str, Any]] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    totals: Callable[[Report], dict[str, Any]] | None = None
 
     def __iter__(self) -> Iterator[Outcome]:
         return iter(self.outcomes)
@@ -85,12 +97,26 @@ class Report:
         return len(self.outcomes)
 
     def __getitem__(self, key: int | str | Host) -> Outcome:
+        """By index, by `Host`, or by any string form of a host: ``"10.8.0.81"``,
+        ``"user@10.8.0.81"``, ``"10.8.0.81:22"``, ``"user@10.8.0.81:2222"``. A user or port
+        in the key must match the outcome's when the outcome names one. Several outcomes
+        of one host (one per server in pd-status): the first; :meth:`all_of` gives all."""
         if isinstance(key, int):
             return self.outcomes[key]
-        for outcome in self.outcomes:
-            if outcome.host == key or str(outcome.host) == str(key):
-                return outcome
-        raise KeyError(key)
+        found = self.all_of(key)
+        if not found:
+            raise KeyError(key)
+        return found[0]
+
+    def all_of(self, host: str | Host) -> list[Outcome]:
+        """Every outcome of ``host`` (a `Host` or a string form of one), in order."""
+        exact = [o for o in self.outcomes if o.host == host or str(o.host) == str(host)]
+        if exact:
+            return exact
+        wanted = host if isinstance(host, Host) else _parse_key(host)
+        if wanted is None:
+            return []
+        return [o for o in self.outcomes if _same_host(o.host, wanted)]
 
     @property
     def ok(self) -> list[Outcome]:
@@ -108,6 +134,46 @@ class Report:
     def exit_code(self) -> int:
         """0 when every host succeeded, 1 otherwise (the CLI contract)."""
         return 0 if self.all_ok else 1
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``--json`` document of the contract: ``{"task", "hosts": [{"host", "ok",
+        "error", ...task fields}], "summary": {"ok", "failed", ...}, ...extra}``."""
+        hosts = []
+        for outcome in self.outcomes:
+            entry: dict[str, Any] = {"host": str(outcome.host), "ok": outcome.ok,
+                                     "error": outcome.error.to_json() if outcome.error else None}
+            entry.update(self.fields(outcome) if self.fields else _data_fields(outcome.data))
+            hosts.append(entry)
+        summary: dict[str, Any] = {"ok": len(self.ok), "failed": len(self.failed)}
+        if self.totals is not None:
+            summary.update(self.totals(self))
+        doc: dict[str, Any] = {"task": self.task, "hosts": hosts, "summary": summary}
+        doc.update(self.extra)
+        return doc
+
+    def to_json(self, indent: int | None = 2) -> str:
+        """:meth:`to_dict` as JSON text (values JSON cannot hold are written as strings)."""
+        return json.dumps(self.to_dict(), indent=indent, default=str)
+
+
+def _data_fields(data: Any) -> dict[str, Any]:
+    to_json = getattr(data, "to_json", None)
+    doc = to_json() if callable(to_json) else None
+    return doc if isinstance(doc, dict) else {}
+
+
+def _parse_key(text: str) -> Host | None:
+    try:
+        return parse_host(text)
+    except InputError:
+        return None
+
+
+def _same_host(have: Host, want: Host) -> bool:
+    """``want`` names ``have``: same name; user and port equal where both name one."""
+    return (have.hostname == want.hostname
+            and (want.user is None or have.user is None or have.user == want.user)
+            and (want.port is None or have.port is None or have.port == want.port))
 
 
 @dataclass(frozen=True)

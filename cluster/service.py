@@ -51,6 +51,8 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from .errors import InputError
+from .options import seconds
+from .probe import Probe
 from .result import EXIT, Failure
 
 INACTIVE = "inactive"
@@ -370,3 +372,15 @@ def classify(exit_code: int, stdout: str, stderr: str = "",
 def _last_line(text: str) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[-1][:200] if lines else ""
+
+
+TIMEOUT_S = 20.0
+
+
+def probe(names: str | Iterable[str], timeout: float | None = TIMEOUT_S, *,
+          systemd_dir: str = SYSTEMD_DIR) -> Probe:
+    """This module as a `cluster.probe.Probe`: systemd state or matching processes of each
+    name. Raises `InputError` for bad names, `ParameterError` for a bad timeout."""
+    text = command(names, systemd_dir=systemd_dir)  # validates the names
+    limit = TIMEOUT_S if timeout is None else seconds(timeout, "timeout")
+    return Probe("service-status", text, parse, classify, limit)

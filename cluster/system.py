@@ -36,7 +36,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .errors import InputError
+from .errors import ParameterError
+from .options import seconds
+from .probe import Probe
 from .result import EXIT, Failure
 
 BAD_OUTPUT = "bad-output"
@@ -59,9 +61,9 @@ KNOWN_COLUMNS = ("r", "b", "swpd", "free", "buff", "cache", "inact", "active", "
 def command(samples: int = 2, interval: int = 1) -> str:
     """The shell command for ``samples`` interval samples ``interval`` seconds apart."""
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        raise InputError(f"--samples must be a whole number >= 1, got {samples!r}")
+        raise ParameterError("samples", f"{{name}} must be a whole number >= 1, got {samples!r}")
     if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
-        raise InputError(f"--interval must be a whole number of seconds >= 1, got {interval!r}")
+        raise ParameterError("interval", f"{{name}} must be a whole number of seconds >= 1, got {interval!r}")
     meminfo = "|".join(MEMINFO_KEYS)
     return (
         f"export LC_ALL=C; vmstat -n {interval} {samples + 1}; rc=$?; "
@@ -75,6 +77,20 @@ def command(samples: int = 2, interval: int = 1) -> str:
 def duration_s(samples: int = 2, interval: int = 1) -> int:
     """Seconds ``command(samples, interval)`` takes at least (size the command timeout on it)."""
     return samples * interval
+
+
+# vmstat itself takes samples * interval seconds; this much more covers the
+# connection, the shell start and a slow host without waiting forever.
+TIMEOUT_MARGIN_S = 15.0
+
+
+def probe(samples: int = 2, interval: int = 1, timeout: float | None = None) -> Probe:
+    """This module as a `cluster.probe.Probe`: vmstat ``samples`` x ``interval`` s + load +
+    memory. ``timeout`` defaults to the duration + `TIMEOUT_MARGIN_S`. Raises
+    `ParameterError` for bad samples / interval / timeout."""
+    text = command(samples, interval)  # validates samples and interval
+    limit = duration_s(samples, interval) + TIMEOUT_MARGIN_S if timeout is None else seconds(timeout, "timeout")
+    return Probe("sys-status", text, parse, classify, limit)
 
 
 # ---------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from typing import Any
 from invoke import Exit, Task
 
 from cluster.api import Cluster
-from cluster.errors import InputError
+from cluster.errors import InputError, ParameterError
 from cluster.render import core as render
 from cluster.render import fold as fold_view
 from cluster.render.fold import ViewOptions
@@ -65,13 +65,19 @@ class ClusterTask(Task):
         return opts
 
 
-def cluster_task(*args: Any, help: dict[str, str] | None = None, **kwargs: Any) -> Callable:
-    """``@task`` with the common help texts, explicit short flags and error mapping."""
+def cluster_task(*args: Any, help: dict[str, str] | None = None,
+                 flags: dict[str, str] | None = None, **kwargs: Any) -> Callable:
+    """``@task`` with the common help texts, explicit short flags and error mapping.
+
+    A `ParameterError` from the library names a parameter (``timeout``); the user sees
+    the option they typed: ``flags[parameter]`` when given (``{"interval": "--watch"}``),
+    else ``--`` + the parameter with dashes.
+    """
     merged_help = {**COMMON_HELP, **(help or {})}
 
     def decorate(body: Callable) -> ClusterTask:
         holder: list[ClusterTask] = []
-        wrapped = _map_errors(body, kwargs.get("positional") or [], holder)
+        wrapped = _map_errors(body, kwargs.get("positional") or [], holder, flags or {})
         names = set(inspect.signature(body).parameters)
         task_help = {k: v for k, v in merged_help.items() if k in names}
         task_obj = ClusterTask(wrapped, help=task_help, **kwargs)
@@ -83,7 +89,15 @@ def cluster_task(*args: Any, help: dict[str, str] | None = None, **kwargs: Any) 
     return decorate
 
 
-def _map_errors(body: Callable, positional: list[str], holder: list[ClusterTask]) -> Callable:
+def flag_of(parameter: str, flags: dict[str, str]) -> str:
+    """The option a user types for a library ``parameter``."""
+    if parameter.startswith("-"):
+        return parameter  # already an option name
+    return flags.get(parameter) or "--" + parameter.replace("_", "-")
+
+
+def _map_errors(body: Callable, positional: list[str], holder: list[ClusterTask],
+                flags: dict[str, str]) -> Callable:
     @functools.wraps(body)
     def run(*args: Any, **kwargs: Any) -> Any:
         # invoke hands `inv run --help` to a positional argument as its value.
@@ -93,6 +107,8 @@ def _map_errors(body: Callable, positional: list[str], holder: list[ClusterTask]
             return None
         try:
             return body(*args, **kwargs)
+        except ParameterError as exc:
+            raise Exit(f"error: {exc.naming(flag_of(exc.parameter, flags))}", code=2) from None
         except InputError as exc:
             raise Exit(f"error: {exc}", code=2) from None
         except KeyboardInterrupt:
@@ -136,25 +152,55 @@ def view_options(console: Any, expand: bool = False, fold: bool = False,
     return fold_view.view_options(expand, fold, state, height)
 
 
-def finish(report: Report) -> None:
-    """Exit 1 when any host failed (the table or JSON was already printed)."""
+def finish(report: Report, also_failed: Callable[[Report], bool] | None = None) -> None:
+    """Exit 1 when any host failed (the table or JSON was already printed), or when
+    ``also_failed(report)`` says so (e.g. gpu-status --strict and a health warning)."""
     sys.stdout.flush()
-    if not report.all_ok:
+    if not report.all_ok or (also_failed is not None and also_failed(report)):
         raise Exit(code=1)
 
 
-def emit(task: str, report: Report, as_json: bool, render_table: Callable[[Report], Any],
+def emit(task: str, report: Report, as_json: bool, render_table: Callable[[Report], Any] | None,
          fields: Callable | None = None, started: float | None = None,
          extra: dict[str, Any] | None = None) -> None:
-    """Print the report as JSON or as the task's table + summary, then set the exit code."""
-    elapsed = time.monotonic() - started if started is not None else None
+    """`show` for a report the task names itself (its JSON fields and document extras)."""
+    report.task = task
+    if fields is not None:
+        report.fields = fields
+    report.extra.update(extra or {})
+    show(report, as_json, render_table, started if started is not None else time.monotonic())
+
+
+def host_task(task: str, operation: Callable[[Cluster, Callable[..., None]], Report], *,
+              roles_file: str | None, fanout: Any, hosts: Any, role: Any, as_json: bool,
+              table: Callable[[Report], Any] | None,
+              summary: Callable[[Report, float], Any] | None = None, delay: float = 1.0,
+              also_failed: Callable[[Report], bool] | None = None, **ssh_overrides: Any) -> None:
+    """The skeleton of a per-host task, written once: open the cluster, run
+    ``operation(cluster, tick)`` under a progress line (``tick`` = the per-host ``on_done``),
+    then print the report (``--json``: its own document; else ``table`` and the summary
+    line) and exit 0 / 1."""
+    started = time.monotonic()
+    with opened(roles_file, fanout, **ssh_overrides) as cluster:
+        count = len(cluster.hosts(hosts, role))
+        with render.progress(count, task, delay=delay) as tick:
+            report = operation(cluster, tick)
+    show(report, as_json, table, started, summary, also_failed)
+
+
+def show(report: Report, as_json: bool, table: Callable[[Report], Any] | None, started: float,
+         summary: Callable[[Report, float], Any] | None = None,
+         also_failed: Callable[[Report], bool] | None = None) -> None:
+    """Print ``report`` (its JSON document, or ``table`` + summary line) and set the exit
+    code (see `finish`)."""
     if as_json:
-        render.print_json(render.json_document(task, report, fields, extra))
+        render.print_json(report.to_dict())
     else:
         console = render.stdout_console()
-        table = render_table(report)
-        if table is not None:
+        rendered = table(report) if table is not None else None
+        if rendered is not None:
             # Not cropped: a host name wider than the terminal wraps there, never cut.
-            console.print(table, crop=False)
-        console.print(render.summary_line(report, elapsed))
-    finish(report)
+            console.print(rendered, crop=False)
+        elapsed = time.monotonic() - started
+        console.print(summary(report, elapsed) if summary else render.summary_line(report, elapsed))
+    finish(report, also_failed)

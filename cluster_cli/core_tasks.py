@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 from invoke import Exit
 
 from cluster.checks import ensure_key as ensure_key_op
@@ -11,7 +9,7 @@ from cluster.render import basic
 from cluster.render import core as render
 from cluster.result import Outcome, Report
 
-from .common import VIEW_HELP, cluster_task, emit, opened, view_options
+from .common import VIEW_HELP, cluster_task, emit, host_task, opened, view_options
 
 
 @cluster_task
@@ -41,44 +39,32 @@ def _hosts_view(inventory, selected):
 })
 def run(c, command, hosts=None, role=None, roles_file=None, json=False, fanout=None, timeout=None):
     """Run a command on every host; identical outputs are folded into one group."""
-    started = time.monotonic()
-    with opened(roles_file, fanout) as cluster:
-        targets = cluster.hosts(hosts, role)
-        with render.progress(len(targets), "run") as tick:
-            report = cluster.run(command, hosts=hosts, role=role,
-                                 timeout=float(timeout) if timeout else None, on_done=tick)
-        if json:
-            emit("run", report, True, None, fields=basic.run_fields, started=started)
-            return
+    def groups(report):
         render.output_groups(report, render.stdout_console())
-        emit("run", report, False, lambda r: None, started=started)
+
+    host_task("run", lambda cluster, tick: cluster.run(command, hosts=hosts, role=role,
+                                                       timeout=timeout, on_done=tick),
+              roles_file=roles_file, fanout=fanout, hosts=hosts, role=role, as_json=json,
+              table=groups)
 
 
 @cluster_task(help=VIEW_HELP)
 def check(c, hosts=None, role=None, roles_file=None, json=False, fanout=None, expand=False,
           fold=False, state=None):
     """Connect, authenticate and run `uname -n` on every host; show latencies."""
-    started = time.monotonic()
     options = view_options(render.stdout_console(), expand, fold, state)
-    with opened(roles_file, fanout) as cluster:
-        targets = cluster.hosts(hosts, role)
-        with render.progress(len(targets), "check") as tick:
-            report = cluster.check(hosts=hosts, role=role, on_done=tick)
-        emit("check", report, json, lambda r: basic.check_table(r, options),
-             fields=basic.check_fields, started=started)
+    host_task("check", lambda cluster, tick: cluster.check(hosts=hosts, role=role, on_done=tick),
+              roles_file=roles_file, fanout=fanout, hosts=hosts, role=role, as_json=json,
+              table=lambda report: basic.check_table(report, options))
 
 
 @cluster_task(help={"policy": "Host-key policy for this scan: accept-new (record unknown keys) "
                               "or strict (only verify). Default: ssh.host_key_policy."})
 def keyscan(c, hosts=None, role=None, roles_file=None, json=False, fanout=None, policy=None):
     """Fetch host keys, record new ones per the policy, print fingerprints; flag changed keys."""
-    started = time.monotonic()
-    with opened(roles_file, fanout, host_key_policy=_policy(policy)) as cluster:
-        targets = cluster.hosts(hosts, role)
-        with render.progress(len(targets), "keyscan") as tick:
-            report = cluster.keyscan(hosts=hosts, role=role, on_done=tick)
-        emit("keyscan", report, json, basic.keyscan_table, fields=basic.keyscan_fields,
-             started=started)
+    host_task("keyscan", lambda cluster, tick: cluster.keyscan(hosts=hosts, role=role, on_done=tick),
+              roles_file=roles_file, fanout=fanout, hosts=hosts, role=role, as_json=json,
+              table=basic.keyscan_table, host_key_policy=_policy(policy))
 
 
 def _policy(policy):

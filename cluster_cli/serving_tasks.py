@@ -1,24 +1,26 @@
-"""PD serving tasks: start-pd, stop-pd, pd-status (docs/pd.md, docs/vllm.md).
+"""PD serving tasks: start-pd, restart-pd, stop-pd, pd-status (docs/pd.md, docs/vllm.md).
 
-Thin: parse options, call one `cluster.api.Cluster` method (`cluster.serving.lifecycle`),
-render (`cluster.render.serving`), exit 0 / 1 / 2.
+Thin: parse options, call one `cluster.api.Cluster` method (`cluster.serving`), render
+(`cluster.render.serving`), exit 0 / 1 / 2. start-pd builds its plan once: ``--dry-run``
+prints that plan's scripts, otherwise that same plan is started.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from typing import Any
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from invoke import Exit
 from rich.live import Live
 
-from cluster.errors import InputError
+from cluster import serving
 from cluster.render import core as render
 from cluster.render import serving as view
-from cluster.serving import lifecycle
+from cluster.serving.records import ServerRecord
 
-from .common import VIEW_HELP, cluster_task, finish, opened, view_options
+from .common import VIEW_HELP, cluster_task, opened, show, view_options
 
 START_HELP = {
     "prefill": "Prefill hosts (host expression). Default: the roles file's 'prefill' role.",
@@ -44,6 +46,16 @@ START_HELP = {
     "grace": "With --restart: seconds between SIGTERM and SIGKILL (default 30).",
 }
 
+RESTART_HELP = {
+    "hosts": "Restart the recorded servers with a rank on these hosts (every rank of each). "
+             "Default: the servers whose process is gone.",
+    "role": "Restart the recorded servers on the hosts of these roles.",
+    "deployment": "Name of the recorded deployment (default 'default').",
+    "no_wait": "Launch and record, then return without waiting for readiness.",
+    "timeout": "Seconds to wait for the restarted servers to be ready (default 1800).",
+    "grace": "Seconds between SIGTERM and SIGKILL of what is left of them (default 30).",
+}
+
 STOP_HELP = {
     "hosts": "Stop only what start-pd started on these hosts (the router is kept).",
     "role": "Stop only what start-pd started on the hosts of these roles.",
@@ -61,25 +73,11 @@ STATUS_HELP = {
     "deployment": "Name of the recorded deployment (default 'default').",
 }
 
-
-def _seconds(value: Any, option: str, default: float, *, positive: bool) -> float:
-    """A number of seconds from an option (> 0 or >= 0); exit 2 on anything else."""
-    if value is None:
-        return default
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"{option} must be a number of seconds, got {value!r}") from None
-    if number < 0 or (positive and number == 0):
-        raise InputError(f"{option} must be {'> 0' if positive else '>= 0'} seconds, got {value!r}")
-    return number
+# What a library parameter is called on these tasks' command lines.
+SERVING_FLAGS = {"hosts": "--hosts/--role"}
 
 
-def _summary(report, started: float, noun: str) -> None:
-    render.stdout_console().print(render.summary_line(report, time.monotonic() - started, noun=noun))
-
-
-@cluster_task(name="start-pd", help=START_HELP)
+@cluster_task(name="start-pd", help=START_HELP, flags=SERVING_FLAGS)
 def start_pd(c, prefill=None, decode=None, model_path=None, tp_size=None, nnodes=None,
              prefill_port=None, decode_port=None, bootstrap_port=None, env_file=None,
              extra_args=None, router=None, router_port=None, engine=None, deployment=None,
@@ -87,8 +85,8 @@ def start_pd(c, prefill=None, decode=None, model_path=None, tp_size=None, nnodes
              roles_file=None, json=False, fanout=None):
     """Start SGLang/vLLM prefill + decode servers (and the router); wait until healthy."""
     started = time.monotonic()
-    limit = _seconds(timeout, "--timeout", lifecycle.DEFAULT_TIMEOUT_S, positive=True)
-    pause = _seconds(grace, "--grace", lifecycle.DEFAULT_GRACE_S, positive=False)
+    limit = serving.DEFAULT_TIMEOUT_S if timeout is None else timeout
+    pause = serving.DEFAULT_GRACE_S if grace is None else grace
     overrides = dict(model_path=model_path, tp_size=tp_size, nnodes=nnodes,
                      prefill_port=prefill_port, decode_port=decode_port,
                      bootstrap_port=bootstrap_port, env_file=env_file, extra_args=extra_args,
@@ -98,41 +96,57 @@ def start_pd(c, prefill=None, decode=None, model_path=None, tp_size=None, nnodes
         if dry_run:
             _print_dry_run(plan, json)
             return
-        live = None if json or not sys.stderr.isatty() else Live(
-            console=render.stderr_console(), auto_refresh=False, transient=True)
-
-        def show(rows, elapsed):
-            if live is not None:
-                live.update(view.progress_view(rows, elapsed), refresh=True)
-
-        try:
-            if live is not None:
-                live.start()
-            result = cluster.start_pd(prefill, decode, router=router, deployment=deployment,
-                                      wait=not no_wait, timeout=limit, restart=restart,
-                                      grace=pause, on_progress=show, **overrides)
-        except KeyboardInterrupt:
-            # Only the waiting stops: what was launched keeps starting, and is recorded.
-            raise Exit(f"interrupted: servers already launched keep running (recorded in "
-                       f"{lifecycle.manifest_file(plan.deployment)}); follow them with "
-                       "`inv pd-status`, stop them with `inv stop-pd`", code=130) from None
-        finally:
-            if live is not None:
-                live.stop()
-    if json:
-        render.print_json(render.json_document("start-pd", result.report, view.start_fields,
-                                               view.start_extra(result)))
-    else:
-        render.stdout_console().print(view.start_view(result))
-        _summary(result.report, started, "servers")
-    finish(result.report)
+        with _waiting(json, f"recorded in {serving.manifest_file(plan.deployment)}") as show_progress:
+            result = cluster.start_pd(plan, wait=not no_wait, timeout=limit, restart=restart,
+                                      grace=pause, on_progress=show_progress)
+    show(result.report, json, lambda report: view.start_view(result), started,
+         lambda report, elapsed: render.summary_line(report, elapsed, noun="servers"))
 
 
-def _print_dry_run(plan, as_json: bool) -> None:
-    scripts = lifecycle.dry_run_scripts(plan)
+@cluster_task(name="restart-pd", help=RESTART_HELP, flags=SERVING_FLAGS)
+def restart_pd(c, hosts=None, role=None, deployment=None, no_wait=False, timeout=None,
+               grace=None, roles_file=None, json=False, fanout=None):
+    """Replace servers of the recorded deployment (dead ones, or those on -H/-r); leave the rest."""
+    started = time.monotonic()
+    limit = serving.DEFAULT_TIMEOUT_S if timeout is None else timeout
+    pause = serving.DEFAULT_GRACE_S if grace is None else grace
+    with opened(roles_file, fanout) as cluster:
+        with _waiting(json, "updated in the deployment's manifest") as show_progress:
+            result = cluster.restart_pd(hosts=hosts, role=role, deployment=deployment,
+                                        wait=not no_wait, timeout=limit, grace=pause,
+                                        on_progress=show_progress)
+    show(result.report, json, lambda report: view.restart_view(result), started,
+         lambda report, elapsed: render.summary_line(report, elapsed, noun="servers"))
+
+
+@contextmanager
+def _waiting(as_json: bool, recorded: str) -> Iterator[Callable[[list[ServerRecord], float], None]]:
+    """A live progress view on stderr (a terminal, not --json) while servers start; Ctrl-C
+    stops only the waiting (exit 130): what was launched keeps starting, and is recorded."""
+    live = None if as_json or not sys.stderr.isatty() else Live(
+        console=render.stderr_console(), auto_refresh=False, transient=True)
+
+    def show_progress(records: list[ServerRecord], elapsed: float) -> None:
+        if live is not None:
+            live.update(view.progress_view(records, elapsed), refresh=True)
+
+    try:
+        if live is not None:
+            live.start()
+        yield show_progress
+    except KeyboardInterrupt:
+        raise Exit(f"interrupted: servers already launched keep running ({recorded}); follow "
+                   "them with `inv pd-status`, stop them with `inv stop-pd`", code=130) from None
+    finally:
+        if live is not None:
+            live.stop()
+
+
+def _print_dry_run(plan: serving.StartPlan, as_json: bool) -> None:
+    scripts = serving.dry_run_scripts(plan)
     if as_json:
-        hosts = [{"host": row.target, "ok": True, "error": None, **row.to_json(), "script": script}
-                 for row, script in scripts]
+        hosts = [{"host": record.target, "ok": True, "error": None, **record.to_json(), "script": script}
+                 for record, script in scripts]
         render.print_json({"task": "start-pd", "dry_run": True, "hosts": hosts,
                            "summary": {"ok": len(hosts), "failed": 0},
                            "deployment": plan.deployment, "run_id": plan.run_id,
@@ -144,28 +158,19 @@ def _print_dry_run(plan, as_json: bool) -> None:
     sys.stdout.flush()
 
 
-@cluster_task(name="stop-pd", help=STOP_HELP)
+@cluster_task(name="stop-pd", help=STOP_HELP, flags=SERVING_FLAGS)
 def stop_pd(c, hosts=None, role=None, deployment=None, grace=None, sweep="user",
             keep_router=False, roles_file=None, json=False, fanout=None):
     """Stop the PD deployment: SIGTERM, grace, SIGKILL each group, sweep leftovers, verify."""
     started = time.monotonic()
-    pause = _seconds(grace, "--grace", lifecycle.DEFAULT_GRACE_S, positive=False)
+    pause = serving.DEFAULT_GRACE_S if grace is None else grace
     with opened(roles_file, fanout) as cluster:
         result = cluster.stop_pd(hosts=hosts, role=role, deployment=deployment, grace=pause,
                                  sweep=sweep, keep_router=keep_router)
-    extra = {"deployment": result.manifest.name if result.manifest else deployment,
-             "router_stopped": result.router_stopped,
-             "manifest": str(result.manifest_file) if result.manifest_file else None}
-    if json:
-        render.print_json(render.json_document("stop-pd", result.report, view.stop_fields, extra))
-    else:
-        console = render.stdout_console()
-        console.print(view.stop_table(result.report))
-        _summary(result.report, started, "hosts")
-    finish(result.report)
+    show(result.report, json, view.stop_table, started)
 
 
-@cluster_task(name="pd-status", help=STATUS_HELP)
+@cluster_task(name="pd-status", help={**STATUS_HELP, **VIEW_HELP}, flags=SERVING_FLAGS)
 def pd_status(c, hosts=None, role=None, deployment=None, roles_file=None, json=False, fanout=None,
               expand=False, fold=False, state=None):
     """Per server: process alive, port listening, /health, uptime, last log line; the router."""
@@ -174,13 +179,6 @@ def pd_status(c, hosts=None, role=None, deployment=None, roles_file=None, json=F
     options = view_options(console, expand, fold, state)
     with opened(roles_file, fanout) as cluster:
         result = cluster.pd_status(hosts=hosts, role=role, deployment=deployment)
-    manifest = result.manifest
-    extra = {"deployment": manifest.name if manifest else deployment,
-             "run_id": manifest.run_id if manifest else None,
-             "engine": manifest.engine if manifest else None}
-    if json:
-        render.print_json(render.json_document("pd-status", result.report, view.status_fields, extra))
-    else:
-        console.print(view.status_table(result.report, options), crop=False)
-        _summary(result.report, started, "servers")
-    finish(result.report)
+    show(result.report, json, lambda report: view.status_table(report, options), started,
+         lambda report, elapsed: render.summary_line(report, elapsed, noun="servers"))
+

@@ -1,11 +1,15 @@
 """Rehearsal cluster tasks: sim-up, sim-down (see docs/rehearsal.md).
 
 Thin: validate options, call `cluster.testing.sim`, print what runs and how to use it.
+`cluster.testing` is imported when a rehearsal task runs, not when ``inv`` starts: only
+these tasks need the test harness.
 """
 
 from __future__ import annotations
 
+import importlib
 import time
+from typing import TYPE_CHECKING, Any
 
 from invoke import Exit
 from rich.text import Text
@@ -13,9 +17,16 @@ from rich.text import Text
 from cluster.hosts import Host
 from cluster.render import core as render
 from cluster.result import Outcome, Report
-from cluster.testing import sim
 
 from .common import cluster_task
+
+if TYPE_CHECKING:
+    from cluster.testing import sim as sim_module
+
+
+def _sim() -> Any:
+    """`cluster.testing.sim`, imported on first use (only the rehearsal tasks need it)."""
+    return importlib.import_module("cluster.testing.sim")
 
 SIM_HELP = {
     "hosts": "Number of simulated GPU hosts (default 4; 127.0.5.1, 127.0.5.2, ...).",
@@ -29,10 +40,12 @@ SIM_HELP = {
 
 
 @cluster_task(name="sim-up", help=SIM_HELP)
-def sim_up(c, hosts=None, gpus=None, state_dir=sim.DEFAULT_STATE_DIR, base=sim.DEFAULT_BASE,
-           load_seconds=None, json=False):
+def sim_up(c, hosts=None, gpus=None, state_dir=None, base=None, load_seconds=None, json=False):
     """Start a rehearsal cluster: N simulated GPU hosts on loopback (real sshd, stand-in GPUs)."""
     started = time.monotonic()
+    sim = _sim()
+    state_dir = state_dir or sim.DEFAULT_STATE_DIR
+    base = base or sim.DEFAULT_BASE
     seconds = _seconds(load_seconds)
     current = sim.status(state_dir)
     try:
@@ -54,9 +67,10 @@ def sim_up(c, hosts=None, gpus=None, state_dir=sim.DEFAULT_STATE_DIR, base=sim.D
 
 
 @cluster_task(name="sim-down", help={"state_dir": SIM_HELP["state_dir"], "json": SIM_HELP["json"]})
-def sim_down(c, state_dir=sim.DEFAULT_STATE_DIR, json=False):
+def sim_down(c, state_dir=None, json=False):
     """Stop the rehearsal cluster and remove its files (sshd, sessions, stand-in servers)."""
-    result = sim.down(state_dir)
+    sim = _sim()
+    result = sim.down(state_dir or sim.DEFAULT_STATE_DIR)
     if json:
         render.print_json({"task": "sim-down", **result.to_json()})
         return
@@ -69,19 +83,19 @@ def _seconds(value):
     from cluster.options import seconds
 
     if value is None:
-        return sim.DEFAULT_LOAD_SECONDS
+        return _sim().DEFAULT_LOAD_SECONDS
     return seconds(value, "--load-seconds", maximum=3600, allow_minimum=True)
 
 
-def _report(state: sim.SimState) -> Report:
+def _report(state: sim_module.SimState) -> Report:
     return Report([Outcome(Host(a), True) for a in state.addresses])
 
 
-def _roles_of(state: sim.SimState, host: Host) -> list[str]:
+def _roles_of(state: sim_module.SimState, host: Host) -> list[str]:
     return [role for role, members in state.roles.items() if host.hostname in members]
 
 
-def up_text(state: sim.SimState, *, already: bool, elapsed: float) -> list[Text]:
+def up_text(state: sim_module.SimState, *, already: bool, elapsed: float) -> list[Text]:
     """What sim-up prints: the hosts, the roles, the roles file and how to use it."""
     from cluster.hosts import fold_names
 
@@ -109,7 +123,7 @@ def up_text(state: sim.SimState, *, already: bool, elapsed: float) -> list[Text]
     return lines
 
 
-def down_text(result: sim.DownResult) -> list[Text]:
+def down_text(result: sim_module.DownResult) -> list[Text]:
     """What sim-down prints."""
     if not result.was_running and not result.removed:
         return [Text(f"no rehearsal cluster in {result.state_dir}: nothing to stop")]

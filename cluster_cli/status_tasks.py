@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json as jsonlib
 import sys
-import time
 from datetime import datetime, timezone
 from typing import Any
 
@@ -31,14 +30,14 @@ from rich.console import Group
 from rich.live import Live
 from rich.text import Text
 
-from cluster import status
+from cluster import gpu, service, status, system
 from cluster.errors import InputError
 from cluster.render import core as render
 from cluster.render import gpu as gpu_render
 from cluster.render import system as sys_render
 from cluster.result import Report
 
-from .common import VIEW_HELP, cluster_task, emit, finish, opened, view_options
+from .common import VIEW_HELP, cluster_task, finish, host_task, opened, view_options
 
 GPU_HELP = {
     **VIEW_HELP,
@@ -54,41 +53,29 @@ GPU_HELP = {
 }
 
 
-@cluster_task(name="gpu-status", help=GPU_HELP)
+@cluster_task(name="gpu-status", help=GPU_HELP, flags={"interval": "--watch", "max_ticks": "--count"})
 def gpu_status(c, hosts=None, role=None, roles_file=None, json=False, fanout=None, gpus=False,
                procs=False, timeout=None, watch=None, count=None, expand=False, fold=False,
                state=None, strict=False):
     """GPU state of every host: utilization, memory, temperature, power, processes, health."""
-    started = time.monotonic()
-    limit = status.check_timeout(timeout) or status.GPU_TIMEOUT_S
+    limit = status.check_timeout(timeout) or gpu.TIMEOUT_S
     interval = status.check_interval(watch) if watch is not None else None
     rounds = status.check_count(count)
     if rounds is not None and interval is None:
         raise InputError("--count only applies with --watch SECONDS")
-    console = render.stdout_console()
-    options = view_options(console, expand, fold, state)
-    with opened(roles_file, fanout) as cluster:
-        targets = cluster.hosts(hosts, role)
-        if interval is not None:
-            view = _GpuFrames(gpus, procs, options, interval, len(targets), rounds)
+    options = view_options(render.stdout_console(), expand, fold, state)
+    strict_warned = gpu_render.warned if strict else None
+    if interval is not None:
+        with opened(roles_file, fanout) as cluster:
+            view = _GpuFrames(gpus, procs, options, interval, len(cluster.hosts(hosts, role)), rounds)
             last = _watch_gpus(cluster, hosts, role, view, json, limit)
-            _finish_gpus(last, strict)
-            return
-        with render.progress(len(targets), "gpu-status") as tick:
-            report = cluster.gpu_status(hosts=hosts, role=role, timeout=limit, on_done=tick)
-    if json:
-        render.print_json(gpu_render.gpu_document(report))
-    else:
-        console.print(gpu_render.gpu_view(report, gpus, procs, options), crop=False)
-        console.print(gpu_render.gpu_summary_line(report, time.monotonic() - started))
-    _finish_gpus(report, strict)
-
-
-def _finish_gpus(report: Report, strict: bool) -> None:
-    """Exit 1 when a host failed, or with --strict when a GPU carries a health warning."""
-    finish(report)
-    if strict and gpu_render.warned(report):
-        raise Exit(code=1)
+        finish(last, strict_warned)
+        return
+    host_task("gpu-status", lambda cluster, tick: cluster.gpu_status(hosts=hosts, role=role,
+                                                                    timeout=limit, on_done=tick),
+              roles_file=roles_file, fanout=fanout, hosts=hosts, role=role, as_json=json,
+              table=lambda report: gpu_render.gpu_view(report, gpus, procs, options),
+              summary=gpu_render.gpu_summary_line, also_failed=strict_warned)
 
 
 class _GpuFrames:
@@ -166,20 +153,15 @@ def _whole(value: Any, option: str, default: int) -> int:
 def sys_status(c, hosts=None, role=None, roles_file=None, json=False, fanout=None, samples=None,
                interval=None, timeout=None, expand=False, fold=False, state=None):
     """System load of every host: vmstat (r, b, memory, swap, CPU) means, memory, load average."""
-    started = time.monotonic()
     options = view_options(render.stdout_console(), expand, fold, state)
     count = _whole(samples, "--samples", 2)
     every = _whole(interval, "--interval", 1)
     limit = status.check_timeout(timeout)
-    status.sys_probe(count, every, limit)  # validate everything before connecting
-    with opened(roles_file, fanout) as cluster:
-        targets = cluster.hosts(hosts, role)
-        with render.progress(len(targets), "sys-status", delay=0.5) as tick:
-            report = cluster.sys_status(hosts=hosts, role=role, samples=count, interval=every,
-                                        timeout=limit, on_done=tick)
-        emit("sys-status", report, json, lambda r: sys_render.sys_table(r, options),
-             fields=sys_render.sys_fields, started=started,
-             extra={"samples": count, "interval_s": every})
+    system.probe(count, every, limit)  # validate everything before connecting
+    host_task("sys-status", lambda cluster, tick: cluster.sys_status(
+                  hosts=hosts, role=role, samples=count, interval=every, timeout=limit, on_done=tick),
+              roles_file=roles_file, fanout=fanout, hosts=hosts, role=role, as_json=json,
+              table=lambda report: sys_render.sys_table(report, options), delay=0.5)
 
 
 @cluster_task(name="service-status", positional=["names"], help={
@@ -191,14 +173,10 @@ def sys_status(c, hosts=None, role=None, roles_file=None, json=False, fanout=Non
 def service_status(c, names, hosts=None, role=None, roles_file=None, json=False, fanout=None,
                    timeout=None, expand=False, fold=False, state=None):
     """Per host and service: systemd state, or the matching processes where there is no unit."""
-    started = time.monotonic()
     options = view_options(render.stdout_console(), expand, fold, state)
-    limit = status.check_timeout(timeout) or status.SERVICE_TIMEOUT_S
-    status.service_probe(names, limit)  # validate the names before connecting
-    with opened(roles_file, fanout) as cluster:
-        targets = cluster.hosts(hosts, role)
-        with render.progress(len(targets), "service-status") as tick:
-            report = cluster.service_status(names, hosts=hosts, role=role, timeout=limit,
-                                            on_done=tick)
-        emit("service-status", report, json, lambda r: sys_render.service_table(r, options),
-             fields=sys_render.service_fields, started=started)
+    limit = status.check_timeout(timeout) or service.TIMEOUT_S
+    service.probe(names, limit)  # validate the names before connecting
+    host_task("service-status", lambda cluster, tick: cluster.service_status(
+                  names, hosts=hosts, role=role, timeout=limit, on_done=tick),
+              roles_file=roles_file, fanout=fanout, hosts=hosts, role=role, as_json=json,
+              table=lambda report: sys_render.service_table(report, options))

@@ -96,10 +96,23 @@ def gpu_fixture(case: str) -> tuple[str, int]:
 
 def gpu_outcome(address: str, stdout: str, code: int = 0) -> Any:
     """What the gpu-status probe makes of a host printing ``stdout`` and exiting ``code``."""
+    from cluster.gpu import probe as gpu_probe
     from cluster.hosts import Host
     from cluster.result import Outcome
-    from cluster.status import gpu_probe
 
     outcome = Outcome(Host(address), code == 0, stdout=stdout, exit_code=code)
     gpu_probe().interpret(outcome)
     return outcome
+
+
+def serving_config(**doc: Any) -> Any:
+    """A ``serving:`` section as parsed from roles.yaml (model path defaulted)."""
+    from cluster.serving.config import parse_serving
+
+    doc.setdefault("model_path", "deepseek-ai/DeepSeek-V3")
+    return parse_serving(doc, source="roles.yaml")
+
+
+def run_local(script: str) -> Any:
+    """Run shell text on this machine (``sh -s``); the CompletedProcess."""
+    return subprocess.run(["sh", "-s"], input=script, text=True, capture_output=True, timeout=30)

@@ -24,7 +24,8 @@ import pytest
 from cluster import logs
 from cluster.errors import InputError
 from cluster.hosts import Host
-from cluster.serving.manifest import Manifest, ServerRecord
+from cluster.serving.plan import ServerSpec
+from cluster.serving.records import Manifest, ServerRecord, log_sources
 from cluster.testing import Fleet
 from cluster.testing.fleet import descendants
 
@@ -53,11 +54,10 @@ def cli_json(*args: str, **kwargs) -> tuple[int, dict]:
         raise AssertionError(f"not JSON (exit {code}):\n{out}\n{err}") from None
 
 
-def record(address: str, role: str, port: int, log_path: Path) -> ServerRecord:
-    return ServerRecord(engine="sglang", role=role, host=address, target=address, port=port,
-                        server_index=0, node_rank=0, nnodes=1, is_api=True, run_id="run1",
-                        log_path=str(log_path), pid_path=f"/nonexistent/{address}.pid",
-                        record_path=f"/nonexistent/{address}.json")
+def record(address: str, role: str, port: int, run_dir: Path, run_id: str = "run1") -> ServerRecord:
+    """A recorded server; its log is ``record.log_path`` (in ``run_dir``, named as start-pd names it)."""
+    return ServerRecord(ServerSpec(engine="sglang", role=role, host=address, target=address,
+                                   port=port, run_dir=str(run_dir), run_id=run_id))
 
 
 def write_manifest(home: Path, servers: list[ServerRecord], name: str = "default") -> Path:
@@ -82,12 +82,13 @@ def deployment(fleet: Fleet, tmp_path: Path):
     servers = []
     for address, role, port in [(PREFILL, "prefill", 30000)] + [(d, "decode", 30001)
                                                                 for d in DECODE]:
-        path = fleet.host_dir(address) / f"server-{tag}.log"
+        server = record(address, role, port, fleet.host_dir(address), run_id=tag)
+        path = Path(server.log_path)
         content[address] = log_lines(address, 150, tag)
         path.write_text("\n".join(content[address]) + "\n")
         path.chmod(0o644)
         files[address] = path
-        servers.append(record(address, role, port, path))
+        servers.append(server)
     home = tmp_path / "home"
     write_manifest(home, servers)
     roles = fleet.write_roles(tmp_path / "roles.yaml", {"prefill": PREFILL, "decode": DECODE},
@@ -277,12 +278,13 @@ def test_follow_streams_new_lines_from_several_hosts_and_survives_hosts_going_aw
         small_fleet, tmp_path):
     a, b, c = small_fleet.addresses
     files = {}
-    for address in (a, b, c):
-        files[address] = small_fleet.host_dir(address) / "server.log"
+    servers = [record(address, "decode", 30001, small_fleet.host_dir(address)) for address in (a, b, c)]
+    for address, server in zip((a, b, c), servers):
+        files[address] = Path(server.log_path)
         files[address].write_text(f"{address} before\n")
         files[address].chmod(0o644)
     home = tmp_path / "home"
-    write_manifest(home, [record(address, "decode", 30001, files[address]) for address in files])
+    write_manifest(home, servers)
     roles = small_fleet.write_roles(tmp_path / "roles.yaml", {"decode": [a, b, c]})
 
     follower = Follower("-n", "1", "--roles-file", str(roles), home=home)
@@ -366,17 +368,19 @@ def _tails_of(path: Path) -> list[int]:
 
 
 def test_deployment_sources_match_hosts_by_name_and_filter_roles():
-    servers = [record("10.8.0.81", "prefill", 30000, Path("/l/p.log")),
-               record("10.8.0.82", "decode", 30001, Path("/l/d82.log")),
-               record("10.8.0.82", "prefill", 30000, Path("/l/p82.log"))]
+    servers = [record("10.8.0.81", "prefill", 30000, Path("/l")),
+               record("10.8.0.82", "decode", 30001, Path("/l")),
+               record("10.8.0.82", "prefill", 30000, Path("/l"))]
+    p, d82, p82 = (s.log_path for s in servers)
+    assert p82 == "/l/sglang-prefill-10.8.0.82-30000-run1.log"
     manifest = Manifest("d", "sglang", "r", "m", 0.0, servers)
-    everything = logs.deployment_sources(manifest)
+    everything = log_sources(manifest)
     assert [(s.host.hostname, s.paths) for s in everything] == [
-        ("10.8.0.81", ("/l/p.log",)), ("10.8.0.82", ("/l/d82.log", "/l/p82.log"))]
-    decode = logs.deployment_sources(manifest, roles=["decode"])
-    assert [(s.host.hostname, s.paths) for s in decode] == [("10.8.0.82", ("/l/d82.log",))]
-    chosen = logs.deployment_sources(manifest, [Host("10.8.0.82", "ubuntu", 22), Host("10.8.0.99")])
-    assert [s.paths for s in chosen] == [("/l/d82.log", "/l/p82.log"), ()]
+        ("10.8.0.81", (p,)), ("10.8.0.82", (d82, p82))]
+    decode = log_sources(manifest, roles=["decode"])
+    assert [(s.host.hostname, s.paths) for s in decode] == [("10.8.0.82", (d82,))]
+    chosen = log_sources(manifest, [Host("10.8.0.82", "ubuntu", 22), Host("10.8.0.99")])
+    assert [s.paths for s in chosen] == [(d82, p82), ()]
 
 
 def test_read_command_quotes_paths_and_patterns_and_keeps_home_expandable():

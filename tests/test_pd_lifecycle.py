@@ -28,8 +28,8 @@ from typing import Any
 import pytest
 from helpers import http
 
-from cluster.serving.manifest import Manifest
 from cluster.serving.plan import RUN_ID_ENV
+from cluster.serving.records import Manifest
 from cluster.testing import standin_server as standin
 from cluster.testing.fleet import open_path_for_others
 
@@ -514,4 +514,161 @@ def test_timeout_fails_not_ready_and_leaves_the_servers_running(pd_factory):
     run_ids = pd.run_ids()
     assert len(pd.processes(run_ids)) >= 2  # left running for inspection
     code, stop = pd.stop()
+    assert code == 0 and pd.processes(run_ids) == {}
+
+
+# --------------------------------------------------------------------------- plan once
+
+
+def test_dry_run_shows_exactly_the_scripts_that_run(pd_factory, monkeypatch, capsys):
+    """start-pd builds one plan: --dry-run prints its scripts, and a start of that plan sends
+    exactly those scripts (same run id) to the hosts — through the CLI and the API."""
+    from cluster.api import Cluster
+    from cluster.serving import dry_run_scripts
+    from cluster.serving import plan as plan_module
+    from cluster.ssh import HostSession
+    from cluster_cli.main import program
+
+    pd = pd_factory()
+    monkeypatch.setenv("CLUSTER_STATE_DIR", str(pd.state_dir))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    sent: list[str] = []
+    original = HostSession.run
+
+    def spy(self, command, timeout=None, stdin=None):
+        if stdin is not None:
+            sent.append(stdin)
+        return original(self, command, timeout=timeout, stdin=stdin)
+
+    monkeypatch.setattr(HostSession, "run", spy)
+    monkeypatch.setattr(plan_module, "new_run_id", lambda now=None, token=None: "20990101-000000-beef")
+    args = ["cluster", "start-pd", "--prefill", PREFILL, "--decode", DECODES[0], "--router", "local",
+            "--roles-file", str(pd.roles)]
+    program.run(args + ["--dry-run"], exit=False)
+    shown = capsys.readouterr().out
+    blocks = [block.split("\n", 1)[1].rstrip("\n") for block in shown.split("# ===== ")[1:]]
+    blocks[-1] = blocks[-1].rsplit("\n# dry run:", 1)[0]
+    assert len(blocks) == 3 and all("CLUSTER_PD_RUN_ID=20990101-000000-beef" in b for b in blocks)
+    assert sent == []  # the dry run contacted nobody
+    program.run(args + ["--timeout", "90", "--json"], exit=False)
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["stage"] == "done" and doc["run_id"] == "20990101-000000-beef", doc
+    for block in blocks:  # each printed script went to its host verbatim
+        assert sum(block in text for text in sent) == 1, block
+    assert pd.manifest().run_id == "20990101-000000-beef"
+    code, _ = pd.stop()
+    assert code == 0
+
+    # The API: the plan handed to start_pd is the one whose scripts were shown.
+    sent.clear()
+    monkeypatch.undo()
+    monkeypatch.setenv("CLUSTER_STATE_DIR", str(pd.state_dir))
+    monkeypatch.setattr(HostSession, "run", spy)
+    with Cluster.from_roles(pd.roles) as cluster:
+        planned = cluster.plan_pd(PREFILL, DECODES[0])
+        scripts = [script.rstrip("\n") for _, script in dry_run_scripts(planned)]
+        result = cluster.start_pd(planned, timeout=90)
+        assert result.ok and result.manifest.run_id == planned.run_id
+        assert all(sum(s in text for text in sent) == 1 for s in scripts)
+    assert pd.stop()[0] == 0
+
+
+# --------------------------------------------------------------------------- replacing one server
+
+
+def test_restart_replaces_the_dead_decode_and_leaves_the_rest_alone(pd_factory):
+    """A decode server is killed; `restart-pd` finds it, starts it again from its recorded
+    spec and leaves the other servers and the router untouched (same pids); the real
+    sglang-router routes to the new one. Then a server the router lost is re-registered."""
+    pd = pd_factory()
+    pd.serving["router"]["policy"] = "round_robin"  # requests reach every decode in turn
+    pd.write_roles()
+    code, doc = pd.start()
+    assert code == 0, json.dumps(doc, indent=1)
+    before = pd.manifest()
+    pids = {r.key: r.pid for r in before.servers}
+    router_pid = before.router.pid
+    victim = next(r for r in before.servers if r.host == DECODES[1])
+    os.killpg(victim.pid, signal.SIGKILL)
+    _wait(lambda: not _group_alive(victim.pid), "the killed decode's group gone")
+
+    code, status = pd.cli_json("pd-status")
+    assert code == 1 and [e["address"] for e in status["hosts"] if not e["ok"]] == [DECODES[1]]
+    code, restarted = pd.cli_json("restart-pd", "--grace", "1", "--timeout", "60")
+    assert code == 0, json.dumps(restarted, indent=1)
+    assert [e["address"] for e in restarted["hosts"]] == [DECODES[1]]
+    new = restarted["hosts"][0]
+    assert new["status"] == "ready" and new["pid"] != victim.pid and new["run_id"] != victim.run_id
+    assert len(restarted["kept"]) == 3 and restarted["router"] == "lists the restarted servers"
+    after = pd.manifest()
+    assert {r.key: r.pid for r in after.servers} == {**pids, victim.key: new["pid"]}
+    assert after.router.pid == router_pid
+    for pid in [p for k, p in pids.items() if k != victim.key] + [router_pid]:
+        os.kill(pid, 0)  # still the same live processes
+    seen = len(pd.requests(DECODES[1], pd.decode_port))
+    router_url = doc["router_url"]
+    for _ in range(4):
+        code, text = http("POST", router_url + "/generate",
+                          {"text": "after the restart", "sampling_params": {"max_new_tokens": 2}},
+                          timeout=30)
+        assert code == 200, text
+    assert len(pd.requests(DECODES[1], pd.decode_port)) > seen  # the router reaches the new one
+
+    # The router lost a worker (removed from its list): restart-pd -H adds it back.
+    lost = f"http://{DECODES[0]}:{pd.decode_port}"
+    code, body = http("GET", router_url + "/workers")
+    worker = next(w for w in json.loads(body)["workers"] if w["url"] == lost)
+    assert http("DELETE", f"{router_url}/workers/{worker['id']}")[0] in (200, 202)
+    _wait(lambda: lost not in http("GET", router_url + "/workers")[1], "worker removed")
+    code, again = pd.cli_json("restart-pd", "-H", DECODES[0], "--grace", "1", "--timeout", "60")
+    assert code == 0, json.dumps(again, indent=1)
+    assert again["router"] == f"re-registered {lost}"
+    _wait(lambda: lost in http("GET", router_url + "/workers")[1], "worker registered again")
+    assert pd.manifest().router.pid == router_pid
+    code, status = pd.cli_json("pd-status")
+    assert code == 0, json.dumps(status, indent=1)
+    run_ids = {r.run_id for r in pd.manifest().records}
+    code, _ = pd.stop()
+    assert code == 0 and pd.processes(run_ids) == {}
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def _wait(condition, what: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting: {what}"
+        time.sleep(0.2)
+
+
+def test_restart_with_vllm_restarts_a_router_that_cannot_take_a_worker_back(pd_factory):
+    """vllm-router refuses PD workers added at run time: restart-pd restarts the router
+    from its recorded spec, and it serves through the replaced server again."""
+    pd = pd_factory("vllm")
+    code, doc = pd.start()
+    assert code == 0, json.dumps(doc, indent=1)
+    router_url, before = doc["router_url"], pd.manifest()
+    lost = f"http://{DECODES[0]}:{pd.decode_port}"
+    assert http("POST", f"{router_url}/remove_worker?url={lost}")[0] == 200
+    _wait(lambda: lost not in http("GET", router_url + "/list_workers")[1], "worker removed")
+    code, again = pd.cli_json("restart-pd", "-H", DECODES[0], "--grace", "1", "--timeout", "60")
+    assert code == 0, json.dumps(again, indent=1)
+    assert again["router"].startswith("restarted")
+    assert [e["role"] for e in again["hosts"]] == ["decode", "router"]
+    after = pd.manifest()
+    assert after.router.pid != before.router.pid and not _group_alive(before.router.pid)
+    assert [r.pid for r in after.servers if r.host != DECODES[0]] == [
+        r.pid for r in before.servers if r.host != DECODES[0]]
+    assert lost in http("GET", router_url + "/list_workers")[1]
+    code, text = http("POST", router_url + "/v1/completions",
+                      {"model": "test/model", "prompt": "after the restart", "max_tokens": 2}, timeout=30)
+    assert code == 200, text
+    run_ids = {r.run_id for r in after.records}
+    code, _ = pd.stop()
     assert code == 0 and pd.processes(run_ids) == {}

@@ -31,7 +31,8 @@ from cluster.render import gpu as rg
 from cluster.render import system as rs
 from cluster.render.fold import ViewOptions, view_options
 from cluster.result import Failure, Outcome, Report
-from cluster.serving.model import ServerRow
+from cluster.serving.plan import ServerSpec
+from cluster.serving.records import ServerRecord
 
 ROOT = Path(__file__).resolve().parent
 SERVICE_FIXTURES = ROOT / "fixtures" / "service"
@@ -281,9 +282,9 @@ def test_check_folds_by_latency_band_and_identical_failures():
 
 
 def server(host: str, status: str = "ready", health: int = 200, role: str = "decode") -> Outcome:
-    row = ServerRow(role=role, host=host, target=host, port=30001, key=f"{role}-{host}",
-                    pid=1234, status=status, alive=True, listening=True, health=health,
-                    uptime_s=120, last_log="The server is fired up and ready to roll!")
+    row = ServerRecord(ServerSpec(engine="sglang", role=role, host=host, target=host, port=30001),
+                       pid=1234, status=status, alive=True, listening=True, health=health,
+                       uptime_s=120, last_log="The server is fired up and ready to roll!")
     return Outcome(Host(host), True, data=row)
 
 
@@ -347,12 +348,14 @@ def test_remote_text_in_other_tables_is_spelled_out():
     failed = Outcome(Host("10.0.9.3"), False, error=Failure("exit", f"exit code 1: {ESC}", "x"))
     assert_spelled(rendered(basic.check_table(Report([check, failed]), EXPANDED)))
     assert_spelled(rendered(basic.check_table(Report([check, check]), FOLDED)))
-    row = ServerRow(role="decode", host="10.0.9.4", target="10.0.9.4", port=30001, key="k",
-                    pid=1, status="ready", alive=True, listening=True, health=200, uptime_s=5,
-                    last_log=f"INFO {ESC}")
+    row = ServerRecord(ServerSpec(engine="sglang", role="decode", host="10.0.9.4",
+                                  target="10.0.9.4", port=30001),
+                       pid=1, status="ready", alive=True, listening=True, health=200, uptime_s=5,
+                       last_log=f"INFO {ESC}")
     server_outcome = Outcome(Host("10.0.9.4"), True, data=row)
     assert_spelled(rendered(serving.status_table(Report([server_outcome]), EXPANDED)))
-    twin = Outcome(Host("10.0.9.5"), True, data=replace(row, host="10.0.9.5", target="10.0.9.5"))
+    twin = Outcome(Host("10.0.9.5"), True, data=replace(row, spec=replace(row.spec, host="10.0.9.5",
+                                                                        target="10.0.9.5")))
     assert_spelled(rendered(serving.status_table(Report([server_outcome, twin]), FOLDED)))
     states = service.parse((SERVICE_FIXTURES / "no-systemd.txt").read_text())
     states[0].processes = [(42, f"python -m sglang.launch_server {ESC}")]

@@ -78,3 +78,60 @@ def test_report_order_and_exit_code():
 
 def test_command_result_ok():
     assert CommandResult("true", "", "", 0).ok and CommandResult("false", "", "", 1).failed
+
+
+# ---------------------------------------------------------------------------
+# Report lookup and its JSON document
+# ---------------------------------------------------------------------------
+
+
+def lookup_report() -> Report:
+    return Report([Outcome(Host("10.8.0.81"), True), Outcome(Host("10.8.0.82", "ubuntu", 2222), True),
+                   Outcome(Host("10.8.0.83", "ops"), False), Outcome(Host("10.8.0.83", "ops"), True)])
+
+
+@pytest.mark.parametrize("key, index", [
+    ("10.8.0.81", 0), (Host("10.8.0.81"), 0), ("ubuntu@10.8.0.81", 0), ("10.8.0.81:22", 0),
+    ("ubuntu@10.8.0.81:22", 0),                        # user/port the outcome does not name
+    ("ubuntu@10.8.0.82:2222", 1), ("10.8.0.82", 1), ("10.8.0.82:2222", 1), ("ubuntu@10.8.0.82", 1),
+    (Host("10.8.0.82", "ubuntu", 2222), 1), (1, 1), ("ops@10.8.0.83", 2),
+])
+def test_report_lookup_by_host_or_any_of_its_string_forms(key, index):
+    report = lookup_report()
+    assert report[key] is report.outcomes[index]
+
+
+@pytest.mark.parametrize("key", ["10.8.0.99", "root@10.8.0.82", "10.8.0.82:22", "bad[range", "[::1"])
+def test_report_lookup_misses_are_key_errors(key):
+    with pytest.raises(KeyError):
+        lookup_report()[key]
+
+
+def test_report_all_of_gives_every_outcome_of_a_host():
+    report = lookup_report()
+    assert report.all_of("10.8.0.83") == report.outcomes[2:]
+    assert report.all_of("10.8.0.99") == []
+
+
+def test_report_to_dict_is_the_json_contract():
+    class Data:
+        def to_json(self):
+            return {"answer": 42}
+
+    report = Report([Outcome(Host("a"), True, data=Data()),
+                     Outcome(Host("b", "u", 2), False, error=exit_failure(3, "", "boom"))],
+                    task="demo", extra={"note": "x"}, totals=lambda r: {"answers": len(r.ok)})
+    assert report.to_dict() == {
+        "task": "demo",
+        "hosts": [{"host": "a", "ok": True, "error": None, "answer": 42},
+                  {"host": "u@b:2", "ok": False,
+                   "error": {"kind": "exit", "message": "exit code 3: boom",
+                             "hint": "see stderr above", "exit_code": 3}}],
+        "summary": {"ok": 1, "failed": 1, "answers": 1},
+        "note": "x",
+    }
+    import json
+
+    assert json.loads(report.to_json()) == report.to_dict()
+    report.fields = lambda outcome: {"mine": str(outcome.host)}
+    assert report.to_dict()["hosts"][1]["mine"] == "u@b:2"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from cluster.errors import InputError, InventoryError
+from cluster.errors import InputError, InventoryError, ParameterError
 from cluster.serving.config import (
     DECODE,
     PREFILL,
@@ -14,6 +14,7 @@ from cluster.serving.config import (
     ServingConfig,
     parse_serving,
 )
+from cluster_cli.common import flag_of
 
 FULL = """
 serving:
@@ -173,12 +174,15 @@ def test_overrides_apply_and_validate():
     assert config.router.metrics_port == 29100
 
 
-def test_override_errors_name_the_option():
+def test_override_errors_name_the_parameter_and_the_cli_maps_it_to_the_option():
     config = load(FULL)
-    with pytest.raises(InputError, match=r"^--prefill-port: expected an integer 1-65535, got 'http'"):
+    with pytest.raises(ParameterError, match=r"^prefill_port: expected an integer 1-65535, got 'http'") as info:
         config.with_overrides(prefill_port="http")
-    with pytest.raises(InputError, match="--engine: expected one of sglang, vllm"):
+    assert flag_of(info.value.parameter, {}) == "--prefill-port"
+    assert info.value.naming("--prefill-port") == "--prefill-port: expected an integer 1-65535, got 'http'"
+    with pytest.raises(ParameterError, match="^engine: expected one of sglang, vllm") as info:
         config.with_overrides(engine="tgi")
+    assert info.value.naming("--engine").startswith("--engine: expected one of sglang, vllm")
     with pytest.raises(InputError, match="unknown serving override"):
         config.with_overrides(prefil_port=1)
 
@@ -193,3 +197,14 @@ def test_override_errors_are_not_inventory_errors():
 def test_role_lookup_rejects_unknown_role():
     with pytest.raises(InputError, match="unknown serving role 'encode'"):
         ServingConfig().role("encode")
+
+
+@pytest.mark.parametrize("key", ["model_path", "python", "env_file", "run_dir"])
+def test_values_that_would_be_read_as_options_are_refused(key):
+    # `vllm serve -x` or `mkdir -p -x` would take the value for an option.
+    with pytest.raises(InventoryError, match=f"roles.yaml: serving.{key}: may not start with '-'"):
+        parse_serving({key: "--trust-remote-code"}, source="roles.yaml")
+    with pytest.raises(ParameterError, match=f"^{key}: may not start with '-'"):
+        ServingConfig().with_overrides(**{key: "-x"})
+    with pytest.raises(InventoryError, match="serving.router.host: may not start with '-'"):
+        parse_serving({"router": {"host": "-oProxyCommand=x"}}, source="roles.yaml")

@@ -1,5 +1,5 @@
 """The lifecycle's pure parts and local pieces: planning, dry run, stop planning, parsing of
-host answers, the manifest store, stdin scripts on `local`, and the renderers.
+host answers, the manifest store, and the renderers.
 
 No SSH here (tests/test_pd_lifecycle.py drives the real thing on the loopback fleet).
 """
@@ -12,13 +12,14 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from cluster.errors import InputError
+from cluster.errors import InputError, ParameterError
 from cluster.hosts import Host
 from cluster.render import serving as view
 from cluster.result import Failure, Outcome, Report
-from cluster.serving import commands as cmd
-from cluster.serving import lifecycle as lc
+from cluster.serving import plan, records, scripts, start, status, stop
 from cluster.serving.config import parse_serving
+from cluster.serving.plan import RouterSpec, ServerSpec
+from cluster.shell import Section, parse_sections
 from cluster.ssh import Engine
 
 FIXTURES = Path(__file__).resolve().parents[1] / "cluster" / "testing" / "fixtures" / "gpu"
@@ -41,15 +42,15 @@ def text_of(renderable) -> str:
 def test_plan_and_dry_run_show_every_process_masked():
     cfg = config(env={"HF_TOKEN": "hf_secret"}, prefill={"tp_size": 16, "nnodes": 2},
                  router={"host": "local"})
-    plan = lc.plan_start(cfg, ["10.8.0.81", "10.8.0.82"], ["10.8.0.83"], deployment="prod",
-                         run_id="R1", environ={})
-    assert plan.deployment == "prod" and plan.run_id == "R1" and plan.router is not None
-    scripts = lc.dry_run_scripts(plan)
-    assert [(r.role, r.host, r.node_rank) for r, _ in scripts] == [
+    planned = plan.plan_start(cfg, ["10.8.0.81", "10.8.0.82"], ["10.8.0.83"], deployment="prod",
+                              run_id="R1", environ={})
+    assert planned.deployment == "prod" and planned.run_id == "R1" and planned.router is not None
+    shown = start.dry_run_scripts(planned)
+    assert [(r.role, r.host, r.node_rank) for r, _ in shown] == [
         ("prefill", "10.8.0.81", 0), ("prefill", "10.8.0.82", 1), ("decode", "10.8.0.83", 0),
         ("router", "127.0.0.1", 0)]
-    assert all(r.status == lc.DRY_RUN for r, _ in scripts)
-    text = view.dry_run_text(scripts)
+    assert all(r.status == records.DRY_RUN for r, _ in shown)
+    text = view.dry_run_text(shown)
     assert "hf_secret" not in text and "HF_TOKEN=***" in text
     assert "# ===== prefill 0 rank 1 on 10.8.0.82, port 30000" in text
     assert "# ===== router on the controller (local), port 8000" in text
@@ -58,41 +59,44 @@ def test_plan_and_dry_run_show_every_process_masked():
 
 def test_bad_plans_are_input_errors():
     with pytest.raises(InputError, match="no model path"):
-        lc.plan_start(parse_serving({}, source="r"), ["10.8.0.81"], ["10.8.0.82"], environ={})
+        plan.plan_start(parse_serving({}, source="r"), ["10.8.0.81"], ["10.8.0.82"], environ={})
     with pytest.raises(InputError, match="no decode hosts"):
-        lc.plan_start(config(), ["10.8.0.81"], [], environ={})
-    plan = lc.plan_start(config(), ["10.8.0.81"], ["10.8.0.82"], environ={})
-    with pytest.raises(InputError, match="--timeout"):
-        lc.start_pd(Engine(), plan, timeout=0)  # refused before anything is contacted
+        plan.plan_start(config(), ["10.8.0.81"], [], environ={})
+    planned = plan.plan_start(config(), ["10.8.0.81"], ["10.8.0.82"], environ={})
+    with pytest.raises(ParameterError, match="^timeout must be > 0 seconds") as info:
+        start.start_pd(Engine(), planned, timeout=0)  # refused before anything is contacted
+    # The library names its parameter; the CLI shows the option (--timeout).
+    assert info.value.parameter == "timeout"
+    assert info.value.naming("--timeout") == "--timeout must be > 0 seconds, got 0"
 
 
 def test_exit_codes_of_the_scripts_map_to_failure_kinds():
-    assert lc._exit_failure(3, ["env file not found: /x"]).kind == lc.ENV_FILE
-    assert lc._exit_failure(5, ["already running: process group 7 (pid file p)"]).kind == lc.ALREADY_RUNNING
-    busy = lc._exit_failure(6, ["port(s) in use on 10.8.0.81: 30000 "])
-    assert busy.kind == lc.PORT_BUSY and "30000" in busy.message and busy.exit_code == 6
-    assert lc._exit_failure(7, ["python3 not found on PATH"]).kind == lc.NO_LAUNCHER
-    other = lc._exit_failure(9, [])
-    assert other.kind == lc.LAUNCH and other.message == "exit code 9"
+    assert start.exit_failure(3, ["env file not found: /x"]).kind == start.ENV_FILE
+    assert start.exit_failure(5, ["already running: process group 7 (pid file p)"]).kind == start.ALREADY_RUNNING
+    busy = start.exit_failure(6, ["port(s) in use on 10.8.0.81: 30000 "])
+    assert busy.kind == stop.PORT_BUSY and "30000" in busy.message and busy.exit_code == 6
+    assert start.exit_failure(7, ["python3 not found on PATH"]).kind == start.NO_LAUNCHER
+    other = start.exit_failure(9, [])
+    assert other.kind == start.LAUNCH and other.message == "exit code 9"
 
 
 # --------------------------------------------------------------------------- stop planning
 
 
-def manifest_with_router(run_id: str = "R") -> cmd.Manifest:
+def manifest_with_router(run_id: str = "R") -> records.Manifest:
     cfg = config(router={"host": "local"}, prefill={"port": 30000}, decode={"port": 30001})
-    specs = cmd.plan_deployment(cfg, ["10.8.0.81"], ["10.8.0.81", "10.8.0.82"], run_id=run_id)
-    router = cmd.plan_router(cfg, specs)
-    return cmd.Manifest(
+    specs = plan.plan_deployment(cfg, ["10.8.0.81"], ["10.8.0.81", "10.8.0.82"], run_id=run_id)
+    router = plan.plan_router(cfg, specs)
+    return records.Manifest(
         name="default", engine="sglang", run_id=run_id, model_path="m", created_at=1.0,
-        servers=[cmd.ServerRecord.from_spec(s, pid=100 + i) for i, s in enumerate(specs)],
-        router=cmd.RouterRecord.from_spec(router, pid=200))
+        servers=[records.ServerRecord(s, pid=100 + i) for i, s in enumerate(specs)],
+        router=records.ServerRecord(router, pid=200))
 
 
 def test_stop_work_groups_servers_per_host_and_stops_the_router_on_its_host():
     manifest = manifest_with_router()
     hosts = [Host("10.8.0.81"), Host("10.8.0.82")]
-    work = lc._stop_work(hosts, manifest.servers, manifest.router, "sglang", "deployment", {})
+    work = stop.stop_work(hosts, manifest.servers, manifest.router, "sglang", "deployment", {})
     first = work[Host("10.8.0.81")]
     assert first.pgids == [100, 101] and first.labels == ["prefill :30000", "decode :30001"]
     assert first.ports == [30000, 8998, 30001] and first.run_ids == ("R",)
@@ -106,7 +110,7 @@ def test_stop_work_groups_servers_per_host_and_stops_the_router_on_its_host():
 
 
 def test_stop_script_sweep_scope():
-    item = lc.StopWork(host=Host("h"), pgids=[42], engine="vllm", ports=[8100], address="h",
+    item = stop.StopWork(host=Host("h"), pgids=[42], engine="vllm", ports=[8100], address="h",
                        run_ids=("R",))
     assert "[V]LLM::EngineCore" in item.script(1) and "-R.log" not in item.script(1)  # user scope
     item.sweep = "deployment"
@@ -115,8 +119,8 @@ def test_stop_script_sweep_scope():
     assert "pgrep" not in item.script(1)
     item.sweep, item.run_ids = "deployment", ()
     assert "pgrep" not in item.script(1)  # no run id known: nothing to scope by, no sweep
-    with pytest.raises(InputError, match="--sweep"):
-        lc._check_sweep("all")
+    with pytest.raises(ParameterError, match="^sweep must be one of user, deployment, none"):
+        stop.check_sweep("all")
 
 
 def test_host_stop_parsing_and_failures():
@@ -127,20 +131,20 @@ def test_host_stop_parsing_and_failures():
         "@@begin ports", "30000 free", "8998 busy", "@@end ports 0",
         "@@begin gpu", apps.rstrip("\n"), "@@end gpu 0",
     ])
-    item = lc.StopWork(host=Host("h"), labels=["prefill :30000"])
-    stop = lc._parse_host_stop(item, cmd.parse_sections(answer))
-    assert stop.stopped_pids == [100, 101, 102] and stop.killed_after_grace == [102]
-    assert stop.how == "kill" and stop.seconds == 31
-    assert stop.leftovers == [(300, "sglang::detokenizer")]
-    assert stop.ports == {30000: True, 8998: False} and not stop.ports_free
-    assert stop.gpu.available and stop.gpu.memory_used_mib > 600000 and len(stop.gpu.processes) == 9
-    failure = lc._stop_failure(stop)
-    assert failure.kind == lc.PORT_BUSY and "8998" in failure.message
-    stop.survivors = [102]
-    assert lc._stop_failure(stop).kind == lc.SURVIVORS
-    none = lc._gpu_after(cmd.Section("gpu", "@@no-nvidia-smi", 0))
+    item = stop.StopWork(host=Host("h"), labels=["prefill :30000"])
+    host_stop = stop.parse_host_stop(item, parse_sections(answer))
+    assert host_stop.stopped_pids == [100, 101, 102] and host_stop.killed_after_grace == [102]
+    assert host_stop.how == "kill" and host_stop.seconds == 31
+    assert host_stop.leftovers == [(300, "sglang::detokenizer")]
+    assert host_stop.ports == {30000: True, 8998: False} and not host_stop.ports_free
+    assert host_stop.gpu.available and host_stop.gpu.memory_used_mib > 600000 and len(host_stop.gpu.processes) == 9
+    failure = stop.stop_failure(host_stop)
+    assert failure.kind == stop.PORT_BUSY and "8998" in failure.message
+    host_stop.survivors = [102]
+    assert stop.stop_failure(host_stop).kind == stop.SURVIVORS
+    none = stop.gpu_after(Section("gpu", "@@no-nvidia-smi", 0))
     assert not none.available and "no nvidia-smi" in none.note
-    doc = stop.to_json()
+    doc = host_stop.to_json()
     assert doc["leftovers"] == [{"pid": 300, "command": "sglang::detokenizer"}]
     assert doc["ports"] == {"30000": True, "8998": False} and doc["ports_free"] is False
 
@@ -149,100 +153,91 @@ def test_mark_stopped_stamps_records_and_the_whole_manifest():
     manifest = manifest_with_router()
     report = Report([Outcome(Host("10.8.0.81"), True), Outcome(Host("10.8.0.82"), False),
                      Outcome(Host("local"), True)])
-    lc._mark_stopped(manifest, manifest.servers, manifest.router, report)
+    stop.mark_stopped(manifest, manifest.servers, manifest.router, report)
     assert [bool(r.stopped_at) for r in manifest.servers] == [True, True, False]
     assert manifest.router.stopped_at and manifest.stopped_at is None
     report.outcomes[1].ok = True
-    lc._mark_stopped(manifest, manifest.servers, manifest.router, report)
+    stop.mark_stopped(manifest, manifest.servers, manifest.router, report)
     assert manifest.stopped_at is not None
 
 
 # --------------------------------------------------------------------------- status rows
 
 
-def row(**kw) -> lc.ServerRow:
-    base = dict(role="decode", host="10.8.0.82", target="10.8.0.82", port=30001, key="decode-0-0",
-                pid=100)
-    base.update(kw)
-    return lc.ServerRow(**base)
+def row(role: str = "decode", host: str = "10.8.0.82", port: int = 30001, pid: int = 100,
+        is_api: bool = True, **state) -> records.ServerRecord:
+    """One process's record (files under /run, run id R) with observed ``state``."""
+    if role == "router":
+        spec = RouterSpec(engine="sglang", host="local", target="local", bind="127.0.0.1", port=port,
+                          metrics_port=29000, run_dir="/run", run_id="R")
+    else:
+        spec = ServerSpec(engine="sglang", role=role, host=host, target=host, port=port,
+                          node_rank=0 if is_api else 1, nnodes=1 if is_api else 2, run_dir="/run",
+                          run_id="R")
+    return records.ServerRecord(spec, pid=pid, **state)
 
 
 def test_status_judgement():
     healthy = row()
-    assert lc._judge_status(healthy, cmd.ProbeResult("k", 3, True, 60, 200, (30001,), "x")) is None
-    assert healthy.status == lc.HEALTHY and healthy.listening and healthy.uptime_s == 60
+    assert status.judge_status(healthy, scripts.ProbeResult("k", 3, True, 60, 200, (30001,), "x")) is None
+    assert healthy.status == records.HEALTHY and healthy.listening and healthy.uptime_s == 60
     loading = row()
-    assert lc._judge_status(loading, cmd.ProbeResult("k", 3, True, 5, 503)).kind == lc.UNHEALTHY
-    assert loading.status == lc.LOADING
+    assert status.judge_status(loading, scripts.ProbeResult("k", 3, True, 5, 503)).kind == status.UNHEALTHY
+    assert loading.status == records.LOADING
     orphans = row()
-    failure = lc._judge_status(orphans, cmd.ProbeResult("k", 2, False))
-    assert failure.kind == lc.NOT_RUNNING and "2 process(es)" in failure.message
+    failure = status.judge_status(orphans, scripts.ProbeResult("k", 2, False))
+    assert failure.kind == status.NOT_RUNNING and "2 process(es)" in failure.message
     assert orphans.status == "dead (children left)"
     stopped = row(stopped_at=1.0)
-    assert "stopped by stop-pd" in lc._judge_status(stopped, cmd.ProbeResult("k")).message
+    assert "stopped by stop-pd" in status.judge_status(stopped, scripts.ProbeResult("k")).message
     follower = row(is_api=False)
-    assert lc._judge_status(follower, cmd.ProbeResult("k", 4, True)) is None
-    assert follower.status == lc.RUNNING and follower.listening is None
-    router = row(role="router", key="router")
+    assert status.judge_status(follower, scripts.ProbeResult("k", 4, True)) is None
+    assert follower.status == records.RUNNING and follower.listening is None
+    router = row(role="router")
     body = json.dumps({"workers": [{"url": "http://a:1", "is_healthy": True},
                                    {"url": "http://b:2", "is_healthy": False, "secret": "x"}]})
-    failure = lc._judge_status(router, cmd.ProbeResult("router", 1, True, 9, 200, (30001,), "l", body))
-    assert failure.kind == lc.UNHEALTHY and "http://b:2" in failure.message
+    failure = status.judge_status(router, scripts.ProbeResult("router", 1, True, 9, 200, (30001,), "l", body))
+    assert failure.kind == status.UNHEALTHY and "http://b:2" in failure.message
     assert router.workers == [{"url": "http://a:1", "is_healthy": True},
                               {"url": "http://b:2", "is_healthy": False}]
 
 
-# --------------------------------------------------------------------------- manifest store, local runs
+# --------------------------------------------------------------------------- manifest store
 
 
 def test_manifest_store_uses_the_state_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("CLUSTER_STATE_DIR", str(tmp_path / "state"))
-    assert lc.load_manifest() is None
+    assert records.load_manifest() is None
     manifest = manifest_with_router()
-    path = lc.save_manifest(manifest)
-    assert path == tmp_path / "state" / "default.json" == lc.manifest_file()
-    assert lc.load_manifest("default") == manifest
+    path = records.save_manifest(manifest)
+    assert path == tmp_path / "state" / "default.json" == records.manifest_file()
+    assert records.load_manifest("default") == manifest
     assert not list((tmp_path / "state").glob(".*tmp"))  # written atomically, no temp left
-
-
-def test_run_script_on_local_feeds_the_script_on_stdin():
-    engine = Engine()
-    session = engine.session(Host("local"))
-    secret = "s3cr3t-value"
-    result = lc.run_script(session, f'X={secret}\ncat /proc/$$/cmdline | tr "\\0" " "; echo\necho "got $X"\n'
-                           "read -r line || echo no-more-stdin\nexit 4")
-    assert result.exited == 4
-    assert secret not in result.stdout.splitlines()[0]  # not on the shell's command line
-    assert "got s3cr3t-value" in result.stdout
-    assert "no-more-stdin" in result.stdout  # the script was read whole before it ran
 
 
 # --------------------------------------------------------------------------- rendering
 
 
-def start_result(stage: str, rows_and_failures) -> lc.StartResult:
-    plan = lc.plan_start(config(router={"host": "local"}), ["10.8.0.81"], ["10.8.0.82"],
-                         run_id="R", environ={})
+def start_result(stage: str, rows_and_failures) -> start.StartResult:
+    planned = plan.plan_start(config(router={"host": "local"}), ["10.8.0.81"], ["10.8.0.82"],
+                              run_id="R", environ={})
     outcomes = [Outcome(Host(r.target), f is None, error=f, data=r) for r, f in rows_and_failures]
-    return lc.StartResult(Report(outcomes), stage, plan, manifest_file=Path("/x/default.json"))
+    return start.StartResult(Report(outcomes), stage, planned, manifest_file=Path("/x/default.json"))
 
 
 def test_start_view_shows_failures_tails_and_next_steps():
-    died = row(status="died", log_tail=["Traceback", "RuntimeError: CUDA error: out of memory"],
-               log_path="/run/sglang-decode-10.8.0.82-30001-R.log")
-    ready = row(role="prefill", host="10.8.0.81", target="10.8.0.81", port=30000,
-                status="ready", ready_after_s=12.34, log_path="/run/p.log")
-    result = start_result("wait", [(ready, None), (died, Failure(lc.DIED, "decode died", "see below"))])
+    died = row(status="died", log_tail=["Traceback", "RuntimeError: CUDA error: out of memory"])
+    assert died.log_path == "/run/sglang-decode-10.8.0.82-30001-R.log"
+    ready = row(role="prefill", host="10.8.0.81", port=30000, status="ready", ready_after_s=12.34)
+    result = start_result("wait", [(ready, None), (died, Failure(start.DIED, "decode died", "see below"))])
     text = text_of(view.start_view(result))
     assert "12.3 s" in text and "sglang-decode-10.8.0.82-30001-R.log" in text
     assert "RuntimeError: CUDA error: out of memory" in text and "decode died" in text
     assert "inv stop-pd" in text and "/x/default.json" in text and "Logs (and pid files)" in text
     refused = start_result("preflight", [(row(status="failed"),
-                                          Failure(lc.ENV_FILE, "env file not found: /e"))])
+                                          Failure(start.ENV_FILE, "env file not found: /e"))])
     text = text_of(view.start_view(refused))
     assert "env-file" in text and "Nothing was started on any host" in text
-    extra = view.start_extra(refused)
-    assert extra["stage"] == "preflight" and extra["run_id"] == "R"
 
 
 def test_progress_stop_and_status_tables_render():
@@ -250,13 +245,44 @@ def test_progress_stop_and_status_tables_render():
             row(role="prefill", status="ready", ready_after_s=30.0)]
     text = text_of(view.progress_view(rows, 95))
     assert "1/2 ready" in text and "2m30s" in text and "Load weight begin" in text
-    stop = lc.HostStop(servers=["decode :30001"], stopped_pids=[1, 2], how="kill", seconds=31,
-                       leftovers=[(7, "sglang::detokenizer -c code")], ports={30001: True},
-                       gpu=lc.GpuAfter(True, 1024, 81559, [{"pid": 9}]))
-    text = text_of(view.stop_table(Report([Outcome(Host("10.8.0.82"), True, data=stop)])))
+    stopped = stop.HostStop(servers=["decode :30001"], stopped_pids=[1, 2], how="kill", seconds=31,
+                            leftovers=[(7, "sglang::detokenizer -c code")], ports={30001: True},
+                            gpu=stop.GpuAfter(True, 1024, 81559, [{"pid": 9}]))
+    text = text_of(view.stop_table(Report([Outcome(Host("10.8.0.82"), True, data=stopped)])))
     assert "7 sglang::detokenizer" in text and "yes (30001)" in text
     assert "1024 / 81559 MiB, 1 process(es)" in text and "SIGKILL after grace in 31 s" in text
-    router = row(role="router", key="router", health=200, alive=True, status="ready",
+    router = row(role="router", health=200, alive=True, status="ready",
                  workers=[{"is_healthy": True}, {"is_healthy": True}])
     text = text_of(view.status_table(Report([Outcome(Host("local"), True, data=router)])))
     assert "workers 2/2 healthy" in text and "ready 200" in text
+
+
+def test_restart_picks_whole_servers_and_refuses_what_it_cannot_relaunch():
+    cfg = config(prefill={"tp_size": 4, "nnodes": 2}, router={"host": "local"})
+    specs = plan.plan_deployment(cfg, ["10.8.0.81", "10.8.0.82"], ["10.8.0.83", "10.8.0.84"], run_id="R")
+    manifest = records.Manifest("d", "sglang", "R", "m", 1.0,
+                                servers=[records.ServerRecord(s, pid=100 + i) for i, s in enumerate(specs)])
+    # A host picks every rank of the servers with a rank there; no host: the dead ones.
+    on_82 = start.select_restart(manifest, [Host("10.8.0.82")], {})
+    assert [(r.role, r.host) for r in on_82] == [("prefill", "10.8.0.81"), ("prefill", "10.8.0.82")]
+    dead = start.select_restart(manifest, None, {"prefill-0-0": True, "prefill-0-1": True,
+                                                 "decode-0-0": False, "decode-1-0": True})
+    assert [r.host for r in dead] == ["10.8.0.83"]
+    with pytest.raises(ParameterError, match="no server of deployment 'd' is recorded on 10.8.0.99"):
+        start.restart_pd(Engine(), manifest, hosts=[Host("10.8.0.99")])
+    manifest.version = 1  # recorded before specs were: nothing to relaunch from
+    with pytest.raises(InputError, match="older version .* `inv start-pd --restart`"):
+        start.restart_pd(Engine(), manifest, hosts=[Host("10.8.0.83")])
+    with pytest.raises(ParameterError, match="^timeout must be > 0"):
+        start.restart_pd(Engine(), manifest, timeout=-1)
+
+
+def test_restart_resolves_secret_values_that_were_never_recorded():
+    cfg = config(env={"HF_TOKEN": "hf_x", "NCCL_SOCKET_IFNAME": "eth0"})
+    spec = plan.plan_deployment(cfg, ["10.8.0.81"], ["10.8.0.82"], run_id="R")[0]
+    recorded = records.ServerRecord(spec).spec
+    assert dict(recorded.env) == {"HF_TOKEN": None, "NCCL_SOCKET_IFNAME": "eth0"}
+    with pytest.raises(InputError, match="HF_TOKEN was recorded as a secret"):
+        start.resolve_secrets(recorded, {})
+    assert dict(start.resolve_secrets(recorded, {"HF_TOKEN": "hf_y"}).env)["HF_TOKEN"] == "hf_y"
+    assert "hf_x" not in records.ServerRecord(spec).command and "HF_TOKEN=***" in records.ServerRecord(spec).command

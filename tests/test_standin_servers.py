@@ -22,7 +22,7 @@ from typing import Any, Callable
 import pytest
 from helpers import http
 
-from cluster.serving import commands as cmd
+from cluster.serving import plan, scripts
 from cluster.serving.config import parse_serving
 from cluster.testing import standin_server as standin
 
@@ -164,25 +164,30 @@ def test_sigterm_to_group_leaves_stubborn_child_until_sigkill(groups, tmp_path):
     wait_for(lambda: not group_members(proc.pid), what="group gone after SIGKILL")
 
 
+def stopped_group(pgid: int, grace_s: float) -> scripts.GroupStop:
+    """Stop one process group with the stop-pd script; what it did."""
+    return scripts.parse_stop_groups(run_sh(scripts.stop_groups_command([pgid], grace_s)).stdout)[pgid]
+
+
 def test_stop_command_escalates_to_sigkill_and_reports(groups, tmp_path):
     proc, port, _ = start_sglang(groups, tmp_path, "--tp-size", "2", STANDIN_STUBBORN="1")
     wait_for(lambda: http("GET", f"http://{HOST}:{port}/health")[0] == 200, what="ready")
     before = set(group_members(proc.pid))
-    result = run_sh(cmd.stop_command(proc.pid, grace_s=0.5))
-    stopped = cmd.parse_stop(result.stdout)
+    result = run_sh(scripts.stop_groups_command([proc.pid], grace_s=0.5))
+    stopped = scripts.parse_stop_groups(result.stdout)[proc.pid]
     assert result.returncode == 0, result.stderr
     assert stopped.was_running and set(stopped.pids) == before
     assert stopped.how == "kill" and len(stopped.killed) == 3  # 2 schedulers + detokenizer
     assert not group_members(proc.pid)
-    free = cmd.parse_ports_free(run_sh(cmd.ports_free_command([port], HOST)).stdout)
+    free = scripts.parse_ports_free(run_sh(scripts.ports_free_command([port], HOST)).stdout)
     assert free == {port: True}
-    assert cmd.parse_stop(run_sh(cmd.stop_command(proc.pid, 0.5)).stdout).was_running is False
+    assert stopped_group(proc.pid, 0.5).was_running is False
 
 
 def test_stop_command_graceful_when_nothing_is_stubborn(groups, tmp_path):
     proc, port, _ = start_sglang(groups, tmp_path, STANDIN_STUBBORN="0")
     wait_for(lambda: http("GET", f"http://{HOST}:{port}/health")[0] == 200, what="ready")
-    stopped = cmd.parse_stop(run_sh(cmd.stop_command(proc.pid, grace_s=10)).stdout)
+    stopped = stopped_group(proc.pid, 10)
     assert stopped.how == "term" and stopped.killed == () and stopped.seconds is not None
     assert stopped.seconds < 10
 
@@ -244,7 +249,7 @@ def test_rank0_of_multi_node_holds_the_dist_init_port(groups, tmp_path):
     _, port, _ = start_sglang(groups, tmp_path, "--tp-size", "2", "--nnodes", "2",
                                  "--node-rank", "0", "--dist-init-addr", f"{HOST}:{dist}")
     wait_for(lambda: http("GET", f"http://{HOST}:{port}/health")[0] == 200, what="ready")
-    free = cmd.parse_ports_free(run_sh(cmd.ports_free_command([dist], HOST)).stdout)
+    free = scripts.parse_ports_free(run_sh(scripts.ports_free_command([dist], HOST)).stdout)
     assert free == {dist: False}
 
 
@@ -282,7 +287,7 @@ i=0; until grep -q "ready to roll" server.log; do sleep 0.1; i=$((i+1)); [ $i -l
 kill -KILL -$leader          # the group dies; the escaped detokenizer does not
 sleep 0.3
 echo "LEFT $(pgrep -f '^[s]glang::' | tr '\\n' ' ')"
-{cmd.sweep_command("sglang", None, spare_router=True)}
+{scripts.sweep_command("sglang", None, spare_router=True)}
 echo "AFTER $(pgrep -f '^[s]glang::' | tr '\\n' ' ')"
 echo "ROUTER $router $(ps -o stat= -p $router)"
 """
@@ -294,7 +299,7 @@ echo "ROUTER $router $(ps -o stat= -p $router)"
     assert result.returncode == 0, result.stdout + result.stderr
     lines = {line.split(" ", 1)[0]: line for line in result.stdout.splitlines()}
     left = lines["LEFT"].split()[1:]
-    swept = cmd.parse_sweep(result.stdout)
+    swept = scripts.parse_sweep(result.stdout)
     killed = {pid for pid, _ in swept.killed}
     assert len(left) == 2  # the escaped detokenizer and the router look-alike
     assert any("sglang::detokenizer" in c for _, c in swept.killed)
@@ -314,8 +319,8 @@ def local_config(tmp_path: Path, **doc: Any):
     return parse_serving(doc, source="test")
 
 
-def launch(groups: Groups, launch_obj: cmd.Launch, env: dict[str, str] | None = None) -> int:
-    result = run_sh(cmd.launch_script(launch_obj), env)
+def launch(groups: Groups, launch_obj: scripts.Launch, env: dict[str, str] | None = None) -> int:
+    result = run_sh(scripts.launch_script(launch_obj), env)
     assert result.returncode == 0, result.stderr
     pid = int(result.stdout.strip().splitlines()[-1])
     groups.add(pid)
@@ -325,33 +330,33 @@ def launch(groups: Groups, launch_obj: cmd.Launch, env: dict[str, str] | None = 
 def test_launch_script_starts_in_own_session_and_refuses_a_second_start(groups, tmp_path):
     cfg = local_config(tmp_path, prefill={"port": free_port()}, decode={"port": free_port()},
                        bootstrap_port=free_port())
-    prefill, _ = cmd.plan_deployment(cfg, [HOST], [HOST], run_id="T1")
-    launched = cmd.server_launch(prefill)
+    prefill, _ = plan.plan_deployment(cfg, [HOST], [HOST], run_id="T1")
+    launched = scripts.launch_of(prefill)
     pid = launch(groups, launched)
     assert os.getpgid(pid) == pid and os.getsid(pid) == pid  # setsid: PGID = PID
     assert Path(prefill.pid_path).read_text().strip() == str(pid)
-    code = wait_for(lambda: cmd.parse_health(run_sh(cmd.health_command(HOST, prefill.port)).stdout) == 200,
+    code = wait_for(lambda: scripts.parse_health(run_sh(scripts.health_command(HOST, prefill.port)).stdout) == 200,
                     what="health 200 via health_command")
     assert code
     assert "ready to roll" in Path(prefill.log_path).read_text()
-    again = run_sh(cmd.launch_script(launched))
-    assert again.returncode == cmd.EXIT_ALREADY_RUNNING and "already running" in again.stderr
-    assert run_sh(cmd.preflight_script(launched)).returncode == cmd.EXIT_ALREADY_RUNNING
+    again = run_sh(scripts.launch_script(launched))
+    assert again.returncode == scripts.EXIT_ALREADY_RUNNING and "already running" in again.stderr
+    assert run_sh(scripts.preflight_script(launched)).returncode == scripts.EXIT_ALREADY_RUNNING
     # Same ports, another pid file (as if launched from elsewhere): the port check catches it.
-    other = cmd.Launch(**{**launched.__dict__, "pid_path": str(tmp_path / "other.pid")})
-    busy = run_sh(cmd.launch_script(other))
-    assert busy.returncode == cmd.EXIT_PORT_BUSY and str(prefill.port) in busy.stderr
-    stopped = cmd.parse_stop(run_sh(cmd.stop_command(pid, grace_s=0.5)).stdout)
+    other = scripts.Launch(**{**launched.__dict__, "pid_path": str(tmp_path / "other.pid")})
+    busy = run_sh(scripts.launch_script(other))
+    assert busy.returncode == scripts.EXIT_PORT_BUSY and str(prefill.port) in busy.stderr
+    stopped = stopped_group(pid, 0.5)
     assert stopped.was_running and not group_members(pid)
-    assert run_sh(cmd.preflight_script(launched)).returncode == 0  # stale pid file is not "running"
+    assert run_sh(scripts.preflight_script(launched)).returncode == 0  # stale pid file is not "running"
 
 
 def test_launch_script_fails_early_on_missing_env_file(groups, tmp_path):
     cfg = local_config(tmp_path, env_file=str(tmp_path / "nope.sh"), prefill={"port": free_port()},
                        decode={"port": free_port()}, bootstrap_port=free_port())
-    prefill, _ = cmd.plan_deployment(cfg, [HOST], [HOST], run_id="T2")
-    result = run_sh(cmd.launch_script(cmd.server_launch(prefill)))
-    assert result.returncode == cmd.EXIT_ENV_FILE_MISSING
+    prefill, _ = plan.plan_deployment(cfg, [HOST], [HOST], run_id="T2")
+    result = run_sh(scripts.launch_script(scripts.launch_of(prefill)))
+    assert result.returncode == scripts.EXIT_ENV_FILE_MISSING
     assert f"env file not found: {tmp_path / 'nope.sh'}" in result.stderr
     assert not (tmp_path / "run").exists()  # nothing created, nothing started
 
@@ -362,9 +367,9 @@ def test_launch_script_sources_env_file_and_reports_missing_launcher(groups, tmp
     cfg = local_config(tmp_path, env_file=str(env_file), python="no-such-python3",
                        prefill={"port": free_port()}, decode={"port": free_port()},
                        bootstrap_port=free_port())
-    prefill, _ = cmd.plan_deployment(cfg, [HOST], [HOST], run_id="T3")
-    result = run_sh(cmd.launch_script(cmd.server_launch(prefill)))
-    assert result.returncode == cmd.EXIT_LAUNCHER_MISSING
+    prefill, _ = plan.plan_deployment(cfg, [HOST], [HOST], run_id="T3")
+    result = run_sh(scripts.launch_script(scripts.launch_of(prefill)))
+    assert result.returncode == scripts.EXIT_LAUNCHER_MISSING
     assert "no-such-python3 not found on PATH" in result.stderr
     assert "sourcing env file" in Path(prefill.log_path).read_text()  # its chatter went to the log
 
@@ -376,15 +381,15 @@ def test_vllm_standin_binds_late_holds_side_channel_and_answers_prefill(groups, 
     cfg = local_config(tmp_path, engine="vllm", prefill={"port": free_port(), "tp_size": 2},
                        decode={"port": free_port()}, side_channel_port=free_port(),
                        env={"PATH": f"{BIN}:{os.environ['PATH']}", "STANDIN_LOAD_SECONDS": "3"})
-    prefill, _ = cmd.plan_deployment(cfg, [HOST], [HOST], run_id="V1")
-    pid = launch(groups, cmd.server_launch(prefill))
-    health = cmd.health_command(HOST, prefill.port)
-    assert cmd.parse_health(run_sh(health).stdout) == 0  # vLLM binds after loading: 000
-    wait_for(lambda: cmd.parse_health(run_sh(health).stdout) == 200, what="vllm ready")
+    prefill, _ = plan.plan_deployment(cfg, [HOST], [HOST], run_id="V1")
+    pid = launch(groups, scripts.launch_of(prefill))
+    health = scripts.health_command(HOST, prefill.port)
+    assert scripts.parse_health(run_sh(health).stdout) == 0  # vLLM binds after loading: 000
+    wait_for(lambda: scripts.parse_health(run_sh(health).stdout) == 200, what="vllm ready")
     titles = sorted(c.split()[0] for p, c in group_members(pid).items() if p != pid)
     assert titles == ["VLLM::EngineCore", "VLLM::Worker_TP0", "VLLM::Worker_TP1"]
     side = prefill.side_channel_port
-    assert cmd.parse_ports_free(run_sh(cmd.ports_free_command([side], HOST)).stdout) == {side: False}
+    assert scripts.parse_ports_free(run_sh(scripts.ports_free_command([side], HOST)).stdout) == {side: False}
     code, text = http("POST", f"{prefill.url}/v1/completions", {"model": "test/model", "prompt": "hi",
                                                                  "max_tokens": 1})
     assert code == 200 and json.loads(text)["kv_transfer_params"]["remote_port"] == side
@@ -402,14 +407,14 @@ def _pd_through_router(groups: Groups, tmp_path: Path, engine: str) -> tuple[lis
                        side_channel_port=free_port(),
                        router={"host": "local", "port": free_port(), "metrics_port": free_port(),
                                "extra_args": ["--worker-startup-check-interval", "1"]})
-    specs = cmd.plan_deployment(cfg, [HOST], [HOST], run_id="R1")
+    specs = plan.plan_deployment(cfg, [HOST], [HOST], run_id="R1")
     for spec in specs:
-        launch(groups, cmd.server_launch(spec))
+        launch(groups, scripts.launch_of(spec))
     for spec in specs:
-        wait_for(lambda s=spec: cmd.parse_health(run_sh(cmd.health_command(HOST, s.port)).stdout) == 200,
+        wait_for(lambda s=spec: scripts.parse_health(run_sh(scripts.health_command(HOST, s.port)).stdout) == 200,
                  what=f"{spec.role} ready")
-    router = cmd.plan_router(cfg, specs)
-    launch(groups, cmd.router_launch(router), env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    router = plan.plan_router(cfg, specs)
+    launch(groups, scripts.launch_of(router), env={**os.environ, "HF_HUB_OFFLINE": "1"})
     wait_for(lambda: http("GET", router.url + "/readiness")[0] == 200, timeout=60,
              what=f"router readiness ({router.log_path})")
     path = "/generate" if engine == "sglang" else "/v1/completions"

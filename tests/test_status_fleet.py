@@ -21,7 +21,7 @@ import pytest
 from helpers import restore_path, run_cli, save_path, set_gpu_state
 
 import cluster.gpu as gpu
-from cluster import status
+from cluster import status, system
 from cluster.api import Cluster
 from cluster.testing import Fleet
 
@@ -244,7 +244,7 @@ def test_watch_reuses_connections_one_handshake_per_host(fleet, gpu_fleet):
     ticks: list[status.Tick] = []
     with Cluster.from_roles(gpu_fleet) as cluster:
         last = status.watch(cluster.engine, cluster.hosts(",".join(hosts)),
-                            status.gpu_probe(TIMEOUT_S), 0.2, ticks.append, max_ticks=3)
+                            gpu.probe(TIMEOUT_S), 0.2, ticks.append, max_ticks=3)
         counts_while_open = {a: fleet.connection_count(a) for a in hosts}
     assert [t.number for t in ticks] == [1, 2, 3] and last is ticks[-1]
     assert {a: counts_while_open[a] - before[a] for a in hosts} == {a: 1 for a in hosts}
@@ -312,7 +312,7 @@ def test_watch_host_that_drops_is_shown_failed_then_reconnected(fleet, gpu_fleet
     try:
         with Cluster.from_roles(gpu_fleet) as cluster:
             status.watch(cluster.engine, cluster.hosts(f"{dropper},{steady}"),
-                         status.gpu_probe(3), 0.1, on_tick, max_ticks=3)
+                         gpu.probe(3), 0.1, on_tick, max_ticks=3)
     finally:
         set_gpu_state(fleet, dropper, STATES[dropper])
     assert [t.report[0].ok for t in ticks] == [True, False, True]
@@ -334,7 +334,7 @@ def test_watch_reconnects_after_transport_closed_between_rounds(fleet, gpu_fleet
                 session = cluster.engine.session(cluster.hosts(address)[0])
                 session.connection.client.get_transport().close()
 
-        status.watch(cluster.engine, cluster.hosts(address), status.gpu_probe(TIMEOUT_S), 0.1,
+        status.watch(cluster.engine, cluster.hosts(address), gpu.probe(TIMEOUT_S), 0.1,
                      on_tick, max_ticks=3)
     assert all(t.report[0].ok for t in ticks)
     assert fleet.connection_count(address) - before == 2
@@ -384,7 +384,7 @@ def test_sys_status_table_and_timeout_sized_from_samples(fleet, gpu_fleet):
                          "--samples", "3", "--interval", "1", "--timeout", "1", "--json")
     assert code == 1
     assert json.loads(out)["hosts"][0]["error"]["kind"] == "command-timeout"
-    assert status.sys_probe(15, 2).timeout == 30 + status.SYS_TIMEOUT_MARGIN_S
+    assert system.probe(15, 2).timeout == 30 + system.TIMEOUT_MARGIN_S
 
 
 def test_sys_status_bad_samples_exit_2(gpu_fleet):

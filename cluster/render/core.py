@@ -8,6 +8,7 @@ or, with ``--json``, one JSON document
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -97,22 +98,11 @@ def summary_line(report: Report, elapsed: float | None = None, noun: str = "host
 def json_document(task: str, report: Report,
                   fields: Callable[[Outcome], dict[str, Any]] | None = None,
                   extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The ``--json`` document of the contract; ``fields`` adds task fields per host."""
-    hosts = []
-    for outcome in report:
-        entry: dict[str, Any] = {
-            "host": str(outcome.host),
-            "ok": outcome.ok,
-            "error": outcome.error.to_json() if outcome.error else None,
-        }
-        if fields is not None:
-            entry.update(fields(outcome))
-        hosts.append(entry)
-    doc: dict[str, Any] = {"task": task, "hosts": hosts,
-                           "summary": {"ok": len(report.ok), "failed": len(report.failed)}}
-    if extra:
-        doc.update(extra)
-    return doc
+    """The ``--json`` document of the contract (`cluster.result.Report.to_dict`), with
+    ``task``, per-host ``fields`` and ``extra`` set as the task prints them."""
+    described = dataclasses.replace(report, task=task, fields=fields or report.fields,
+                                    extra={**report.extra, **(extra or {})})
+    return described.to_dict()
 
 
 def print_json(doc: dict[str, Any], stream: TextIO | None = None) -> None:

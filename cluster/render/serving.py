@@ -1,9 +1,11 @@
-"""start-pd / stop-pd / pd-status output: tables, live progress, JSON fields, dry-run text.
+"""start-pd / restart-pd / stop-pd / pd-status output: tables, live progress, dry-run text.
 
-start-pd and pd-status print one row per server node-rank (then the router), with the
-host it runs on; stop-pd one row per host. Failed rows carry the failure kind in the
-status column and message + hint in Notes; a server that died (or never became
-ready) also gets its last log lines under the table.
+start-pd, restart-pd and pd-status print one row per server node-rank (then the router),
+with the host it runs on (``Outcome.data``: `cluster.serving.records.ServerRecord`);
+stop-pd one row per host. Failed rows carry the failure kind in the status column and
+message + hint in Notes; a server that died (or never became ready) also gets its last
+log lines under the table. The JSON documents are the reports' own
+(`cluster.result.Report.to_dict`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from rich.console import Group, RenderableType
 from rich.text import Text
 
 from ..result import Outcome, Report
-from ..serving.model import HostStop, ServerRow, StartResult
+from ..serving.records import ServerRecord
+from ..serving.start import RestartResult, StartResult
+from ..serving.stop import HostStop
 from .core import failure_text, host_table
 from .fold import EXPANDED_VIEW, FAILED, OK, WARN, BaseView, ViewOptions, host_name, to_cell, view_table
 from .table import Cell, Column, host_column
@@ -49,13 +53,17 @@ def _seconds(value: float | int | None) -> str:
     return f"{hours}h{minutes:02d}m"
 
 
-def _role(row: ServerRow) -> str:
+def _role(row: ServerRecord | None) -> str:
+    if row is None:
+        return "—"
     if row.nnodes > 1:
         return f"{row.role} {row.server_index} rank {row.node_rank}"
     return row.role
 
 
-def _host(row: ServerRow) -> str:
+def _host(row: ServerRecord | None, outcome: Outcome | None = None) -> str:
+    if row is None:  # a selected host with nothing recorded
+        return outcome.host.hostname if outcome else "—"
     return row.target if row.target == "local" else row.host
 
 
@@ -66,7 +74,7 @@ START_COLUMNS = ("Role", "Host", ("Port", {"justify": "right"}), ("PID", {"justi
 
 
 def start_row(outcome: Outcome) -> list[Any]:
-    row: ServerRow = outcome.data
+    row: ServerRecord = outcome.data
     return [_role(row), _host(row), row.port, row.pid, _status_text(row.status, outcome),
             _seconds(row.ready_after_s), PurePosixPath(row.log_path).name if row.pid else "—",
             failure_text(outcome)]
@@ -80,7 +88,7 @@ def log_tails(report: Report) -> list[RenderableType]:
     """The last log lines of every row that has them (died / not ready)."""
     out: list[RenderableType] = []
     for outcome in report:
-        row: ServerRow = outcome.data
+        row: ServerRecord = outcome.data
         if not row.log_tail:
             continue
         header = Text(f"── {row.label} ({row.status}): last {len(row.log_tail)} lines of "
@@ -92,9 +100,12 @@ def log_tails(report: Report) -> list[RenderableType]:
 
 def start_view(result: StartResult) -> RenderableType:
     """The final start-pd output: table, log tails, and what to do next."""
-    parts: list[RenderableType] = [start_table(result.report), *log_tails(result.report)]
-    parts += [Text(line, style="dim") for line in start_notes(result)]
-    return Group(*parts)
+    return _servers_view(result.report, start_notes(result))
+
+
+def _servers_view(report: Report, notes: list[str]) -> RenderableType:
+    parts: list[RenderableType] = [start_table(report), *log_tails(report)]
+    return Group(*parts, *[Text(line, style="dim") for line in notes])
 
 
 def start_notes(result: StartResult) -> list[str]:
@@ -116,19 +127,30 @@ def start_notes(result: StartResult) -> list[str]:
     return notes
 
 
-def start_fields(outcome: Outcome) -> dict[str, Any]:
-    return outcome.data.to_json()
+def restart_view(result: RestartResult) -> RenderableType:
+    """The final restart-pd output: the restarted servers, log tails, what was left alone."""
+    return _servers_view(result.report, restart_notes(result))
 
 
-def start_extra(result: StartResult) -> dict[str, Any]:
-    return {"deployment": result.plan.deployment, "run_id": result.plan.run_id,
-            "engine": result.plan.config.engine, "stage": result.stage,
-            "manifest": str(result.manifest_file) if result.manifest_file else None,
-            "router_url": result.router_url if result.plan.router else None,
-            "elapsed_s": round(result.elapsed_s, 1)}
+def restart_notes(result: RestartResult) -> list[str]:
+    """One-line notes under the restart-pd table."""
+    notes = []
+    if not len(result.report):
+        notes.append("Nothing to restart: every recorded server is running "
+                     "(name hosts with -H or --role to restart those).")
+    if result.stage == "stop":
+        notes.append("The old processes would not stop: nothing was started.")
+    if result.kept:
+        notes.append(f"Left alone: {len(result.kept)} process(es) ({', '.join(result.kept[:6])}"
+                     + (" …" if len(result.kept) > 6 else "") + ")")
+    if result.router:
+        notes.append(f"Router: {result.router}")
+    if result.manifest_file:
+        notes.append(f"Deployment '{result.manifest.name}' updated in {result.manifest_file}")
+    return notes
 
 
-def progress_view(rows: Sequence[ServerRow], elapsed: float) -> RenderableType:
+def progress_view(rows: Sequence[ServerRecord], elapsed: float) -> RenderableType:
     """The live stderr view while start-pd waits: one line per server."""
     table = host_table(("Role", "Host", ("Port", {"justify": "right"}), "Status",
                         ("Elapsed", {"justify": "right"}), "Last log line"),
@@ -140,7 +162,7 @@ def progress_view(rows: Sequence[ServerRow], elapsed: float) -> RenderableType:
                       "waiting (the servers keep running)", style="bold"), table)
 
 
-def dry_run_text(scripts: Sequence[tuple[ServerRow, str]]) -> str:
+def dry_run_text(scripts: Sequence[tuple[ServerRecord, str]]) -> str:
     """What --dry-run prints: per process, where it runs and its exact (masked) script."""
     blocks = []
     for row, script in scripts:
@@ -212,10 +234,6 @@ def stop_table(report: Report) -> RenderableType:
     return host_table(STOP_COLUMNS, [stop_row(o) for o in report])
 
 
-def stop_fields(outcome: Outcome) -> dict[str, Any]:
-    return outcome.data.to_json() if outcome.data is not None else {}
-
-
 # --------------------------------------------------------------------------- pd-status
 
 STATUS_COLUMNS = (
@@ -233,7 +251,7 @@ def _yes_no(value: bool | None) -> Text:
     return Text("yes", style="green") if value else Text("no", style="red")
 
 
-def _health_cell(row: ServerRow) -> Text:
+def _health_cell(row: ServerRecord) -> Text:
     if row.health is None:
         return Text("—", style="dim")
     what = "ready " if row.role == "router" else ""
@@ -242,8 +260,10 @@ def _health_cell(row: ServerRow) -> Text:
 
 
 def _notes(outcome: Outcome) -> Text:
-    row: ServerRow = outcome.data
+    row: ServerRecord | None = outcome.data
     text = Text()
+    if row is None:
+        return failure_text(outcome)
     if row.workers is not None:
         healthy = sum(1 for w in row.workers if w.get("is_healthy"))
         text.append(f"workers {healthy}/{len(row.workers)} healthy", style="green" if healthy == len(
@@ -259,7 +279,10 @@ def _notes(outcome: Outcome) -> Text:
 
 
 def status_row(outcome: Outcome) -> list[Any]:
-    row: ServerRow = outcome.data
+    row: ServerRecord | None = outcome.data
+    if row is None:  # a selected host with nothing recorded
+        return ["—", _host(row, outcome), "—", None, _status_text("none", outcome), _yes_no(None),
+                _yes_no(None), Text("—", style="dim"), "—", _notes(outcome)]
     return [_role(row), _host(row), row.port or "—", row.pid, _status_text(row.status, outcome),
             _yes_no(row.alive), _yes_no(row.listening), _health_cell(row), _seconds(row.uptime_s),
             _notes(outcome)]
@@ -269,7 +292,7 @@ def server_state(outcome: Outcome) -> str:
     """``failed``; ``warn`` while a server is still starting (not ready yet); ``ok``."""
     if not outcome.ok:
         return FAILED
-    row: ServerRow | None = outcome.data
+    row: ServerRecord | None = outcome.data
     return WARN if row is not None and (row.status in BUSY or row.health == 503) else OK
 
 
@@ -287,7 +310,7 @@ class PdStatusView(BaseView):
         return server_state(outcome)
 
     def key(self, outcome: Outcome) -> Hashable | None:
-        row: ServerRow | None = outcome.data
+        row: ServerRecord | None = outcome.data
         if row is None or not outcome.ok or row.workers is not None:
             return None  # failed servers and the router: their own rows
         # Loading servers fold with each other (fold_warned), never with ready ones: the
@@ -317,5 +340,3 @@ def status_table(report: Report, options: ViewOptions = EXPANDED_VIEW) -> Render
     return view_table(PdStatusView(), list(report), options, noun="servers")
 
 
-def status_fields(outcome: Outcome) -> dict[str, Any]:
-    return outcome.data.to_json() if outcome.data is not None else {}

@@ -17,7 +17,11 @@ Example (all keys optional; defaults shown in comments)::
       router:  {host: local, port: 8000, policy: cache_aware, metrics_port: 29000}
 
 Errors name the file and the key: ``roles.yaml: serving.prefill.port: expected an
-integer 1-65535, got 'abc'`` (:class:`cluster.errors.InventoryError`, exit 2).
+integer 1-65535, got 'abc'`` (:class:`cluster.errors.InventoryError`, exit 2); overrides
+name the parameter (``prefill_port: expected …``, a :class:`cluster.errors.ParameterError`
+the CLI shows as ``--prefill-port: …``). Values that reach a remote command line as an
+argument (model path, interpreter, paths, addresses) may not start with ``-``: the
+command would take them for an option.
 """
 
 from __future__ import annotations
@@ -27,22 +31,14 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from ..errors import InputError, InventoryError
-from .shellcmd import ENV_NAME
+from ..errors import InputError, InventoryError, ParameterError
+from ..shell import ENV_NAME
+from . import engines
 
-SGLANG = "sglang"
-VLLM = "vllm"
-ENGINES = (SGLANG, VLLM)
 PREFILL = "prefill"
 DECODE = "decode"
 ROLES = (PREFILL, DECODE)
-
-# HTTP port defaults per engine and role: SGLang docs use 30000/30001, vLLM's
-# NIXL docs use 8100 (prefill) / 8200 (decode).
-DEFAULT_PORTS = {
-    SGLANG: {PREFILL: 30000, DECODE: 30001},
-    VLLM: {PREFILL: 8100, DECODE: 8200},
-}
+DEFAULT_ENGINE = "sglang"
 DEFAULT_RUN_DIR = "~/.cluster/run"
 DEFAULT_BOOTSTRAP_PORT = 8998
 DEFAULT_SIDE_CHANNEL_PORT = 5600
@@ -89,7 +85,7 @@ class RouterConfig:
 class ServingConfig:
     """Everything needed to build the PD launch commands, minus the host lists."""
 
-    engine: str = SGLANG
+    engine: str = DEFAULT_ENGINE
     model_path: str | None = None
     python: str = "python3"
     env_file: str | None = None
@@ -113,7 +109,7 @@ class ServingConfig:
     def port(self, role: str) -> int:
         """The HTTP port of ``role``: explicit setting, else the engine's default."""
         explicit = self.role(role).port
-        return explicit if explicit is not None else DEFAULT_PORTS[self.engine][role]
+        return explicit if explicit is not None else engines.get(self.engine).default_ports[role]
 
     def with_overrides(self, **kwargs: Any) -> "ServingConfig":
         """Copy with CLI overrides applied; a value of None means "not given".
@@ -125,7 +121,7 @@ class ServingConfig:
         appended to both roles' args, so later flags win), prefill_extra_args,
         decode_extra_args, router_host, router_port, router_metrics_port, router_policy,
         router_bind.
-        Bad values raise InputError naming the option (``--prefill-port``).
+        Bad values raise `ParameterError` naming the key (``prefill_port``).
         """
         given = {k: v for k, v in kwargs.items() if v is not None}
         unknown = sorted(set(given) - _OVERRIDE_KEYS)
@@ -214,7 +210,7 @@ class _Ctx:
     def fail(self, problem: str, value: Any = dataclasses.MISSING) -> InputError:
         got = "" if value is dataclasses.MISSING else f", got {value!r}"
         if self.option_style:
-            return InputError(f"--{self.key.replace('_', '-')}: {problem}{got}")
+            return ParameterError(self.key, "{name}: " + f"{problem}{got}")
         return InventoryError(f"{self.source}: {self.key}: {problem}{got}")
 
 
@@ -236,10 +232,18 @@ def _string(value: Any, ctx: _Ctx) -> str:
     return value.strip()
 
 
+def _argument(value: Any, ctx: _Ctx) -> str:
+    """A non-empty string that goes on a remote command line as an argument."""
+    text = _string(value, ctx)
+    if text.startswith("-"):
+        raise ctx.fail("may not start with '-' (it would be read as an option)", value)
+    return text
+
+
 def _engine(value: Any, ctx: _Ctx) -> str:
     text = _string(value, ctx).lower()
-    if text not in ENGINES:
-        raise ctx.fail(f"expected one of {', '.join(ENGINES)}", value)
+    if text not in engines.NAMES:
+        raise ctx.fail(f"expected one of {', '.join(engines.NAMES)}", value)
     return text
 
 
@@ -313,10 +317,10 @@ def _policy(value: Any, ctx: _Ctx) -> str:
 
 _CHECKERS = {
     "engine": _engine,
-    "model_path": _string,
-    "python": _string,
-    "env_file": _string,
-    "run_dir": _string,
+    "model_path": _argument,
+    "python": _argument,
+    "env_file": _argument,
+    "run_dir": _argument,
 }
 
 
@@ -344,7 +348,7 @@ def _parse_router(value: Any, ctx: _Ctx) -> RouterConfig:
     values: dict[str, Any] = {}
     for key in ("host", "bind", "env_file"):
         if doc.get(key) is not None:
-            values[key] = _string(doc[key], ctx.at(key))
+            values[key] = _argument(doc[key], ctx.at(key))
     for key in ("port", "metrics_port"):
         if key in doc:
             values[key] = _port(doc[key], ctx.at(key))
@@ -375,9 +379,9 @@ def _role_overrides(role_cfg: RoleConfig, role: str, given: dict[str, Any], ctx:
 def _router_overrides(router: RouterConfig, given: dict[str, Any], ctx: _Ctx) -> RouterConfig:
     changes: dict[str, Any] = {}
     if "router_host" in given:
-        changes["host"] = _string(given["router_host"], ctx.at("router_host"))
+        changes["host"] = _argument(given["router_host"], ctx.at("router_host"))
     if "router_bind" in given:
-        changes["bind"] = _string(given["router_bind"], ctx.at("router_bind"))
+        changes["bind"] = _argument(given["router_bind"], ctx.at("router_bind"))
     if "router_port" in given:
         changes["port"] = _port(given["router_port"], ctx.at("router_port"))
     if "router_metrics_port" in given:

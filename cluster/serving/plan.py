@@ -1,28 +1,54 @@
-"""Planning a PD deployment (pure): the per-host :class:`ServerSpec`, the
-:class:`RouterSpec`, and the checks that refuse bad input before anything runs.
+"""Planning a PD deployment (pure): the engine-neutral :class:`ServerSpec` of every
+server process, the :class:`RouterSpec`, and the :class:`StartPlan` that start-pd shows
+(``--dry-run``) and runs — built once, with one run id.
 
-:func:`plan_deployment` turns a :class:`~cluster.serving.config.ServingConfig` and the
-prefill/decode host lists into one :class:`ServerSpec` per host (multi-node servers
-span ``nnodes`` consecutive hosts; only node-rank 0 serves the API);
-:func:`plan_router` the router fronting their API nodes.
+:func:`plan_start` turns a :class:`~cluster.serving.config.ServingConfig` and the
+prefill/decode host lists into one spec per host (multi-node servers span ``nnodes``
+consecutive hosts; only node-rank 0 serves the API) and the router fronting their API
+nodes, refusing bad input (`InputError`, exit 2) before anything runs. What varies by
+engine (argv, env, ports) is asked of the spec's engine (:mod:`.engines`).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import os
+import re
 import secrets
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import ClassVar
 
 from ..errors import InputError
 from ..hosts import LOCAL, Host, parse_hosts
-from .config import DECODE, PREFILL, SGLANG, VLLM, ServingConfig
-from .text import http_url, safe_name, trim_dir
+from . import engines
+from .config import DECODE, DEFAULT_RUN_DIR, PREFILL, ServingConfig
 
 # Exported into every server's and router's environment (children inherit it, even those
 # that leave the process group), so a sweep can be limited to one deployment's processes.
 RUN_ID_ENV = "CLUSTER_PD_RUN_ID"
+ROUTER = "router"
+DEFAULT_DEPLOYMENT = "default"
+
+Env = tuple[tuple[str, str | None], ...]  # None: a secret whose value was not recorded
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_name(text: str) -> str:
+    """``text`` reduced to ``[A-Za-z0-9._-]`` (for file names and unquoted globs)."""
+    return _UNSAFE.sub("_", text).strip("_") or "_"
+
+
+def trim_dir(run_dir: str) -> str:
+    """A directory without its trailing slash (``/`` stays ``/``)."""
+    return run_dir.rstrip("/") or "/"
+
+
+def http_url(host: str, port: int, path: str = "") -> str:
+    """``http://host:port/path`` with IPv6 literals bracketed."""
+    shown = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    return f"http://{shown}:{port}{path}"
 
 
 class RunFiles:
@@ -41,6 +67,11 @@ class RunFiles:
     def pid_path(self) -> str:
         return f"{trim_dir(self.run_dir)}/{self.name}.pid"
 
+    @property
+    def record_path(self) -> str:
+        """The per-host record of this process (JSON, see :mod:`.records`)."""
+        return f"{trim_dir(self.run_dir)}/{self.name}.json"
+
 
 @dataclass(frozen=True)
 class ServerSpec(RunFiles):
@@ -48,6 +79,8 @@ class ServerSpec(RunFiles):
 
     ``host`` is the node's own address (``--host``, URLs, file names); ``target`` is
     how to reach the host over SSH (the host expression item, e.g. ``user@10.8.0.81``).
+    ``env`` is everything exported before the start (config, role, forwarded values);
+    ``secret_env`` names the variables whose values are never shown or recorded.
     """
 
     engine: str
@@ -55,21 +88,22 @@ class ServerSpec(RunFiles):
     host: str
     target: str
     port: int
-    server_index: int
-    node_rank: int
-    nnodes: int
-    tp_size: int
-    dist_init_addr: str | None
-    dist_init_port: int
-    bootstrap_port: int
-    model_path: str
-    python: str
-    extra_args: tuple[str, ...]
-    env: tuple[tuple[str, str], ...]
-    env_file: str | None
-    run_dir: str
-    run_id: str
+    server_index: int = 0
+    node_rank: int = 0
+    nnodes: int = 1
+    tp_size: int = 1
+    dist_init_addr: str | None = None
+    dist_init_port: int = 5000
+    bootstrap_port: int = 8998
+    model_path: str = ""
+    python: str = "python3"
+    extra_args: tuple[str, ...] = ()
+    env: Env = ()
+    env_file: str | None = None
+    run_dir: str = DEFAULT_RUN_DIR
+    run_id: str = ""
     side_channel_port: int | None = None
+    secret_env: tuple[str, ...] = ()
 
     @property
     def is_api(self) -> bool:
@@ -77,14 +111,19 @@ class ServerSpec(RunFiles):
         return self.node_rank == 0
 
     @property
+    def key(self) -> str:
+        """Stable key of one server node-rank: ``prefill-0-0`` (role, server, rank)."""
+        return f"{self.role}-{self.server_index}-{self.node_rank}"
+
+    @property
+    def address(self) -> str:
+        """Where the process answers on its host."""
+        return self.host
+
+    @property
     def name(self) -> str:
         """``<engine>-<role>-<host>-<port>``: unique per host:port, used in file names."""
         return f"{self.engine}-{self.role}-{safe_name(self.host)}-{self.port}"
-
-    @property
-    def record_path(self) -> str:
-        """Per-host manifest entry (JSON of this server's :class:`ServerRecord`)."""
-        return f"{trim_dir(self.run_dir)}/{self.name}.json"
 
     @property
     def url(self) -> str:
@@ -97,25 +136,21 @@ class ServerSpec(RunFiles):
 
     @property
     def ports(self) -> tuple[int, ...]:
-        """TCP ports this process listens on, on its host (for busy/free checks)."""
-        ports: list[int] = []
-        if self.engine == SGLANG:
-            # Every rank binds --port (rank >= 1 runs a dummy /health server there).
-            ports.append(self.port)
-            if self.role == PREFILL and self.is_api:
-                ports.append(self.bootstrap_port)
-        elif self.is_api:  # vLLM headless ranks serve no HTTP
-            ports.append(self.port)
-        if self.nnodes > 1 and self.is_api:
-            ports.append(self.dist_init_port)
-        if self.side_channel_port is not None:
-            ports.extend(range(self.side_channel_port, self.side_channel_port + self.local_tp))
-        return tuple(dict.fromkeys(ports))
+        """TCP ports this process listens on, on its host (the engine says which)."""
+        return engines.get(self.engine).server_ports(self)
+
+    @property
+    def label(self) -> str:
+        return f"{self.role} {self.host}:{self.port}"
 
 
 @dataclass(frozen=True)
 class RouterSpec(RunFiles):
-    """The PD router: where it runs, what it listens on, which workers it fronts."""
+    """The PD router: where it runs, what it listens on, which workers it fronts.
+
+    ``prefill`` holds ``(url, bootstrap port)`` per prefill API node (the engine decides
+    whether the router is told the port), ``decode`` the decode URLs.
+    """
 
     engine: str
     host: str
@@ -123,14 +158,24 @@ class RouterSpec(RunFiles):
     bind: str
     port: int
     metrics_port: int
-    policy: str | None
-    launcher: tuple[str, ...]
-    prefill: tuple[tuple[str, int | None], ...]
-    decode: tuple[str, ...]
-    extra_args: tuple[str, ...]
-    env_file: str | None
-    run_dir: str
-    run_id: str
+    policy: str | None = None
+    launcher: tuple[str, ...] = ()
+    prefill: tuple[tuple[str, int | None], ...] = ()
+    decode: tuple[str, ...] = ()
+    extra_args: tuple[str, ...] = ()
+    env_file: str | None = None
+    run_dir: str = DEFAULT_RUN_DIR
+    run_id: str = ""
+
+    # What every process of a deployment has (see ServerSpec), constant for the router.
+    role: ClassVar[str] = ROUTER
+    key: ClassVar[str] = ROUTER
+    server_index: ClassVar[int] = 0
+    node_rank: ClassVar[int] = 0
+    nnodes: ClassVar[int] = 1
+    is_api: ClassVar[bool] = True
+    env: ClassVar[Env] = ()
+    secret_env: ClassVar[tuple[str, ...]] = ()
 
     @property
     def is_local(self) -> bool:
@@ -141,16 +186,66 @@ class RouterSpec(RunFiles):
         return f"{self.engine}-router-{safe_name(self.host)}-{self.port}"
 
     @property
+    def address(self) -> str:
+        """Where the router answers on its own host (a wildcard bind: loopback)."""
+        return {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.bind, self.bind)
+
+    @property
     def url(self) -> str:
         """Where clients (and readiness polls) reach the router."""
-        return http_url(self.bind if self.bind not in ("0.0.0.0", "::") else _loopback(self.bind),
-                        self.port)
+        return http_url(self.address, self.port)
+
+    @property
+    def ports(self) -> tuple[int, ...]:
+        return (self.port, self.metrics_port)
+
+    @property
+    def label(self) -> str:
+        return f"router {self.address}:{self.port}"
+
+
+ProcessSpec = ServerSpec | RouterSpec
+
+
+@dataclass(frozen=True)
+class StartPlan:
+    """What start-pd will do: the servers, the router, and where it is recorded.
+
+    Built once (:func:`plan_start`); ``--dry-run`` shows it and start-pd runs it, so
+    both see the same run id, files and commands.
+    """
+
+    config: ServingConfig
+    servers: tuple[ServerSpec, ...]
+    router: RouterSpec | None
+    run_id: str
+    deployment: str
+
+    @property
+    def processes(self) -> tuple[ProcessSpec, ...]:
+        """Every process to start: the servers, then the router."""
+        return self.servers + ((self.router,) if self.router else ())
 
 
 def new_run_id(now: float | None = None, token: str | None = None) -> str:
     """A run id such as ``20250101-120000-a1b2``: sortable time plus 4 random hex digits."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(time.time() if now is None else now))
     return f"{stamp}-{token if token is not None else secrets.token_hex(2)}"
+
+
+def plan_start(config: ServingConfig, prefill: Sequence[str | Host], decode: Sequence[str | Host], *,
+               router: str | Host | None = None, deployment: str | None = None,
+               run_id: str | None = None, environ: Mapping[str, str] | None = None) -> StartPlan:
+    """Plan a deployment (pure; raises `InputError` on bad input before any connection).
+
+    ``environ`` supplies the values of ``serving.forward_env`` (default: this process's
+    environment).
+    """
+    servers = plan_deployment(config, prefill, decode, run_id=run_id,
+                              environ=os.environ if environ is None else environ)
+    router_spec = plan_router(config, servers, host=router)
+    return StartPlan(config, tuple(servers), router_spec, servers[0].run_id,
+                     deployment or DEFAULT_DEPLOYMENT)
 
 
 def plan_deployment(
@@ -178,8 +273,7 @@ def plan_deployment(
     specs: list[ServerSpec] = []
     for role, hosts in ((PREFILL, prefill_hosts), (DECODE, decode_hosts)):
         specs.extend(_plan_role(config, role, _as_hosts(hosts, role), run_id, forwarded))
-    if config.engine == VLLM:
-        specs = _assign_side_channels(specs, config.side_channel_port)
+    specs = engines.get(config.engine).assign_ports(specs, config.side_channel_port)
     _check_port_clashes(specs)
     return specs
 
@@ -203,45 +297,34 @@ def plan_router(
     address = target_host.hostname
     bind = router.bind or ("127.0.0.1" if address == LOCAL else address)
     api = [s for s in servers if s.is_api]
-    prefill = tuple(
-        (s.url, s.bootstrap_port if s.engine == SGLANG else None) for s in api if s.role == PREFILL
-    )
+    prefill = tuple((s.url, s.bootstrap_port) for s in api if s.role == PREFILL)
     decode = tuple(s.url for s in api if s.role == DECODE)
     if not prefill or not decode:
         raise InputError("the router needs at least one prefill and one decode server")
-    run_id = servers[0].run_id
+    engine = engines.get(config.engine)
     spec = RouterSpec(
-        engine=config.engine,
-        host=address,
-        target=str(target_host),
-        bind=bind,
-        port=router.port,
-        metrics_port=router.metrics_port,
-        policy=router.policy,
-        launcher=router.launcher or _default_router_launcher(config),
-        prefill=prefill,
-        decode=decode,
-        extra_args=router.extra_args,
-        env_file=router.env_file,
-        run_dir=config.run_dir,
-        run_id=run_id,
+        engine=config.engine, host=address, target=str(target_host), bind=bind,
+        port=router.port, metrics_port=router.metrics_port, policy=router.policy,
+        launcher=router.launcher or engine.router_launcher(config.python),
+        prefill=prefill, decode=decode, extra_args=router.extra_args,
+        env_file=router.env_file, run_dir=config.run_dir, run_id=servers[0].run_id,
     )
-    # A wildcard bind takes the port on every address of the router's host.
-    router_addresses = {bind, "127.0.0.1" if address == LOCAL else address}
-    if router.metrics_port == router.port:
-        raise InputError(f"router port and router metrics port are both {router.port}")
-    for server in servers:
-        for port in (router.port, router.metrics_port):
-            if server.host in router_addresses and port in server.ports:
-                raise InputError(
-                    f"router port {port} on {bind} is also used by {server.role} server "
-                    f"{server.server_index} (node-rank {server.node_rank})"
-                )
+    _check_router_ports(spec, servers, address)
     return spec
 
 
-def _loopback(bind: str) -> str:
-    return "::1" if ":" in bind else "127.0.0.1"
+def _check_router_ports(spec: RouterSpec, servers: Sequence[ServerSpec], address: str) -> None:
+    if spec.metrics_port == spec.port:
+        raise InputError(f"router port and router metrics port are both {spec.port}")
+    # A wildcard bind takes the port on every address of the router's host.
+    router_addresses = {spec.bind, "127.0.0.1" if address == LOCAL else address}
+    for server in servers:
+        for port in spec.ports:
+            if server.host in router_addresses and port in server.ports:
+                raise InputError(
+                    f"router port {port} on {spec.bind} is also used by {server.role} server "
+                    f"{server.server_index} (node-rank {server.node_rank})"
+                )
 
 
 def _parse_one(item: str, role: str) -> Host:
@@ -313,30 +396,13 @@ def _plan_role(config: ServingConfig, role: str, hosts: list[Host], run_id: str,
                 bootstrap_port=config.bootstrap_port, model_path=config.model_path or "",
                 python=config.python, extra_args=settings.extra_args,
                 env=tuple(env.items()), env_file=config.env_file, run_dir=config.run_dir,
-                run_id=run_id,
+                run_id=run_id, secret_env=config.forward_env,
             ))
     return specs
 
 
 def _url_host(address: str) -> str:
     return f"[{address}]" if ":" in address else address
-
-
-def _assign_side_channels(specs: list[ServerSpec], base: int) -> list[ServerSpec]:
-    """Give every vLLM server a side-channel port range unique on its host.
-
-    NIXL listens on base + local rank, so servers sharing a host are spaced by
-    their local TP size.
-    """
-    from dataclasses import replace
-
-    used: dict[str, int] = {}
-    out = []
-    for spec in specs:
-        offset = used.get(spec.host, 0)
-        out.append(replace(spec, side_channel_port=base + offset))
-        used[spec.host] = offset + spec.local_tp
-    return out
 
 
 def _check_port_clashes(specs: list[ServerSpec]) -> None:
@@ -356,8 +422,3 @@ def _check_port_clashes(specs: list[ServerSpec]) -> None:
 def _describe(spec: ServerSpec) -> str:
     return f"{spec.role} server {spec.server_index} (node-rank {spec.node_rank})"
 
-
-def _default_router_launcher(config: ServingConfig) -> tuple[str, ...]:
-    if config.engine == SGLANG:
-        return (config.python, "-m", "sglang_router.launch_router")
-    return ("vllm-router",)

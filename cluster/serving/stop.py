@@ -1,38 +1,101 @@
 """stop-pd: per host, one script: SIGTERM every group, a shared grace, SIGKILL, sweep
-leftovers by command line (the user's, or only this deployment's by the
-``CLUSTER_PD_RUN_ID`` marker), check the ports, read GPU memory via nvidia-smi."""
+leftovers by command line (the user's, or only this deployment's by its run id marker),
+check the ports, read GPU memory via nvidia-smi.
+
+Failure kinds: ``survivors`` (alive after SIGKILL), ``port-busy`` (a port still has a
+listener).
+"""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Sequence
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from .. import gpu
-from ..errors import InputError
+from .. import gpu, shell
+from ..errors import ParameterError
 from ..hosts import Host
+from ..options import seconds
 from ..result import Failure, Outcome, Report
-from ..ssh import Engine, HostSession
-from .manifest import Manifest, RouterRecord, ServerRecord
-from .model import (
-    DEFAULT_GRACE_S,
-    PORT_BUSY,
-    SURVIVORS,
-    SWEEP_SCOPES,
-    GpuAfter,
-    HostStop,
-    StopResult,
+from .records import Manifest, ServerRecord, manifest_file, records_on_hosts, save_manifest
+from .scripts import (
+    parse_ports_free,
+    parse_stop_groups,
+    parse_sweep,
+    ports_free_command,
+    stop_groups_command,
+    sweep_command,
 )
-from .probe import parse_ports_free, ports_free_command
-from .remote import STEP_TIMEOUT_S, each, host_of, run_script, transport_failure
-from .sections import Section, parse_sections, sections_script
-from .store import manifest_file, records_on_hosts, save_manifest
-from .terminate import parse_stop_groups, parse_sweep, stop_groups_command, sweep_command
+
+if TYPE_CHECKING:
+    from ..ssh import Engine, HostSession
+
+DEFAULT_GRACE_S = 30.0
+SWEEP_SCOPES = ("user", "deployment", "none")
+SURVIVORS = "survivors"
+PORT_BUSY = "port-busy"
+
+
+@dataclass
+class GpuAfter:
+    """GPU memory on a host right after the stop (nvidia-smi), or why it is unknown."""
+
+    available: bool
+    memory_used_mib: int = 0
+    memory_total_mib: int = 0
+    processes: list[dict[str, Any]] = field(default_factory=list)
+    note: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class HostStop:
+    """What stop-pd did on one host: ``Outcome.data``."""
+
+    servers: list[str] = field(default_factory=list)       # "prefill :30000", "router :8000"
+    stopped_pids: list[int] = field(default_factory=list)  # group members found at the start
+    killed_after_grace: list[int] = field(default_factory=list)
+    how: str = ""                                          # term | kill | mixed | "" (nothing ran)
+    seconds: int | None = None
+    leftovers: list[tuple[int, str]] = field(default_factory=list)  # swept by command line
+    survivors: list[int] = field(default_factory=list)
+    ports: dict[int, bool] = field(default_factory=dict)   # port -> free?
+    gpu: GpuAfter | None = None
+
+    @property
+    def ports_free(self) -> bool:
+        return all(self.ports.values())
+
+    def to_json(self) -> dict[str, Any]:
+        doc = asdict(self)
+        doc["leftovers"] = [{"pid": p, "command": c} for p, c in self.leftovers]
+        doc["ports"] = {str(k): v for k, v in self.ports.items()}
+        doc["ports_free"] = self.ports_free
+        doc["gpu"] = self.gpu.to_json() if self.gpu else None
+        return doc
+
+
+@dataclass
+class StopResult:
+    """What :func:`stop_pd` did: one outcome per host (``data``: `HostStop`), the manifest."""
+
+    report: Report
+    manifest: Manifest | None = None
+    manifest_file: Path | None = None
+    router_stopped: bool = False
 
 
 @dataclass
 class StopWork:
-    """What to stop and check on one host."""
+    """What to stop and check on one host.
+
+    ``sweep``: ``user`` (every process of the engine of the login user), ``deployment``
+    (only those of ``run_ids``, or writing to ``logs``), ``none``.
+    """
 
     host: Host
     pgids: list[int] = field(default_factory=list)
@@ -40,44 +103,65 @@ class StopWork:
     labels: list[str] = field(default_factory=list)
     address: str | None = None       # where the ports are checked (None: any address)
     ports: list[int] = field(default_factory=list)
-    sweep: str = "user"              # user | deployment | none
+    sweep: str = "user"
     run_ids: tuple[str, ...] = ()
+    logs: tuple[str, ...] = ()       # scope a deployment sweep to these servers' logs
     sweep_servers: bool = True       # this host ran servers: sweep their patterns
     sweep_router: bool = False       # the router stopped here: sweep router patterns too
     spare_router: bool = True
     gpu: bool = True
 
+    def add(self, record: ServerRecord, ports: Sequence[int] | None = None) -> None:
+        """Stop ``record``'s process group here, and check ``ports`` (default: all of its
+        ports) are free afterwards."""
+        self.pgids.append(int(record.pgid or record.pid or 0))
+        self.labels.append(f"{record.role} :{record.port}")
+        self.address = self.address or record.host
+        self.ports += [p for p in (record.ports if ports is None else ports) if p not in self.ports]
+        if record.run_id not in self.run_ids:
+            self.run_ids += (record.run_id,)
+
     def script(self, grace: float) -> str:
         sections = [("stop", stop_groups_command(self.pgids, grace))]
-        if self.sweep != "none" and (self.sweep == "user" or self.run_ids):
-            run_ids = self.run_ids if self.sweep == "deployment" else ()
-            if self.sweep_servers:
-                spare = self.spare_router and not self.sweep_router
-                sections.append(("sweep", sweep_command(self.engine, None, spare, run_ids=run_ids)))
-            elif self.sweep_router:
-                sections.append(("sweep", sweep_command(self.engine, None, False, servers=False,
-                                                        run_ids=run_ids)))
+        sweep = self._sweep()
+        if sweep:
+            sections.append(("sweep", sweep))
         if self.ports:
             sections.append(("ports", ports_free_command(self.ports, self.address)))
         if self.gpu:
             sections.append(("gpu", "if command -v nvidia-smi >/dev/null 2>&1; then "
                                     f"( {gpu.COMMAND} ); else echo @@no-nvidia-smi; fi"))
-        return sections_script(sections)
+        return shell.sections_script(sections)
+
+    def _sweep(self) -> str | None:
+        scoped = self.sweep == "deployment"
+        if self.sweep == "none" or (scoped and not (self.run_ids or self.logs)):
+            return None  # nothing to scope a deployment sweep by: no sweep
+        run_ids = self.run_ids if scoped and not self.logs else ()
+        logs = self.logs if scoped else ()
+        if self.sweep_servers:
+            spare = self.spare_router and not self.sweep_router
+            return sweep_command(self.engine, None, spare, run_ids=run_ids, logs=logs)
+        if self.sweep_router:
+            return sweep_command(self.engine, None, False, servers=False, run_ids=run_ids, logs=logs)
+        return None
 
 
 def stop_hosts(engine: Engine, work: dict[Host, StopWork], grace: float,
-               fanout: int | None = None) -> dict[Host, HostStop | BaseException]:
-    timeout = grace + STEP_TIMEOUT_S + 10  # grace, the SIGKILL wait (5 s), sweep, nvidia-smi
+               fanout: int | None = None) -> Report:
+    """Run each host's stop script: one outcome per host, ``data`` = `HostStop`."""
+    timeout = grace + shell.STEP_TIMEOUT_S + 10  # grace, the SIGKILL wait (5 s), sweep, nvidia-smi
 
     def one(session: HostSession) -> HostStop:
         item = work[session.host]
-        result = run_script(session, item.script(grace), timeout)
-        return _parse_host_stop(item, parse_sections(result.stdout))
+        result = shell.run_script(session, item.script(grace), timeout)
+        return parse_host_stop(item, shell.parse_sections(result.stdout))
 
-    return each(engine, list(work), one, fanout)
+    return shell.call_report(engine, list(work), one, fanout)
 
 
-def _parse_host_stop(item: StopWork, sections: dict[str, Section]) -> HostStop:
+def parse_host_stop(item: StopWork, sections: dict[str, shell.Section]) -> HostStop:
+    """A host's `HostStop` from the sections of its stop script."""
     stop = HostStop(servers=list(item.labels))
     groups = parse_stop_groups(sections["stop"].output) if "stop" in sections else {}
     hows = set()
@@ -96,11 +180,12 @@ def _parse_host_stop(item: StopWork, sections: dict[str, Section]) -> HostStop:
     if "ports" in sections:
         stop.ports = parse_ports_free(sections["ports"].output)
     if "gpu" in sections:
-        stop.gpu = _gpu_after(sections["gpu"])
+        stop.gpu = gpu_after(sections["gpu"])
     return stop
 
 
-def _gpu_after(section: Section) -> GpuAfter:
+def gpu_after(section: shell.Section) -> GpuAfter:
+    """GPU memory still used, from the nvidia-smi section of a stop script."""
     if "@@no-nvidia-smi" in section.output:
         return GpuAfter(False, note="no nvidia-smi on this host")
     status = gpu.parse(section.output)
@@ -116,15 +201,28 @@ def _gpu_after(section: Section) -> GpuAfter:
     )
 
 
-def _check_sweep(sweep: str) -> str:
+def check_sweep(sweep: str) -> str:
+    """``sweep`` if it is a known scope; `ParameterError` otherwise."""
     if sweep not in SWEEP_SCOPES:
-        raise InputError(f"--sweep must be one of {', '.join(SWEEP_SCOPES)}, got {sweep!r}")
+        raise ParameterError("sweep", f"{{name}} must be one of {', '.join(SWEEP_SCOPES)}, got {sweep!r}")
     return sweep
+
+
+def check_grace(grace: float) -> float:
+    """A grace period in seconds (>= 0), or `ParameterError`."""
+    return seconds(grace, "grace", allow_minimum=True)
+
+
+def no_deployment(deployment: str | None) -> ParameterError:
+    """The error for "nothing recorded and no hosts named" (``{name}`` = the host options)."""
+    return ParameterError("hosts", f"no recorded deployment ({manifest_file(deployment)} not found): "
+                                   "name the hosts with {name}")
 
 
 def stop_pd(engine: Engine, manifest: Manifest | None, *, hosts: Sequence[Host] | None = None,
             run_dir: str | None = None, grace: float = DEFAULT_GRACE_S, sweep: str = "user",
-            keep_router: bool = False, fanout: int | None = None) -> StopResult:
+            keep_router: bool = False, fanout: int | None = None,
+            deployment: str | None = None) -> StopResult:
     """Stop the recorded deployment (``hosts`` None), or what start-pd started on ``hosts``.
 
     Whole deployment: every recorded server, and the router unless ``keep_router``.
@@ -132,78 +230,71 @@ def stop_pd(engine: Engine, manifest: Manifest | None, *, hosts: Sequence[Host] 
     per-server records in ``run_dir`` on each host (so it works without a manifest);
     the router is kept. ``sweep``: ``user`` kills leftovers of the engine owned by the
     login user by command line (DESIGN.md), ``deployment`` only those carrying the run id
-    marker of what is stopped, ``none`` skips it. Raises `InputError` when there is
-    nothing to stop and no host was named.
+    marker of what is stopped, ``none`` skips it. Raises `ParameterError` for a bad
+    ``sweep`` / ``grace``, and when nothing is recorded and no host was named.
     """
-    _check_sweep(sweep)
-    if grace < 0:
-        raise InputError(f"--grace must be >= 0 seconds, got {grace!r}")
+    check_sweep(sweep)
+    grace = check_grace(grace)
     if hosts is None and manifest is None:
-        raise InputError(f"no recorded deployment ({manifest_file()} not found): name the hosts "
-                         "with --hosts/--role")
-    records: list[ServerRecord] = []
+        raise no_deployment(deployment)
     failures: dict[Host, Failure] = {}
-    stop_router = hosts is None and not keep_router
     if hosts is None:
         assert manifest is not None
         records = [r for r in manifest.servers if r.pid]
-        order = list(dict.fromkeys(host_of(r.target) for r in manifest.servers))
+        order = list(dict.fromkeys(r.ssh_host for r in manifest.servers))
     else:
         order = list(dict.fromkeys(hosts))
         found, failures = records_on_hosts(engine, manifest, order, run_dir, fanout)
         records = [r for r in found if r.pid]  # a server that never got a pid has nothing to stop
     engine_name = manifest.engine if manifest else (records[0].engine if records else "sglang")
-    router = manifest.router if (manifest and stop_router and manifest.router) else None
-    work = _stop_work(order, records, router, engine_name, sweep, failures)
-    results = stop_hosts(engine, work, grace, fanout) if work else {}
-    outcomes = []
-    for host in list(dict.fromkeys(list(order) + list(work))):
-        if host in failures:
-            outcomes.append(Outcome(host, False, error=failures[host], data=HostStop()))
-            continue
-        value = results.get(host)
-        if isinstance(value, BaseException):
-            outcomes.append(Outcome(host, False, error=transport_failure(engine, host, value),
-                                    data=HostStop(servers=work[host].labels)))
-            continue
-        assert value is not None
-        outcomes.append(Outcome(host, True, data=value).fail(_stop_failure(value))
-                        if _stop_failure(value) else Outcome(host, True, data=value))
-    report = Report(outcomes)
+    router = manifest.router if (manifest and hosts is None and not keep_router) else None
+    work = stop_work(order, records, router, engine_name, sweep, failures)
+    results = stop_hosts(engine, work, grace, fanout)
+    report = Report(_host_outcomes(order, work, failures, results), task="stop-pd")
     path = None
     if manifest is not None:
-        _mark_stopped(manifest, records, router, report)
+        mark_stopped(manifest, records, router, report)
         path = save_manifest(manifest)
+    report.extra.update(deployment=manifest.name if manifest else deployment,
+                        router_stopped=router is not None, manifest=str(path) if path else None)
     return StopResult(report, manifest, path, router_stopped=router is not None)
 
 
-def _stop_work(order: Sequence[Host], records: Sequence[ServerRecord], router: RouterRecord | None,
-               engine_name: str, sweep: str, failures: dict[Host, Failure]) -> dict[Host, StopWork]:
+def _host_outcomes(order: Sequence[Host], work: dict[Host, StopWork], failures: dict[Host, Failure],
+                   results: Report) -> list[Outcome]:
+    by_host = {o.host: o for o in results}
+    outcomes = []
+    for host in dict.fromkeys(list(order) + list(work)):
+        outcome = by_host.get(host)
+        if outcome is None:
+            outcome = Outcome(host, False, error=failures.get(host), data=HostStop())
+        elif outcome.error is not None:
+            outcome.data = HostStop(servers=work[host].labels)
+        else:
+            failure = stop_failure(outcome.data)
+            if failure:
+                outcome.fail(failure)
+        outcomes.append(outcome)
+    return outcomes
+
+
+def stop_work(order: Sequence[Host], records: Sequence[ServerRecord], router: ServerRecord | None,
+              engine_name: str, sweep: str, failures: dict[Host, Failure]) -> dict[Host, StopWork]:
+    """Per host: the groups to stop, ports to check, what to sweep."""
     work: dict[Host, StopWork] = {}
     for host in order:
         if host not in failures:
             work[host] = StopWork(host=host, engine=engine_name, sweep=sweep)
     for record in records:
-        item = work.get(host_of(record.target))
-        if item is None:
-            continue
-        item.pgids.append(int(record.pgid or record.pid or 0))
-        item.labels.append(f"{record.role} :{record.port}")
-        item.address = record.host
-        item.ports += [p for p in record.ports if p not in item.ports]
-        if record.run_id not in item.run_ids:
-            item.run_ids += (record.run_id,)
+        item = work.get(record.ssh_host)
+        if item is not None:
+            item.add(record)
     if router is not None and router.pid:
-        rhost = host_of(router.target)
+        rhost = router.ssh_host
         item = work.setdefault(rhost, StopWork(host=rhost, engine=engine_name, sweep=sweep,
                                                sweep_servers=False, gpu=False))
-        item.pgids.append(int(router.pgid or router.pid))
-        item.labels.append(f"router :{router.port}")
+        item.add(router, ports=[router.port])
         item.sweep_router = True
-        item.address = item.address or router.bind
-        item.ports += [router.port]
-        if router.run_id not in item.run_ids:
-            item.run_ids += (router.run_id,)
     for item in work.values():
         item.pgids = [g for g in dict.fromkeys(item.pgids) if g > 1]
         if item.host.is_local and not item.labels:
@@ -211,7 +302,8 @@ def _stop_work(order: Sequence[Host], records: Sequence[ServerRecord], router: R
     return work
 
 
-def _stop_failure(stop: HostStop) -> Failure | None:
+def stop_failure(stop: HostStop) -> Failure | None:
+    """Why a host's stop failed: survivors of SIGKILL, or ports still in use."""
     if stop.survivors:
         return Failure(SURVIVORS, f"process(es) {', '.join(map(str, stop.survivors))} survived SIGKILL",
                        "stuck in uninterruptible I/O (D state)? check `ps -o pid,stat,cmd` on the host")
@@ -222,16 +314,16 @@ def _stop_failure(stop: HostStop) -> Failure | None:
     return None
 
 
-def _mark_stopped(manifest: Manifest, records: Sequence[ServerRecord], router: RouterRecord | None,
-                  report: Report) -> None:
+def mark_stopped(manifest: Manifest, records: Sequence[ServerRecord], router: ServerRecord | None,
+                 report: Report) -> None:
     """Stamp ``stopped_at`` on what was stopped cleanly; the manifest when all is."""
     now = time.time()
     clean = {str(o.host) for o in report if o.ok}
-    stopped = {(r.record_path, r.pid) for r in records if str(host_of(r.target)) in clean}
+    stopped = {(r.record_path, r.pid) for r in records if str(r.ssh_host) in clean}
     for record in manifest.servers:
         if (record.record_path, record.pid) in stopped:
             record.stopped_at = now
-    if router is not None and manifest.router is not None and str(host_of(router.target)) in clean:
+    if router is not None and manifest.router is not None and str(router.ssh_host) in clean:
         manifest.router.stopped_at = now
     if all(r.stopped_at or not r.pid for r in manifest.servers) and (
             manifest.router is None or manifest.router.stopped_at or not manifest.router.pid):
