@@ -23,6 +23,8 @@ Pure: no I/O.
 
 from __future__ import annotations
 
+import functools
+import re
 import struct
 import time
 from dataclasses import dataclass
@@ -158,20 +160,18 @@ def _parse(blob: bytes) -> HostCertificate:
 
 def match_pattern(text: str, pattern: str) -> bool:
     """OpenSSH's ``match_pattern``: ``*`` any run, ``?`` any one character, else literal."""
-    # Greedy matching with backtracking to the last '*' (linear for these short names).
-    t = p = 0
-    star, mark = -1, 0
-    while t < len(text):
-        if p < len(pattern) and pattern[p] in ("?", text[t]):
-            t, p = t + 1, p + 1
-        elif p < len(pattern) and pattern[p] == "*":
-            star, mark, p = p, t, p + 1
-        elif star >= 0:
-            mark += 1
-            t, p = mark, star + 1
-        else:
-            return False
-    return all(c == "*" for c in pattern[p:])
+    return glob_regex(pattern).fullmatch(text) is not None
+
+
+def glob_regex(*patterns: str) -> re.Pattern:
+    """One compiled regex that fully matches any of OpenSSH's glob ``patterns``."""
+    return _compiled(patterns)
+
+
+@functools.lru_cache(maxsize=4096)
+def _compiled(patterns: tuple[str, ...]) -> re.Pattern:
+    sources = ("".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in p) for p in patterns)
+    return re.compile("|".join(f"(?:{source})" for source in sources), re.DOTALL)
 
 
 def _string(data: bytes) -> bytes:

@@ -58,7 +58,7 @@ from pathlib import Path
 import paramiko
 from paramiko.hostkeys import HostKeyEntry
 
-from .hostcert import CERT_SUFFIX, CertificateFormatError, HostCertificate, match_pattern, parse_certificate
+from .hostcert import CERT_SUFFIX, CertificateFormatError, HostCertificate, glob_regex, parse_certificate
 
 ACCEPT_NEW, STRICT = "accept-new", "strict"
 POLICIES = (ACCEPT_NEW, STRICT)
@@ -95,7 +95,11 @@ _HASH_MAGIC = "|1|"
 
 
 def policy_from_ssh_config(value: str) -> str:
-    """Our policy for an ssh_config ``StrictHostKeyChecking`` value (see `STRICT_HOST_KEY_CHECKING`)."""
+    """Our policy for an ssh_config ``StrictHostKeyChecking`` value (see `STRICT_HOST_KEY_CHECKING`).
+
+    Only for a value the user's config sets: ``ssh -G`` prints ``ask`` when
+    nothing does, and then the roles-file default (accept-new) applies.
+    """
     try:
         return STRICT_HOST_KEY_CHECKING[value.strip().lower()]
     except KeyError:
@@ -306,44 +310,53 @@ def _blob_type(blob: bytes) -> str:
 
 
 class _Names:
-    """How an entry's name field matches a lookup name, as OpenSSH matches it."""
+    """How an entry's name field matches lookup names, as OpenSSH matches it.
+
+    Plain fields go to the index. A hashed field (``|1|salt|hash``: the whole
+    field is one hash) is matched by its decoded salt and digest; a pattern
+    field (``*``, ``?``, ``!``) by one compiled regex for its positive
+    patterns and one for its negated ones. Decoding and compiling once per
+    line, not per lookup, is what keeps hashed and pattern files cheap.
+    """
 
     PLAIN, HASHED, PATTERN = "plain", "hashed", "pattern"
 
+    def __init__(self, names: str) -> None:
+        patterns = names.lower().split(",")
+        self._positive = glob_regex(*(p for p in patterns if not p.startswith("!")))
+        negated = tuple(p[1:] for p in patterns if p.startswith("!"))
+        self._negative = glob_regex(*negated) if negated else None
+
     @staticmethod
-    def kind(names: str) -> str:
+    def kind_of(names: str) -> str:
         if names.startswith("|"):
             return _Names.HASHED  # the whole field is one hash (match_maybe_hashed)
         if any(c in names for c in "*?!"):
             return _Names.PATTERN
         return _Names.PLAIN
 
-    @staticmethod
-    def hashed_match(name: str, names: str) -> bool:
-        """``|1|salt|hash`` against ``name``; a malformed hash never matches (ssh skips the line)."""
-        if not names.startswith(_HASH_MAGIC):
+    def matches(self, lowered: str) -> bool:
+        """``match_hostname``: some positive pattern matches and no negated one does."""
+        if self._negative is not None and self._negative.fullmatch(lowered):
             return False
-        salt_text, _, _ = names[len(_HASH_MAGIC):].partition("|")
-        try:
-            salt = base64.b64decode(salt_text, validate=True)
-        except (ValueError, binascii.Error):
-            return False
-        if len(salt) != hashlib.sha1().digest_size:
-            return False
-        digest = hmac.digest(salt, name.encode(), "sha1")
-        return names == f"{_HASH_MAGIC}{base64.b64encode(salt).decode()}|{base64.b64encode(digest).decode()}"
+        return self._positive.fullmatch(lowered) is not None
 
-    @staticmethod
-    def pattern_match(name: str, names: str) -> bool:
-        """OpenSSH's ``match_hostname``: any positive pattern matches and no ``!`` pattern does."""
-        positive = False
-        for pattern in names.lower().split(","):
-            negated = pattern.startswith("!")
-            if match_pattern(name, pattern[1:] if negated else pattern):
-                if negated:
-                    return False
-                positive = True
-        return positive
+
+def _parse_hash(names: str) -> tuple[bytes, bytes] | None:
+    """Salt and digest of ``|1|salt|hash``; None when malformed."""
+    if not names.startswith(_HASH_MAGIC):
+        return None
+    salt_text, _, digest_text = names[len(_HASH_MAGIC):].partition("|")
+    try:
+        salt, digest = base64.b64decode(salt_text, validate=True), base64.b64decode(digest_text, validate=True)
+    except (ValueError, binascii.Error):
+        return None
+    size = hashlib.sha1().digest_size
+    # ssh compares the re-encoded text: only canonical base64 of 20-byte values matches.
+    if len(salt) != size or len(digest) != size or f"{_HASH_MAGIC}{base64.b64encode(salt).decode()}|" \
+            f"{base64.b64encode(digest).decode()}" != names:
+        return None
+    return salt, digest
 
 
 def hash_name(name: str) -> str:
@@ -351,6 +364,9 @@ def hash_name(name: str) -> str:
     salt = os.urandom(hashlib.sha1().digest_size)
     digest = hmac.digest(salt, name.encode(), "sha1")
     return f"{_HASH_MAGIC}{base64.b64encode(salt).decode()}|{base64.b64encode(digest).decode()}"
+
+
+_RECENT_LOOKUPS = 1024  # remembered `IndexedHostKeys.matching` answers (cleared when full)
 
 
 class IndexedHostKeys(paramiko.HostKeys):
@@ -371,20 +387,41 @@ class IndexedHostKeys(paramiko.HostKeys):
 
     def __init__(self, filename: str | None = None) -> None:
         self._index: dict[str, list[tuple[int, HostKeyEntry]]] = {}
-        self._scanned: list[tuple[int, HostKeyEntry, str, str]] = []  # (position, entry, kind, names)
+        self._hashed: list[tuple[int, HostKeyEntry, bytes, bytes]] = []  # (position, entry, salt, digest)
+        self._patterns: list[tuple[int, HostKeyEntry, _Names]] = []
         # Which list was indexed and how far (a reference, so its id cannot be reused).
         self._indexed: tuple[list | None, int] = (None, 0)
         self._index_lock = threading.Lock()
+        # Recent answers of `matching` for the index state they were computed on: a
+        # connection asks twice for its host (algorithm order, then the check).
+        self._recent: tuple[tuple[list | None, int], dict[str, list[HostKeyEntry]]] = ((None, 0), {})
         super().__init__(filename)
 
     def matching(self, name: str) -> list[HostKeyEntry]:
         """Every entry whose names match ``name`` (any marker, any key type), in file order."""
         self._refresh_index()
+        (entries, indexed), recent = self._recent
+        if entries is not self._indexed[0] or indexed != self._indexed[1]:
+            recent = {}
+            self._recent = (self._indexed, recent)
+        found = recent.get(name)
+        if found is None:
+            found = self._scan(name)
+            if len(recent) >= _RECENT_LOOKUPS:
+                recent.clear()
+            recent[name] = found
+        return found
+
+    def _scan(self, name: str) -> list[HostKeyEntry]:
         lowered = name.lower()
         found = dict(self._index.get(lowered, ()))
-        for position, entry, kind, names in self._scanned:
-            if position not in found and (_Names.hashed_match(name, names) if kind == _Names.HASHED
-                                          else _Names.pattern_match(lowered, names)):
+        if self._hashed:  # one HMAC per hashed line, as in ssh: keep this loop tight
+            encoded, digest = name.encode(), hmac.digest
+            for position, entry, salt, expected in self._hashed:
+                if digest(salt, encoded, "sha1") == expected:
+                    found[position] = entry
+        for position, entry, names in self._patterns:
+            if names.matches(lowered):
                 found[position] = entry
         return [found[position] for position in sorted(found)]
 
@@ -401,7 +438,7 @@ class IndexedHostKeys(paramiko.HostKeys):
         with self._index_lock:
             indexed, done = self._indexed
             if indexed is not entries or done > len(entries):
-                self._index, self._scanned, done = {}, [], 0
+                self._index, self._hashed, self._patterns, done = {}, [], [], 0
             end = len(entries)  # another thread may append meanwhile: index up to here
             for position in range(done, end):
                 self._index_entry(position, entries[position])
@@ -411,13 +448,15 @@ class IndexedHostKeys(paramiko.HostKeys):
         # Our entries keep the name field whole, as ssh matches it; paramiko's own
         # entries (``add``, ``__setitem__``) hold one name per item of ``hostnames``.
         fields = [entry.names] if isinstance(entry, _LazyEntry) else entry.hostnames
-        for names in fields:
-            kind = _Names.kind(names)
+        for field in fields:
+            kind = _Names.kind_of(field)
             if kind == _Names.PLAIN:
-                for name in set(names.lower().split(",")):
+                for name in set(field.lower().split(",")):
                     self._index.setdefault(name, []).append((position, entry))
-            else:
-                self._scanned.append((position, entry, kind, names))
+            elif kind == _Names.PATTERN:
+                self._patterns.append((position, entry, _Names(field)))
+            elif parsed := _parse_hash(field):  # a malformed hash never matches: ssh skips the line
+                self._hashed.append((position, entry, *parsed))
 
     def add(self, hostname: str, keytype: str, key: paramiko.PKey) -> None:
         """Add or replace the ``(hostname, keytype)`` key (paramiko scans every line)."""
@@ -922,7 +961,7 @@ def _lines(name: str, key: _Offered, hashed: bool, ip_name: str | None = None) -
 def _removal_hint(name: str, match: _Match) -> str:
     """How to remove the entry that ``match`` found for ``name``."""
     file, entry = match
-    if _Names.kind(entry.names) == _Names.PATTERN:
+    if _Names.kind_of(entry.names) == _Names.PATTERN:
         return (f"the entry is the pattern {entry.names!r} at {file.shown}:{entry.line}, shared with "
                 f"other hosts: edit that line")
     return f"remove the old entry with `ssh-keygen -R {shlex.quote(name)} -f {_shell_path(file.shown)}`"

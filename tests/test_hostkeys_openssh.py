@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -95,7 +96,7 @@ class World:
     fleet: Fleet
     port: int  # of the extra sshd processes
     keys: Path  # host keys, CA and certificates
-    multi: list[str]  # two addresses of one sshd with ed25519 and ECDSA host keys
+    multi: list[str]  # two addresses of one sshd with ed25519, ECDSA and RSA host keys
     certified: str  # an sshd presenting a valid host certificate
     expired: str  # an sshd presenting an expired host certificate
 
@@ -112,6 +113,7 @@ def world(fleet_dir):
         keys.mkdir()
         keygen(keys / "multi_ed25519")
         keygen(keys / "multi_ecdsa", "ecdsa")
+        keygen(keys / "multi_rsa", "rsa")
         keygen(keys / "ca")
         keygen(keys / "certified")
         valid = certify(keys / "ca", keys / "certified.pub", "valid", "-n", "127.0.13.30,compute.30")
@@ -122,7 +124,7 @@ def world(fleet_dir):
         servers = []
         try:
             servers.append(Sshd(fleet, base / "sshd-multi", multi, port,
-                                [keys / "multi_ed25519", keys / "multi_ecdsa"]))
+                                [keys / "multi_ed25519", keys / "multi_ecdsa", keys / "multi_rsa"]))
             servers.append(Sshd(fleet, base / "sshd-cert", [certified], port, [keys / "certified"], [valid]))
             servers.append(Sshd(fleet, base / "sshd-expired", [old], port, [keys / "certified"], [expired]))
             yield World(fleet, port, keys, multi, certified, old)
@@ -421,15 +423,17 @@ def test_non_22_port_hints_name_the_bracketed_entry(world, tmp_path):
 
 
 @pytest.mark.parametrize("how", [library_check, library_keyscan])
-def test_ecdsa_pin_on_an_ed25519_capable_server_is_not_changed(world, tmp_path, how):
+@pytest.mark.parametrize("pinned, key_type", [("multi_ecdsa", "ecdsa-sha2-nistp256"), ("multi_rsa", "ssh-rsa")])
+def test_pin_of_another_type_on_an_ed25519_capable_server_is_not_changed(world, tmp_path, how, pinned,
+                                                                         key_type):
     address = world.multi[0]
     name = f"[{address}]:{world.port}"
-    case = Case(address, world.port, files=(("known_hosts", f"{name} {world.public('multi_ecdsa')}\n"),))
+    case = Case(address, world.port, files=(("known_hosts", f"{name} {world.public(pinned)}\n"),))
     decision = decide(case, world, tmp_path, "strict", how)
     assert decision.ssh_ok
     if how is library_keyscan:
         info = decision.outcome.data
-        assert (info.status, info.key_type, info.entry) == ("known", "ecdsa-sha2-nistp256", name)
+        assert (info.status, info.key_type, info.entry) == ("known", key_type, name)
     contradicted = Case(address, world.port, files=(("known_hosts", f"{name} {other_key()}\n"),))
     assert not decide(contradicted, world, tmp_path, "accept-new", how).ssh_ok
 
@@ -519,3 +523,86 @@ def test_three_processes_record_fifty_new_hosts_once_each(fleet_dir, tmp_path):
                 "GlobalKnownHostsFile=/dev/null", f"{fleet.user}@{address}", "true"],
                 capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
             assert proc.returncode == 0, proc.stderr
+
+
+# ---------------------------------------------------------------------------
+# Jump hosts: the store on each hop of `ssh -J bastion target`
+# ---------------------------------------------------------------------------
+
+
+def through_bastion(world: World, known: Path, policy: str) -> str:
+    """Both hops as the engine's per-hop path runs them: the bastion over TCP, the target
+    over a direct-tcpip channel, each with prepare -> key exchange -> verify -> auth.
+
+    Returns "ok" or the refused hop's message (a `HostKeyError` from the store).
+    """
+    from cluster.hostkeys import HostKeyError, HostKeyStore, peer_address
+    from cluster.ssh import make_transport
+
+    fleet = world.fleet
+    store, user_key = HostKeyStore(), paramiko.PKey.from_path(fleet.key_file)
+    bastion, target = fleet.addresses[0], fleet.addresses[1]
+    transports = []
+    try:
+        sock = socket.create_connection((bastion, fleet.port), timeout=10)
+        hops = [(HostKeyTarget(bastion, fleet.port, user_files=(str(known),), global_files=(), policy=policy,
+                               address=peer_address(sock)), sock)]
+        for number in range(2):
+            hop, carrier = hops[number]
+            transport = make_transport(carrier)
+            transports.append(transport)
+            store.prepare(transport, hop)
+            transport.start_client(timeout=10)
+            store.verify(transport, hop)
+            transport.auth_publickey(fleet.user, user_key)
+            if number == 0:
+                channel = transport.open_channel("direct-tcpip", (target, fleet.port), ("127.0.0.1", 0))
+                hops.append((HostKeyTarget(target, fleet.port, user_files=(str(known),), global_files=(),
+                                           policy=policy), channel))
+        return "ok"
+    except HostKeyError as exc:
+        return exc.message
+    finally:
+        for transport in reversed(transports):
+            transport.close()
+
+
+def ssh_through_bastion(world: World, known: Path, policy: str) -> tuple[bool, str]:
+    fleet = world.fleet
+    config = known.with_name("ssh_config")
+    config.write_text(
+        f"Host bastion\n  HostName {fleet.addresses[0]}\nHost target\n  HostName {fleet.addresses[1]}\n"
+        f"  ProxyJump bastion\nHost *\n  Port {fleet.port}\n  User {fleet.user}\n"
+        f"  IdentityFile {fleet.key_file}\n  IdentitiesOnly yes\n  UserKnownHostsFile {known}\n"
+        f"  GlobalKnownHostsFile /dev/null\n  CheckHostIP no\n  UpdateHostKeys no\n  BatchMode yes\n"
+        f"  StrictHostKeyChecking {'yes' if policy == 'strict' else 'accept-new'}\n")
+    proc = subprocess.run(["ssh", "-F", str(config), "target", "true"], capture_output=True, text=True,
+                          timeout=60, stdin=subprocess.DEVNULL)
+    return proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("case, policy", [
+    ("bastion-changed", "accept-new"), ("bastion-unknown", "strict"), ("both-recorded", "strict"),
+    ("nothing-recorded", "accept-new"), ("target-changed", "accept-new"),
+])
+def test_each_hop_through_a_bastion_is_checked_like_ssh(world, tmp_path, case, policy):
+    fleet = world.fleet
+    bastion, target = (f"[{a}]:{fleet.port} {real(world, a)}\n" for a in fleet.addresses[:2])
+    text = {"bastion-changed": f"[{fleet.addresses[0]}]:{fleet.port} {other_key()}\n" + target,
+            "bastion-unknown": target, "both-recorded": bastion + target, "nothing-recorded": "",
+            "target-changed": bastion + f"[{fleet.addresses[1]}]:{fleet.port} {other_key()}\n"}[case]
+    sides = {}
+    for side in ("ssh", "lib"):
+        (tmp_path / side).mkdir()
+        sides[side] = tmp_path / side / "known_hosts"
+        sides[side].write_text(text)
+    ssh_ok, stderr = ssh_through_bastion(world, sides["ssh"], policy)
+    result = through_bastion(world, sides["lib"], policy)
+    assert (result == "ok") == ssh_ok, (stderr, result)
+    refused_hop = {"bastion-changed": fleet.addresses[0], "bastion-unknown": fleet.addresses[0],
+                   "target-changed": fleet.addresses[1]}.get(case)
+    if refused_hop:
+        assert "Host key verification failed" in stderr and f"[{refused_hop}]:{fleet.port}" in result
+    if case == "nothing-recorded":  # both hops recorded, as ssh records them
+        assert sorted(sides["lib"].read_text().splitlines()) == sorted(sides["ssh"].read_text().splitlines())
+        assert len(sides["lib"].read_text().splitlines()) == 2
