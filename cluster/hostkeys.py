@@ -386,9 +386,10 @@ class IndexedHostKeys(paramiko.HostKeys):
     """
 
     def __init__(self, filename: str | None = None) -> None:
-        self._index: dict[str, list[tuple[int, HostKeyEntry]]] = {}
-        self._hashed: list[tuple[int, HostKeyEntry, bytes, bytes]] = []  # (position, entry, salt, digest)
-        self._patterns: list[tuple[int, HostKeyEntry, _Names]] = []
+        # (index, hashed, patterns), published as one object so that readers never
+        # see half of a rebuilt index: plain name -> [(position, entry)],
+        # [(position, entry, salt, digest)], [(position, entry, _Names)].
+        self._tables: tuple[dict, list, list] = ({}, [], [])
         # Which list was indexed and how far (a reference, so its id cannot be reused).
         self._indexed: tuple[list | None, int] = (None, 0)
         self._index_lock = threading.Lock()
@@ -414,13 +415,14 @@ class IndexedHostKeys(paramiko.HostKeys):
 
     def _scan(self, name: str) -> list[HostKeyEntry]:
         lowered = name.lower()
-        found = dict(self._index.get(lowered, ()))
-        if self._hashed:  # one HMAC per hashed line, as in ssh: keep this loop tight
+        index, hashed, patterns = self._tables
+        found = dict(index.get(lowered, ()))
+        if hashed:  # one HMAC per hashed line, as in ssh: keep this loop tight
             encoded, digest = name.encode(), hmac.digest
-            for position, entry, salt, expected in self._hashed:
+            for position, entry, salt, expected in hashed:
                 if digest(salt, encoded, "sha1") == expected:
                     found[position] = entry
-        for position, entry, names in self._patterns:
+        for position, entry, names in patterns:
             if names.matches(lowered):
                 found[position] = entry
         return [found[position] for position in sorted(found)]
@@ -438,25 +440,14 @@ class IndexedHostKeys(paramiko.HostKeys):
         with self._index_lock:
             indexed, done = self._indexed
             if indexed is not entries or done > len(entries):
-                self._index, self._hashed, self._patterns, done = {}, [], [], 0
+                tables, done = ({}, [], []), 0  # rebuilt aside, then published at once
+            else:
+                tables = self._tables  # appends only: readers see whole entries
             end = len(entries)  # another thread may append meanwhile: index up to here
             for position in range(done, end):
-                self._index_entry(position, entries[position])
+                _index_entry(tables, position, entries[position])
+            self._tables = tables
             self._indexed = (entries, end)
-
-    def _index_entry(self, position: int, entry: HostKeyEntry) -> None:
-        # Our entries keep the name field whole, as ssh matches it; paramiko's own
-        # entries (``add``, ``__setitem__``) hold one name per item of ``hostnames``.
-        fields = [entry.names] if isinstance(entry, _LazyEntry) else entry.hostnames
-        for field in fields:
-            kind = _Names.kind_of(field)
-            if kind == _Names.PLAIN:
-                for name in set(field.lower().split(",")):
-                    self._index.setdefault(name, []).append((position, entry))
-            elif kind == _Names.PATTERN:
-                self._patterns.append((position, entry, _Names(field)))
-            elif parsed := _parse_hash(field):  # a malformed hash never matches: ssh skips the line
-                self._hashed.append((position, entry, *parsed))
 
     def add(self, hostname: str, keytype: str, key: paramiko.PKey) -> None:
         """Add or replace the ``(hostname, keytype)`` key (paramiko scans every line)."""
@@ -464,12 +455,28 @@ class IndexedHostKeys(paramiko.HostKeys):
             super().add(hostname, keytype, key)
             return
         self._refresh_index()
-        for _, entry in self._index.get(hostname.lower(), ()):
+        for _, entry in self._tables[0].get(hostname.lower(), ()):
             if getattr(entry, "marker", None) is None and entry.key is not None \
                     and entry.key.get_name() == keytype:
                 entry.key = key
                 return
         self._entries.append(HostKeyEntry([hostname], key))
+
+
+def _index_entry(tables: tuple[dict, list, list], position: int, entry: HostKeyEntry) -> None:
+    index, hashed, patterns = tables
+    # Our entries keep the name field whole, as ssh matches it; paramiko's own
+    # entries (``add``, ``__setitem__``) hold one name per item of ``hostnames``.
+    fields = [entry.names] if isinstance(entry, _LazyEntry) else entry.hostnames
+    for field in fields:
+        kind = _Names.kind_of(field)
+        if kind == _Names.PLAIN:
+            for name in set(field.lower().split(",")):
+                index.setdefault(name, []).append((position, entry))
+        elif kind == _Names.PATTERN:
+            patterns.append((position, entry, _Names(field)))
+        elif parsed := _parse_hash(field):  # a malformed hash never matches: ssh skips the line
+            hashed.append((position, entry, *parsed))
 
 
 class _HostMatches(MutableMapping):
@@ -595,9 +602,9 @@ class KnownHostsFile:
         first = self._lines + 1 if appended else 1
         new = parse_known_hosts(complete.decode("utf-8", "replace").splitlines(), first)
         tail_entries = parse_known_hosts([tail.decode("utf-8", "replace")], first + complete.count(b"\n"))
-        if appended:
-            if self._tail:
-                del self.keys._entries[-self._tail:]
+        if appended and self._tail:  # the unterminated line is read again: one new list
+            self.keys._entries = self.keys._entries[:-self._tail] + new + tail_entries
+        elif appended:
             self.keys._entries.extend(new + tail_entries)
         else:
             self.keys._entries = new + tail_entries
@@ -756,7 +763,8 @@ class HostKeyStore:
         def preferred(algorithm: str) -> bool:
             return (_is_cert(algorithm) and has_ca) or _plain_type(algorithm) in recorded
 
-        usable = [a for a in OPENSSH_HOST_KEY_ALGORITHMS if a in set(offered)]
+        offered = set(offered)
+        usable = [a for a in OPENSSH_HOST_KEY_ALGORITHMS if a in offered]
         if not (usable and _plain_type(usable[0]) in recorded):  # else OpenSSH keeps its order
             usable = [a for a in usable if preferred(a)] + [a for a in usable if not preferred(a)]
         return tuple(usable if has_ca else [a for a in usable if not _is_cert(a)])
