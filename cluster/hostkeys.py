@@ -565,8 +565,11 @@ class KnownHostsFile:
     def refresh(self) -> IndexedHostKeys:
         """Bring ``keys`` up to date with the file (one ``stat`` when nothing changed)."""
         try:
-            stat = os.stat(self.path)
-        except OSError:  # absent or unreadable: no entries, as for ssh
+            # Most hops name global files that do not exist: no exception for those.
+            stat = os.stat(self.path) if os.access(self.path, os.F_OK) else None
+        except OSError:
+            stat = None
+        if stat is None:  # absent or unreadable: no entries, as for ssh
             if self._signature is not None or self.keys._entries:
                 with self._lock:
                     self.keys._entries, self._signature = [], None
@@ -711,17 +714,18 @@ class HostKeyStore:
     """Every known_hosts file the engine's hops use, shared by all hops and threads."""
 
     def __init__(self) -> None:
-        self._files: dict[str, KnownHostsFile] = {}
+        self._files: dict[str | os.PathLike, KnownHostsFile] = {}  # by the path given and the full path
         self._files_lock = threading.Lock()
         self._local = threading.local()
 
     def file(self, path: str | os.PathLike) -> KnownHostsFile:
         """The (cached) `KnownHostsFile` of ``path`` (``~`` expanded)."""
-        full = os.path.abspath(os.path.expanduser(os.fspath(path)))
-        known = self._files.get(full)
+        known = self._files.get(path)
         if known is None:
+            full = os.path.abspath(os.path.expanduser(os.fspath(path)))
             with self._files_lock:
                 known = self._files.setdefault(full, KnownHostsFile(Path(full)))
+                self._files[path] = known
         return known
 
     # -- the seam: before and after key exchange ------------------------------
@@ -897,8 +901,10 @@ class _VerifyPolicy(paramiko.MissingHostKeyPolicy):
         self.store, self.target = store, target
 
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
-        transport = client.get_transport()
-        self.store.verify(transport, replace(self.target, address=peer_address(transport.sock)))
+        transport, target = client.get_transport(), self.target
+        if target.check_host_ip:  # the only check that needs the address connected to
+            target = replace(target, address=peer_address(transport.sock))
+        self.store.verify(transport, target)
 
 
 def peer_address(sock: object) -> str | None:
