@@ -14,12 +14,19 @@ hosts recorded by accept-new (locked appends), against the known-host check.
 Best of ``--repeat`` runs; no connection is opened::
 
     python benchmarks/hostkeys.py --hosts 1000
+
+``--ref DIR`` adds the store of another checkout (``git archive COMMIT
+cluster | tar -x -C DIR``) on the same files, in a child process: the
+pre-issue-13 API (``HostKeyStore(path).check(name, key)`` after a lookup) or
+this one.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -31,9 +38,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # this checkout's cluster package, installed or not
-
-from cluster.hostkeys import HostKeyStore, HostKeyTarget, hash_name  # noqa: E402
+# ``cluster`` is imported where used: a --ref child imports the reference checkout's.
 
 OFFERED = paramiko.Transport._preferred_keys + tuple(
     f"{a}-cert-v01@openssh.com" for a in paramiko.Transport._preferred_keys)
@@ -53,6 +58,8 @@ def names(count: int) -> list[str]:
 
 
 def known_hosts(kind: str, hosts: list[str], host_keys: list[paramiko.PKey]) -> str:
+    from cluster.hostkeys import hash_name
+
     lines = []
     for name, key in zip(hosts, host_keys):
         shown = hash_name(name) if kind == "hashed" else name
@@ -75,6 +82,8 @@ def best(repeat: int, run: Callable[[], None]) -> float:
 
 
 def store_run(path: Path, hosts: list[str], host_keys: list[paramiko.PKey], policy: str) -> Callable[[], None]:
+    from cluster.hostkeys import HostKeyStore, HostKeyTarget
+
     def run() -> None:
         store = HostKeyStore()  # a new engine: reads the file once
         for name, key in zip(hosts, host_keys):
@@ -95,28 +104,62 @@ def paramiko_run(path: Path, hosts: list[str], host_keys: list[paramiko.PKey]) -
     return run
 
 
+def ref_run(path: Path, count: int, repeat: int) -> float:
+    """In a child whose ``cluster`` is the reference checkout: best seconds for the file."""
+    import cluster.hostkeys as ref
+
+    print(f"reference store: {ref.__file__}", file=sys.stderr)
+
+    hosts = names(count)
+    lines = path.read_text().splitlines()[:count]
+    host_keys = [paramiko.PKey.from_type_string(line.split()[1], base64.b64decode(line.split()[2]))
+                 for line in lines]
+    if hasattr(ref, "HostKeyTarget"):
+        return best(repeat, store_run(path, hosts, host_keys, "strict"))
+
+    def old_api() -> None:
+        store = ref.HostKeyStore(path, "strict")
+        for name, key in zip(hosts, host_keys):
+            store.host_keys.lookup(name)
+            assert store.check(name, key) == "known"
+    return best(repeat, old_api)
+
+
+def ref_seconds(ref: str, path: Path, count: int, repeat: int) -> float:
+    code = (f"import sys; sys.path[:0] = [{ref!r}, {str(ROOT / 'benchmarks')!r}]; import hostkeys as b; "
+            f"print(b.ref_run(b.Path({str(path)!r}), {count}, {repeat}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return float(json.loads(out.strip().splitlines()[-1]))
+
+
 def main() -> None:
+    sys.path.insert(0, str(ROOT))  # this checkout's cluster package, installed or not
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--hosts", type=int, default=1000, help="hosts, and lines per file (default 1000)")
     parser.add_argument("--repeat", type=int, default=5, help="runs per measurement, best kept (default 5)")
+    parser.add_argument("--ref", metavar="DIR", help="also time the store of the checkout in DIR (DIR/cluster)")
     args = parser.parse_args()
     count = args.hosts
     hosts, host_keys = names(count), keys(count)
     work = Path(tempfile.mkdtemp(prefix="hostkeys-bench-"))
     print(f"{count} hosts, known_hosts of {count} lines, best of {args.repeat}\n")
-    print("| file | store: order + check per host | paramiko HostKeys: load + lookup per host | ratio |")
-    print("|---|---|---|---|")
+    ref = " | ref store per host | vs ref" if args.ref else ""
+    print(f"| file | store: order + check per host | paramiko HostKeys: load + lookup per host | ratio{ref} |")
+    print("|---|---|---|---|" + ("---|---|" if args.ref else ""))
     for kind in ("plain", "hashed", "patterns"):
         path = work / f"known_hosts.{kind}"
         path.write_text(known_hosts(kind, hosts, host_keys))
         ours = best(args.repeat, store_run(path, hosts, host_keys, "strict"))
-        baseline = ("n/a (no patterns or markers)" if kind == "patterns" else None)
-        if baseline is None:
-            theirs = best(args.repeat, paramiko_run(path, hosts, host_keys))
-            print(f"| {kind} | {ours / count * 1e6:.0f} µs | {theirs / count * 1e6:.0f} µs "
-                  f"| {ours / theirs:.2f}x |")
+        row = f"| {kind} | {ours / count * 1e6:.0f} µs"
+        if kind == "patterns":
+            row += " | n/a (no patterns or markers) |"
         else:
-            print(f"| {kind} | {ours / count * 1e6:.0f} µs | {baseline} | |")
+            theirs = best(args.repeat, paramiko_run(path, hosts, host_keys))
+            row += f" | {theirs / count * 1e6:.0f} µs | {ours / theirs:.2f}x"
+        if args.ref:
+            old = ref_seconds(args.ref, path, count, args.repeat)
+            row += f" | {old / count * 1e6:.0f} µs | {ours / old:.2f}x"
+        print(row + " |")
     known = best(args.repeat, store_run(work / "known_hosts.plain", hosts, host_keys, "strict"))
 
     def first_contact() -> None:
