@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import paramiko
 
 from .hostkeys import fingerprint
 from .hosts import Host
@@ -62,46 +59,24 @@ def check(engine: Engine, hosts: Sequence[Host], *, fanout: int | None = None,
 
 @dataclass
 class KeyInfo:
-    """A host key seen by keyscan and what the policy did with it."""
+    """A host key seen by keyscan and what the host-key store did with it."""
 
-    entry: str
-    key_type: str
+    entry: str  # the known_hosts name checked (HostKeyAlias or host / [host]:port)
+    key_type: str  # the key type, or the certificate type of a certified host
     fingerprint: str
-    status: str  # known | added | local
+    status: str  # known | added | certified | local
 
     def to_json(self) -> dict[str, Any]:
         return {"entry": self.entry, "key_type": self.key_type,
                 "fingerprint": self.fingerprint, "status": self.status}
 
 
-def _known_hosts_entry(session: HostSession) -> tuple[str, int, str]:
-    cxn = session.connection
-    port = int(cxn.port)
-    entry = cxn.host if port == 22 else f"[{cxn.host}]:{port}"
-    return cxn.host, port, entry
-
-
 def _scan_one(session: HostSession) -> KeyInfo:
     if session.host.is_local:
         return KeyInfo("local", "-", "-", "local")
-    hostname, port, entry = _known_hosts_entry(session)
-    timeout = session.engine.settings.connect_timeout
-    sock = socket.create_connection((hostname, port), timeout=timeout)
-    transport = paramiko.Transport(sock)
-    try:
-        transport.banner_timeout = timeout
-        transport.start_client(timeout=timeout)
-        key = transport.get_remote_server_key()
-    finally:
-        transport.close()
-    store = session.engine.host_keys
-    status = store.check(entry, key)
-    if status == "changed":
-        raise paramiko.BadHostKeyException(entry, key, store.lookup(entry))
-    if status == "unknown":
-        store.accept(entry, key)  # raises HostKeyRejected under the strict policy
-        status = "added"
-    return KeyInfo(entry, key.get_name(), fingerprint(key), status)
+    session.handshake()  # raises HostKeyError when the store refuses the key
+    verdict = session.engine.host_keys.last_verdict()  # this thread's: the handshake's
+    return KeyInfo(verdict.name, verdict.key_type, verdict.fingerprint, verdict.status)
 
 
 def keyscan(engine: Engine, hosts: Sequence[Host], *, fanout: int | None = None,

@@ -208,10 +208,6 @@ def fold_outputs(outcomes: Iterable[Outcome]) -> list[OutputGroup]:
 # ---------------------------------------------------------------------------
 
 
-def _known_hosts_entry(hostname: str, port: int) -> str:
-    return f"[{hostname}]:{port}" if port != 22 else hostname
-
-
 def classify_exception(
     exc: BaseException,
     host: Host,
@@ -227,7 +223,7 @@ def classify_exception(
     import paramiko
     from invoke.exceptions import CommandTimedOut
 
-    from .hostkeys import HostKeyRejected
+    from .hostkeys import HostKeyError
     from .ssh import HandshakeTimeout
 
     if isinstance(exc, HandshakeTimeout):
@@ -239,7 +235,9 @@ def classify_exception(
             f"command did not finish within {exc.timeout:g} s",
             "raise the task's --timeout, or check what hangs on that host",
         )
-    if isinstance(exc, (paramiko.BadHostKeyException, HostKeyRejected)):
+    if isinstance(exc, HostKeyError):  # the store's refusals name the file and entry
+        return Failure(HOST_KEY, exc.message, exc.hint_for(str(host)))
+    if isinstance(exc, paramiko.BadHostKeyException):
         return _host_key_failure(exc, host, port or host.port or 22, known_hosts)
     if isinstance(exc, paramiko.AuthenticationException):
         tried = f" (tried {key_description})" if key_description else ""
@@ -274,16 +272,9 @@ def classify_exception(
 
 
 def _host_key_failure(exc: BaseException, host: Host, port: int, known_hosts: str) -> Failure:
-    from .hostkeys import HostKeyRejected
+    from .hostkeys import known_hosts_name
 
-    entry = getattr(exc, "hostname", None) or _known_hosts_entry(host.hostname, port)
-    if isinstance(exc, HostKeyRejected):
-        return Failure(
-            HOST_KEY,
-            str(exc),
-            f"host_key_policy is strict: verify the key, then run `inv keyscan -H {host}` "
-            "with --policy accept-new (or add it to known_hosts)",
-        )
+    entry = getattr(exc, "hostname", None) or known_hosts_name(host.hostname, port)
     return Failure(
         HOST_KEY,
         f"host key changed for {entry} (possible man-in-the-middle, or the host was rebuilt)",

@@ -42,7 +42,7 @@ from invoke.exceptions import CommandTimedOut
 from invoke.runners import Result as LocalResult
 
 from .errors import InputError
-from .hostkeys import HostKeyStore, fingerprint
+from .hostkeys import HostKeyStore, HostKeyTarget, fingerprint, peer_address
 from .hosts import Host
 from .inventory import SSHSettings
 
@@ -138,6 +138,19 @@ def make_transport(sock: socket.socket, disabled_algorithms: dict | None = None
     first = tuple(c for c in PREFERRED_CIPHERS if c in offered)
     options.ciphers = first + tuple(c for c in offered if c not in first)
     return transport
+
+
+class HopTransport:
+    """``SSHClient.connect(transport_factory=)``: `make_transport`, then the store's
+    host-key algorithm order for this hop (before the key exchange)."""
+
+    def __init__(self, store: HostKeyStore, target: HostKeyTarget) -> None:
+        self.store, self.target = store, target
+
+    def __call__(self, sock: socket.socket, disabled_algorithms: dict | None = None) -> paramiko.Transport:
+        transport = make_transport(sock, disabled_algorithms)
+        self.store.prepare(transport, self.target)
+        return transport
 
 
 class LeanConnection(Connection):
@@ -265,6 +278,26 @@ class HostSession:
                 ) from None
             raise
         _relax_polling(self._connection.client.get_transport())
+
+    def handshake(self) -> paramiko.PKey:
+        """Key exchange and host-key check (`HostKeyStore.verify`), no authentication.
+
+        Returns the server's host key (keyscan). Direct TCP connections to the
+        host's HostName and port.
+        """
+        cxn = self.connection
+        hostname, port = cxn.host, int(cxn.port)
+        timeout = self.engine.settings.connect_timeout
+        sock = socket.create_connection((hostname, port), timeout=timeout)
+        target = self.engine.host_key_target(hostname, port, peer_address(sock))
+        transport = HopTransport(self.engine.host_keys, target)(sock)
+        try:
+            transport.banner_timeout = timeout
+            transport.start_client(timeout=timeout)
+            self.engine.host_keys.verify(transport, target)
+            return transport.get_remote_server_key()
+        finally:
+            transport.close()
 
     def close(self) -> None:
         if self._connection is None:
@@ -691,7 +724,7 @@ class Engine:
         self.settings = settings or SSHSettings()
         self.config = self._make_config()
         self.key_path, self.pkey = load_private_key(self.settings)
-        self.host_keys = HostKeyStore(self.settings.known_hosts, self.settings.host_key_policy)
+        self.host_keys = HostKeyStore()
         self._sessions: dict[Host, HostSession] = {}
         self._lock = threading.Lock()
         self._local_context: Context | None = None
@@ -742,9 +775,21 @@ class Engine:
         timeout = self.settings.connect_timeout
         # Fabric truncates connect_timeout with int(); keep fractions ourselves.
         connection.connect_timeout = timeout
-        connection.client._host_keys = self.host_keys.host_keys
-        connection.client.set_missing_host_key_policy(self.host_keys.missing_host_key_policy())
+        # Host keys: the store orders the host-key algorithms before the key
+        # exchange and checks the key after it (paramiko's own, empty HostKeys
+        # hands every key to the policy, before authentication).
+        target = self.host_key_target(connection.host, int(connection.port))
+        connection.connect_kwargs["transport_factory"] = HopTransport(self.host_keys, target)
+        connection.client.set_missing_host_key_policy(self.host_keys.client_policy(target))
         return connection
+
+    def host_key_target(self, hostname: str, port: int, address: str | None = None) -> HostKeyTarget:
+        """How the host-key store sees a direct connection to ``hostname:port`` (roles-file settings)."""
+        settings = self.settings
+        user_files = ((settings.known_hosts,) if settings.known_hosts != SSHSettings.known_hosts
+                      else HostKeyTarget.user_files)  # ssh's default list: known_hosts, known_hosts2
+        return HostKeyTarget(hostname, port, user_files=user_files,
+                             policy=settings.host_key_policy, address=address)
 
     def _connect_kwargs(self) -> dict[str, Any]:
         timeout = self.settings.connect_timeout

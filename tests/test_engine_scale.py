@@ -18,7 +18,14 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from cluster.hostkeys import HostKeyStore, IndexedHostKeys, load_tolerant, parse_known_hosts
+from cluster.hostkeys import (
+    HostKeyChanged,
+    HostKeyStore,
+    HostKeyTarget,
+    IndexedHostKeys,
+    load_tolerant,
+    parse_known_hosts,
+)
 from cluster.hosts import Host
 from cluster.inventory import SSHSettings
 from cluster.result import build_report
@@ -26,6 +33,7 @@ from cluster.ssh import (
     IDLE_POLL_S,
     PREFERRED_CIPHERS,
     Engine,
+    HopTransport,
     LeanConnection,
     LeanPacketizer,
     make_transport,
@@ -137,40 +145,48 @@ def test_unreadable_key_material_is_skipped_like_the_eager_loader(tmp_path: Path
     assert keys.lookup("h2") is not None
 
 
+def hop(path: Path, name: str) -> HostKeyTarget:
+    return HostKeyTarget(name, 22, user_files=(str(path),), global_files=())
+
+
 def test_store_reads_only_what_other_writers_appended(tmp_path: Path):
     path = tmp_path / "known_hosts"
     path.write_text(ed25519_line("h0"))
-    store = HostKeyStore(path)
+    store = HostKeyStore()
+    store.file(path).refresh()
     key = new_key()
     # Another process records h1 after we loaded: we must honour its entry...
     with open(path, "a") as handle:
         handle.write(f"h1 {key.get_name()} {key.get_base64()}\n")
-    store.accept("h1", key)
+    store.check(hop(path, "h1"), key)
     assert path.read_text().count("h1 ") == 1
     # ...and refuse a different key for a host it recorded.
     other = new_key()
     with open(path, "a") as handle:
         handle.write(f"h2 {other.get_name()} {other.get_base64()}\n")
-    with pytest.raises(paramiko.BadHostKeyException):
-        store.accept("h2", new_key())
-    # Our own appends need no re-reading, and the in-memory store has them all.
-    store.accept("h3", new_key())
+    with pytest.raises(HostKeyChanged):
+        store.check(hop(path, "h2"), new_key())
+    # Only appended bytes are parsed: the entries read before are the same objects.
+    keys = store.file(path).keys
+    before = list(keys._entries)
+    store.check(hop(path, "h3"), new_key())
+    assert keys._entries[:len(before)] == before and all(a is b for a, b in zip(keys._entries, before))
     for name in ("h0", "h1", "h2", "h3"):
-        assert store.host_keys.lookup(name) is not None, name
+        assert keys.lookup(name) is not None, name
 
 
 def test_store_reloads_a_rewritten_file(tmp_path: Path):
     path = tmp_path / "known_hosts"
     old = new_key()
     path.write_text(f"h1 {old.get_name()} {old.get_base64()}\n")
-    store = HostKeyStore(path)
-    shared = store.host_keys  # what every connection of the engine holds
+    store = HostKeyStore()
+    shared = store.file(path).refresh()  # what every check of the engine reads
     new = new_key()
     replacement = tmp_path / "known_hosts.new"  # `ssh-keygen -R` style: a new file
     replacement.write_text(f"h1 {new.get_name()} {new.get_base64()}\n")
     replacement.replace(path)
-    store.accept("h9", new_key())
-    assert store.host_keys is shared
+    store.check(hop(path, "h9"), new_key())
+    assert store.file(path).keys is shared
     assert shared.lookup("h1")[new.get_name()] == new
 
 
@@ -186,7 +202,11 @@ def test_lean_connection_never_writes_the_shared_config():
     connection = connections[0]
     assert (connection.host, connection.user, connection.port) == ("10.8.0.1", "u", 2222)
     assert connection.inline_ssh_env is engine.config.inline_ssh_env
-    assert connection.connect_kwargs["transport_factory"] is make_transport
+    # The transport factory is make_transport plus this hop's host-key preferences.
+    factory = connection.connect_kwargs["transport_factory"]
+    assert isinstance(factory, HopTransport) and factory.store is engine.host_keys
+    assert (factory.target.hostname, factory.target.port) == ("10.8.0.1", 2222)
+    assert factory.target.user_files == ("/nonexistent/known_hosts",)
 
 
 def test_transport_factory_sets_nodelay_and_prefers_aead():
@@ -200,6 +220,23 @@ def test_transport_factory_sets_nodelay_and_prefers_aead():
         assert ciphers[:len(PREFERRED_CIPHERS)] == PREFERRED_CIPHERS
         assert set(ciphers) == set(paramiko.Transport._preferred_ciphers)  # nothing dropped
         assert isinstance(transport.packetizer, LeanPacketizer)
+    finally:
+        for sock in (client, accepted, server):
+            sock.close()
+
+
+def test_hop_transport_is_make_transport_plus_the_hosts_key_order(tmp_path: Path):
+    path = tmp_path / "known_hosts"
+    path.write_text(f"[127.0.0.1]:2222 ecdsa-sha2-nistp256 {new_key().get_base64()}\n")
+    factory = HopTransport(HostKeyStore(), HostKeyTarget("127.0.0.1", 2222, user_files=(str(path),)))
+    server = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(server.getsockname())
+    accepted, _ = server.accept()
+    try:
+        transport = factory(client)
+        assert isinstance(transport.packetizer, LeanPacketizer)
+        assert transport.get_security_options().ciphers[:len(PREFERRED_CIPHERS)] == PREFERRED_CIPHERS
+        assert transport.get_security_options().key_types[0] == "ecdsa-sha2-nistp256"
     finally:
         for sock in (client, accepted, server):
             sock.close()

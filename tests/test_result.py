@@ -8,7 +8,7 @@ import pytest
 from invoke.exceptions import CommandTimedOut
 from invoke.runners import Result
 
-from cluster.hostkeys import HostKeyRejected
+from cluster.hostkeys import HostKeyUnknown
 from cluster.hosts import Host
 from cluster.result import Outcome, Report, classify_exception, exit_failure, fold_outputs
 from cluster.ssh import CommandResult, HandshakeTimeout
@@ -31,7 +31,8 @@ def refused() -> Exception:
     (paramiko.BadHostKeyException("[10.8.0.81]:2222", paramiko.Ed25519Key.generate() if hasattr(
         paramiko.Ed25519Key, "generate") else paramiko.RSAKey.generate(1024),
         paramiko.RSAKey.generate(1024)), "host-key", "ssh-keygen -R '[10.8.0.81]:2222'"),
-    (HostKeyRejected("unknown host key"), "host-key", "strict"),
+    (HostKeyUnknown("unknown host key for [10.8.0.81]:2222 ...; the host-key policy is strict",
+                    "check the fingerprint with the host's owner"), "host-key", "strict"),
     (paramiko.SSHException("Incompatible ssh peer"), "ssh", "sshd logs"),
     (CommandTimedOut(Result(command="sleep 9"), 2), "command-timeout", "--timeout"),
     (OSError(errno.EHOSTUNREACH, "No route to host"), "unreachable", "network"),
@@ -135,3 +136,10 @@ def test_report_to_dict_is_the_json_contract():
     assert json.loads(report.to_json()) == report.to_dict()
     report.fields = lambda outcome: {"mine": str(outcome.host)}
     assert report.to_dict()["hosts"][1]["mine"] == "u@b:2"
+
+
+def test_unknown_host_key_hint_names_the_host_as_the_user_wrote_it():
+    exc = HostKeyUnknown("unknown host key for compute.7 ...", "check the fingerprint with the host's owner")
+    failure = classify_exception(exc, Host("gpu-7.us-central1-a.proj"))
+    assert failure.kind == "host-key" and failure.message == exc.message
+    assert failure.hint.endswith("`inv keyscan --policy accept-new -H gpu-7.us-central1-a.proj`")
