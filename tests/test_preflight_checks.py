@@ -1,0 +1,275 @@
+"""inv preflight's pure parts: the per-host plan, the probe's shell text (run locally on
+stand-in roots), the parsers on captured-format fixtures (tests/fixtures/preflight/,
+broken output included), the judges and the consistency fold."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from helpers import serving_config
+
+from cluster import shell
+from cluster.gpu import COMMAND
+from cluster.hosts import Host
+from cluster.preflight import checks, probe
+from cluster.preflight.checks import FAIL, OK, WARN
+from cluster.serving.plan import plan_start
+
+FIXTURES = Path(__file__).parent / "fixtures" / "preflight"
+TESTING = Path(__file__).resolve().parents[1] / "cluster" / "testing"
+GPU_FIXTURES = TESTING / "fixtures" / "gpu"
+
+
+def section(key: str, text: str, rc: int | None = 0) -> shell.Section:
+    return shell.Section(key, text, rc)
+
+
+def fixture(name: str) -> str:
+    return (FIXTURES / name).read_text()
+
+
+def plan_of(**doc):
+    doc.setdefault("prefill", {"tp_size": 8})
+    doc.setdefault("decode", {"tp_size": 8})
+    return plan_start(serving_config(**doc), ["10.8.0.81"], ["10.8.0.82", "10.8.0.83"])
+
+
+# --- the plan per host ------------------------------------------------------------------------
+
+
+def test_host_plans_carry_gpus_ports_env_ib_devices_and_peers():
+    plan = plan_of(model_path="/models/m", env={"NCCL_SOCKET_IFNAME": "eth0"},
+                   prefill={"tp_size": 8, "extra_args": "--disaggregation-ib-device mlx5_0,mlx5_1"},
+                   router={"host": "10.8.0.84"})
+    plans = probe.host_plans(plan, ssh_port=2222)
+    prefill, decode = plans[Host("10.8.0.81")], plans[Host("10.8.0.82")]
+    assert prefill.roles == ("prefill",) and prefill.gpus_needed == 8
+    assert prefill.ports == (30000, 8998) and prefill.bind == "10.8.0.81"
+    assert prefill.ib_devices == ("mlx5_0", "mlx5_1") and decode.ib_devices == ()
+    assert ("NCCL_SOCKET_IFNAME", "eth0") in prefill.env
+    assert prefill.modules == (("sglang", "sglang"),) and prefill.engine_package == "sglang"
+    assert decode.peers == (("10.8.0.81", 2222),) and prefill.peers == ()
+    router = plans[Host("10.8.0.84")]
+    assert router.roles == ("router",) and not router.serves
+    assert router.modules == (("sglang_router", "sglang-router"),) and router.ports == (8000, 29000)
+
+
+def test_multi_node_ranks_reach_their_rank_0_and_vllm_devices_come_from_ucx():
+    plan = plan_start(serving_config(engine="vllm", env={"UCX_NET_DEVICES": "mlx5_2:1,all"},
+                                     prefill={"tp_size": 16, "nnodes": 2}, decode={"tp_size": 8}),
+                      ["10.8.0.81", "user@10.8.0.82:2200"], ["10.8.0.83"])
+    plans = probe.host_plans(plan)
+    assert plans[Host("10.8.0.82", "user", 2200)].peers == (("10.8.0.81", 22),)
+    assert plans[Host("10.8.0.83")].peers == (("10.8.0.81", 22), ("10.8.0.82", 2200))  # every prefill host
+    assert plans[Host("10.8.0.81")].gpus_needed == 8
+    assert plans[Host("10.8.0.83")].commands == ("vllm",)
+    assert plans[Host("10.8.0.81")].ib_devices == ("mlx5_2",)
+
+
+def test_fast_sections_are_the_start_pd_subset_and_the_full_set_has_every_part():
+    plan = probe.host_plans(plan_of(prefill={"tp_size": 8, "extra_args": "--disaggregation-ib-device mlx5_0"}))
+    host = plan[Host("10.8.0.81")]
+    assert [k for k, _ in probe.sections(host, fast=True)] == ["gpu", "env", "ports"]
+    assert [k for k, _ in probe.sections(host)] == ["gpu", "gpuinfo", "xid", "env", "ib", "ports", "sys"]
+    assert dict(probe.sections(host))["gpu"] == COMMAND
+
+
+# --- parsers on fixtures ----------------------------------------------------------------------
+
+
+def test_gpu_info_rows_and_pcie_judgement():
+    rows = checks.parse_gpu_info(fixture("gpuinfo-h100-idle.txt"))
+    assert [r.index for r in rows] == [0, 1, 2, 3] and rows[0].gen == 1 and rows[0].width_max == 16
+    result = checks.HostResult()
+    checks.judge_gpu_info(section("gpuinfo", fixture("gpuinfo-h100-idle.txt")), result)
+    assert {c.name: c.status for c in result.checks} == {"gpu.driver": OK, "gpu.pcie": OK}  # gen 1 at idle is fine
+    assert result.facts["driver"] == "550.54.15"
+    narrow = checks.HostResult()
+    checks.judge_gpu_info(section("gpuinfo", fixture("gpuinfo-narrow.txt")), narrow)
+    pcie = next(c for c in narrow.checks if c.name == "gpu.pcie")
+    assert pcie.status == WARN and "GPU 1 x8 of x16" in pcie.value
+
+
+def test_gpu_info_with_na_values_and_a_refusal_is_never_an_error():
+    rows = checks.parse_gpu_info(fixture("gpuinfo-na.txt"))
+    assert len(rows) == 1 and rows[0].width is None
+    empty = checks.HostResult()
+    checks.judge_gpu_info(section("gpuinfo", 'Field "pcie.link.gen.max" is not a valid field to query.', 2), empty)
+    assert [c.status for c in empty.checks] == [WARN]
+
+
+def test_xid_lines_sources_and_unreadable_logs():
+    source, found = checks.parse_xid(fixture("xid-dmesg.txt"))
+    assert source == "dmesg" and found == [("0000:3b:00", 79), ("0000:3b:00", 79), ("0000:5d:00", 13)]
+    check = checks.judge_xid(section("xid", fixture("xid-dmesg.txt")))
+    assert check.status == WARN and "Xid 13" in check.value and "Xid 79 x2" in check.value
+    assert checks.judge_xid(section("xid", fixture("xid-journal-clean.txt"))).status == OK
+    unreadable = checks.judge_xid(section("xid", fixture("xid-unreadable.txt")))
+    assert unreadable.status == WARN and unreadable.value == "kernel log not readable"
+
+
+def test_env_section_parsed_and_judged():
+    facts = checks.parse_env(fixture("env-ok.txt"))
+    assert facts.modules == {"sglang": ("ok", "0.5.2")} and facts.torch == "2.8.0+cu128"
+    assert facts.nics["enp0s19"] == "up" and facts.addrs["enp0s19"][0] == "10.8.0.81/32"
+    assert facts.ifnames == {"NCCL_SOCKET_IFNAME": "enp0s19"}   # an empty GLOO name is no name
+    host = probe.host_plans(plan_of(model_path="/models/m", env_file="/opt/env.sh"))[Host("10.8.0.82")]
+    result = checks.HostResult()
+    facts = checks.judge_env(section("env", fixture("env-ok.txt")), host, result)
+    checks.judge_model(host.model_path, facts, result)
+    assert {c.name: c.status for c in result.checks} == {
+        "env.file": OK, "sw.python": OK, "sw.engine": OK, "sw.torch": OK, "sw.cuda": OK, "model.present": OK}
+    assert result.facts["engine"] == "sglang 0.5.2" and result.facts["cuda"] == "12.8"
+    assert checks.judge_nics(facts).status == OK
+    assert checks.judge_peers(facts, host.peers).status == OK
+
+
+def test_a_failing_env_file_is_reported_with_its_last_line_and_secrets_masked():
+    host = probe.host_plans(plan_of(model_path="/models/m", env_file="/opt/deepep/unified-env.sh"))[Host("10.8.0.82")]
+    result = checks.HostResult()
+    facts = checks.judge_env(section("env", fixture("env-broken.txt")), host, result)
+    checks.judge_model(host.model_path, facts, result)
+    by_name = {c.name: c for c in result.checks}
+    assert by_name["env.file"].status == FAIL and "exits 1" in by_name["env.file"].value
+    assert "No such file" in by_name["env.file"].value
+    assert by_name["sw.python"].status == FAIL and by_name["model.present"].status == FAIL
+    assert checks.mask_text("export HF_TOKEN=hf_abc other", ()) == "export HF_TOKEN=*** other"
+    assert "s3cr3t" not in checks.mask_text("value s3cr3t here", ["s3cr3t"])
+    nic = checks.judge_nics(facts)   # =eth1 exact: down; ^docker: an exclusion, not a name
+    assert nic.status == FAIL and nic.value == "eth1 is down"
+
+
+def test_missing_and_broken_modules_fail_as_engine_or_launcher():
+    plan = plan_of(router={"host": "10.8.0.81"})
+    host = probe.host_plans(plan)[Host("10.8.0.81")]
+    result = checks.HostResult()
+    checks.judge_env(section("env", fixture("env-cut.txt")), host, result, fast=True)
+    assert [(c.name, c.status) for c in result.checks] == [("sw.engine", FAIL), ("sw.launcher", FAIL)]
+    assert "broken install" in result.checks[0].value
+
+
+def test_nic_prefix_match_and_missing_interface():
+    facts = checks.parse_env("ifname NCCL_SOCKET_IFNAME eth\nnic eth0 up\nnic eth1 up\naddr eth0 10.0.0.1/24\n")
+    check = checks.judge_nics(facts)
+    assert check.status == FAIL and check.value == "eth1 has no address"
+    missing = checks.judge_nics(checks.parse_env("ifname NCCL_SOCKET_IFNAME enp0s19\nnic ens5 up\n"))
+    assert missing.status == FAIL and "no interface enp0s19" in missing.value
+    assert checks.judge_nics(checks.parse_env("ifname NCCL_SOCKET_IFNAME\n")) is None
+
+
+def test_ib_devices_active_down_and_missing():
+    found = checks.parse_ib(fixture("ib-mixed.txt"))
+    assert found == {"mlx5_0": {"1": "4: ACTIVE"}, "mlx5_1": {"1": "1: DOWN", "2": "2: INIT"}, "mlx5_3": {}}
+    assert checks.judge_ib(section("ib", fixture("ib-mixed.txt")), ["mlx5_0"]).status == OK
+    bad = checks.judge_ib(section("ib", fixture("ib-mixed.txt")), ["mlx5_0", "mlx5_1", "mlx5_3"])
+    assert bad.status == FAIL and bad.value == "mlx5_1 port 1 DOWN, port 2 INIT; mlx5_3 missing"
+    assert checks.judge_ib(None, ["mlx5_0"]).status == FAIL
+    assert checks.judge_ib(None, []) is None
+
+
+def test_ports_busy_free_and_unknown():
+    assert checks.judge_ports(section("ports", "30000 free\n8998 busy\n"), [30000, 8998], "h").value == "in use on h: 8998"
+    assert checks.judge_ports(section("ports", "30000 free\n"), [30000], "h").status == OK
+    assert checks.judge_ports(section("ports", "garbage"), [30000], "h").status == FAIL
+
+
+def test_system_facts_from_a_small_container_and_from_busybox():
+    host = probe.host_plans(plan_of(prefill={"tp_size": 8, "extra_args": "--disaggregation-ib-device mlx5_0"}))[
+        Host("10.8.0.81")]
+    now = 1733312345.1
+    judged = {c.name + ":" + c.value.split()[0]: c.status
+              for c in checks.judge_system(section("sys", fixture("sys-docker.txt")), host, (now - 0.1, now))}
+    assert judged == {"sys.shm:/dev/shm": FAIL, "sys.memlock:ulimit": WARN, "sys.disk:run": FAIL,
+                      "sys.disk:model": OK, "sys.load:load": OK, "sys.clock:offset": OK}
+    busybox = checks.judge_system(section("sys", fixture("sys-busybox.txt")), host, (now, now))
+    assert {c.name: c.status for c in busybox} == {"sys.shm": WARN, "sys.memlock": OK, "sys.disk": WARN,
+                                                  "sys.clock": WARN}
+
+
+def test_clock_offset_counts_only_outside_the_round_trip():
+    assert checks.judge_clock(100.5, (100.0, 101.0)).status == OK
+    assert checks.judge_clock(103.5, (100.0, 101.0)).status == WARN
+    late = checks.judge_clock(60.0, (100.0, 101.0))
+    assert late.status == FAIL and late.value.startswith("offset -40.0 s")
+
+
+def test_gpus_count_free_and_held_memory():
+    busy = (GPU_FIXTURES / "h100-busy.txt").read_text()
+    found, status = checks.judge_gpus(section("gpu", busy), needed=8)
+    by_name = {c.name: c for c in found}
+    assert by_name["gpu.free"].status == FAIL and "sglang::scheduler_TP0 pid 412301" in by_name["gpu.free"].value
+    idle = (GPU_FIXTURES / "h100-idle.txt").read_text()
+    found, _ = checks.judge_gpus(section("gpu", idle), needed=16)
+    assert {c.name: c.status for c in found} == {"gpu.count": FAIL, "gpu.health": OK, "gpu.ecc": OK, "gpu.free": OK}
+    ecc = (GPU_FIXTURES / "h100-ecc.txt").read_text()
+    found, _ = checks.judge_gpus(section("gpu", ecc), needed=1)
+    assert {c.name: c.status for c in found}["gpu.ecc"] == FAIL
+    lost, _ = checks.judge_gpus(section("gpu", "NVIDIA-SMI has failed because it couldn't communicate "
+                                               "with the NVIDIA driver.", 9), needed=8)
+    assert [c.status for c in lost] == [FAIL, FAIL] and "driver" in lost[0].value
+    cut, _ = checks.judge_gpus(section("gpu", idle[:200], None), needed=8)
+    assert cut[0].status == FAIL
+
+
+def test_consistency_flags_the_odd_host_out_and_folds_the_rest():
+    results = {f"10.8.0.{n}": checks.HostResult(roles=("decode",), facts={"engine": "sglang 0.5.23", "gpu": "H100"})
+               for n in range(81, 88)}
+    results["10.8.0.88"] = checks.HostResult(roles=("decode",), facts={"engine": "sglang 0.5.21", "gpu": "H100"})
+    views = checks.compare(results)
+    engine = next(v for v in views if v.fact == "engine")
+    assert [(len(g.hosts), g.value, g.ok) for g in engine.groups] == [(7, "sglang 0.5.23", True),
+                                                                       (1, "sglang 0.5.21", False)]
+    assert [c.name for c in results["10.8.0.88"].checks] == ["sw.engine"]
+    assert all(not results[f"10.8.0.{n}"].checks for n in range(81, 88))
+    assert checks.majority({"a": "x", "b": "y"}) == "x"
+
+
+# --- the shell text, run here on a stand-in root --------------------------------------------
+
+
+@pytest.fixture
+def root(tmp_path):
+    base = tmp_path / "root"
+    (base / "sys/class/net/eth0").mkdir(parents=True)
+    (base / "sys/class/net/eth0/operstate").write_text("up\n")
+    (base / "sys/class/net/eth0/addresses").write_text("10.9.0.5/24\n")
+    (base / "sys/class/infiniband/mlx5_0/ports/1").mkdir(parents=True)
+    (base / "sys/class/infiniband/mlx5_0/ports/1/state").write_text("1: DOWN\n")
+    (base / "models/m").mkdir(parents=True)
+    (base / "models/m/config.json").write_text("{}")
+    (base / "models/m/model-00001.safetensors").write_bytes(b"x" * 4096)
+    return base
+
+
+def run_host(host: probe.HostPlan, root: Path, tmp_path: Path) -> checks.HostResult:
+    env = dict(os.environ, CLUSTER_PREFLIGHT_ROOT=str(root), CLUSTER_SIM_ROOT=str(tmp_path),
+               PATH=f"{TESTING / 'bin'}:{os.environ['PATH']}")
+    env.pop("CLUSTER_SIM_GPU_STATE", None)
+    before = time.time()
+    out = subprocess.run(["sh", "-s"], input="{\n" + shell.sections_script(probe.sections(host)) + "}\n",
+                         text=True, capture_output=True, env=env, timeout=60).stdout
+    return checks.judge_host(host, shell.parse_sections(out), window=(before, time.time()))
+
+
+def test_the_probe_reads_nics_rdma_and_model_under_the_stand_in_root(root, tmp_path):
+    env_file = tmp_path / "env.sh"
+    env_file.write_text("export GLOO_SOCKET_IFNAME=eth0\necho sourced\n")
+    plan = plan_of(model_path="/models/m", env_file=str(env_file),
+                   env={"NCCL_SOCKET_IFNAME": "=eth0", "PYTHONPATH": str(TESTING / "standins")},
+                   prefill={"tp_size": 8, "extra_args": "--disaggregation-ib-device mlx5_0"})
+    result = run_host(probe.host_plans(plan)[Host("10.8.0.81")], root, tmp_path)
+    status = {c.name: c.status for c in result.checks}
+    assert status["net.ib"] == FAIL and status["net.nic"] == OK and status["env.file"] == OK
+    assert status["model.present"] == OK and status["sw.engine"] == OK and status["gpu.free"] == OK
+    assert result.facts["engine"] == "sglang 0.0.0-standin" and result.facts["driver"] == "550.54.15"
+    assert result.facts["model"].startswith("2 files 4098 bytes")
+    (root / "models/m/config.json").unlink()
+    (root / "sys/class/net/eth0/operstate").write_text("down\n")
+    env_file.write_text("echo 'HF_TOKEN=abc'; false\n")
+    again = {c.name: c for c in run_host(probe.host_plans(plan)[Host("10.8.0.81")], root, tmp_path).checks}
+    assert again["model.present"].status == FAIL and again["net.nic"].value == "eth0 is down"
+    assert again["env.file"].status == FAIL and "abc" not in again["env.file"].value
