@@ -20,6 +20,8 @@ from .errors import ParameterError
 from .gpu_health import HealthLimits, parse_limits
 from .hosts import Host
 from .inventory import Inventory, load_inventory
+from .preflight import checks as preflight_checks
+from .preflight import run as preflight_run
 from .probe import Probe, run_probe
 from .render import basic as basic_view
 from .render import gpu as gpu_view
@@ -249,12 +251,33 @@ class Cluster:
     def start_pd(self, plan: StartPlan, *, wait: bool = True,
                  timeout: float = serving_start.DEFAULT_TIMEOUT_S, restart: bool = False,
                  grace: float = serving_stop.DEFAULT_GRACE_S,
-                 on_progress: serving_start.ProgressFn | None = None) -> serving_start.StartResult:
+                 on_progress: serving_start.ProgressFn | None = None,
+                 preflight: bool = True) -> serving_start.StartResult:
         """Start the planned servers (and router) and wait until they are ready: exactly
-        the scripts ``serving.dry_run_scripts(plan)`` shows, with the plan's run id."""
+        the scripts ``serving.dry_run_scripts(plan)`` shows, with the plan's run id.
+
+        ``preflight`` (default): first the fast checks of :meth:`preflight` (GPUs free, env
+        file, engine importable, model present); a failing one on any host starts nothing
+        anywhere. Ports are left to the start's own check (it tells a running server from
+        another listener); with ``restart``, busy GPUs are expected and not checked."""
+        refused = None
+        if preflight:
+            checked = preflight_run.preflight(self.engine, plan, fast=True, fanout=self.settings.fanout,
+                                              keep_open=True)
+            ignore = (preflight_checks.PORTS,) + ((preflight_checks.GPU_FREE,) if restart else ())
+            refused = preflight_run.refusals(checked, ignore)
         return serving_start.start_pd(self.engine, plan, wait=wait, timeout=timeout,
                                       restart=restart, grace=grace, fanout=self.settings.fanout,
-                                      on_progress=on_progress)
+                                      on_progress=on_progress, refused=refused)
+
+    def preflight(self, plan: StartPlan, *, deep: bool = False, fast: bool = False,
+                  on_done: OnDone | None = None) -> Report:
+        """Check that every host can serve its part of ``plan`` (docs/preflight.md): one
+        round trip per host; each outcome's ``data`` holds its checks (ok / warn / fail),
+        a host with a failing check is failed (kind ``preflight``). ``fast``: start-pd's
+        subset; ``deep``: also hash the model's top-level JSON files."""
+        return preflight_run.preflight(self.engine, plan, deep=deep, fast=fast,
+                                       fanout=self.settings.fanout, on_done=on_done)
 
     def restart_pd(self, *, hosts: Targets = None, role: Targets = None,
                    deployment: str | None = None, wait: bool = True,

@@ -44,6 +44,8 @@ START_HELP = {
     "dry_run": "Print each host's exact launch script (secrets masked); connect nowhere.",
     "restart": "Stop what runs on those hosts/ports (and the recorded deployment) first.",
     "grace": "With --restart: seconds between SIGTERM and SIGKILL (default 30).",
+    "skip_preflight": "Launch without the fast checks first (GPUs free, env file, engine "
+                      "importable, model present: see inv preflight).",
 }
 
 RESTART_HELP = {
@@ -82,7 +84,7 @@ def start_pd(c, prefill=None, decode=None, model_path=None, tp_size=None, nnodes
              prefill_port=None, decode_port=None, bootstrap_port=None, env_file=None,
              extra_args=None, router=None, router_port=None, engine=None, deployment=None,
              no_wait=False, timeout=None, dry_run=False, restart=False, grace=None,
-             roles_file=None, json=False, fanout=None):
+             skip_preflight=False, roles_file=None, json=False, fanout=None):
     """Start SGLang/vLLM prefill + decode servers (and the router); wait until healthy."""
     started = time.monotonic()
     limit = serving.DEFAULT_TIMEOUT_S if timeout is None else timeout
@@ -98,7 +100,8 @@ def start_pd(c, prefill=None, decode=None, model_path=None, tp_size=None, nnodes
             return
         with _waiting(json, f"recorded in {serving.manifest_file(plan.deployment)}") as show_progress:
             result = cluster.start_pd(plan, wait=not no_wait, timeout=limit, restart=restart,
-                                      grace=pause, on_progress=show_progress)
+                                      grace=pause, on_progress=show_progress,
+                                      preflight=not skip_preflight)
     show(result.report, json, lambda report: view.start_view(result), started,
          lambda report, elapsed: render.summary_line(report, elapsed, noun="servers"))
 

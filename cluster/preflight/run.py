@@ -86,6 +86,28 @@ def _totals(report: Report) -> dict[str, Any]:
     return {"warn": warned}
 
 
+# The start's kinds for a failing fast check (start-pd's own preflight uses the same).
+_START_KINDS = {checks.ENV_FILE: "env-file", checks.ENGINE: "no-launcher", checks.LAUNCHER: "no-launcher",
+                checks.PYTHON: "no-launcher", checks.GPU_FREE: "gpu-busy", checks.MODEL: "no-model",
+                checks.PORTS: "port-busy"}
+
+
+def refusals(report: Report, ignore: tuple[str, ...] = ()) -> dict[Host, Failure]:
+    """Per host, why start-pd must not start (every failing check but those in
+    ``ignore`` in one message; the first one's kind and hint); hosts that pass are absent."""
+    found: dict[Host, Failure] = {}
+    for outcome in report:
+        data = outcome.data
+        failed = [c for c in data.by_status(checks.FAIL) if c.name not in ignore] \
+            if isinstance(data, checks.HostResult) and data.checks else []
+        if failed:
+            message = "; ".join(f"{c.name}: {c.value}" for c in failed)
+            found[outcome.host] = Failure(_START_KINDS.get(failed[0].name, PREFLIGHT), message, failed[0].hint)
+        elif outcome.error is not None and not (isinstance(data, checks.HostResult) and data.checks):
+            found[outcome.host] = outcome.error
+    return found
+
+
 def failing_checks(report: Report) -> list[tuple[Host, checks.Check | Failure]]:
     """Every failing check (or host failure) in host order: what start-pd lists when it refuses."""
     found: list[tuple[Host, checks.Check | Failure]] = []

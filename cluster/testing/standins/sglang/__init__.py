@@ -1,6 +1,6 @@
 """Stand-in ``sglang`` package for test hosts (put ``cluster/testing/standins`` on PYTHONPATH).
 
-Only ``python3 -m sglang.launch_server`` is provided; it runs
+Only ``python3 -m sglang.launch_server`` (and ``sglang.__version__``) is provided; it runs
 ``cluster/testing/standin_server.py``, loaded by file path so that nothing else
 (no fabric, no ``cluster`` package imports) is needed on the test host.
 """
@@ -8,11 +8,24 @@ Only ``python3 -m sglang.launch_server`` is provided; it runs
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 from types import ModuleType
 
-__version__ = "0.0.0-standin"
+
+def _version() -> str:
+    """``$CLUSTER_SIM_ROOT/sglang-version`` when the host has one (a rehearsal host with a
+    different sglang, for inv preflight), else the stand-in's own."""
+    root = os.environ.get("CLUSTER_SIM_ROOT")
+    try:
+        text = Path(root, "sglang-version").read_text().strip() if root else ""
+    except OSError:
+        text = ""
+    return text or "0.0.0-standin"
+
+
+__version__ = _version()
 _IMPL = Path(__file__).resolve().parents[2] / "standin_server.py"
 
 
