@@ -273,3 +273,41 @@ def test_the_probe_reads_nics_rdma_and_model_under_the_stand_in_root(root, tmp_p
     again = {c.name: c for c in run_host(probe.host_plans(plan)[Host("10.8.0.81")], root, tmp_path).checks}
     assert again["model.present"].status == FAIL and again["net.nic"].value == "eth0 is down"
     assert again["env.file"].status == FAIL and "abc" not in again["env.file"].value
+
+
+def test_fast_mode_leaves_unreadable_gpus_and_uncached_hf_ids_to_the_full_check():
+    host = probe.host_plans(plan_of(model_path="org/model"))[Host("10.8.0.82")]
+    answers = {"gpu": section("gpu", "", 127), "env": section("env", "python 3.10 /p\nmodule sglang ok 0.5\n"
+                                                                   "model hf-missing 1\n"),
+               "ports": section("ports", "30001 free\n")}
+    fast = checks.judge_host(host, answers, fast=True)
+    assert {c.name: c.status for c in fast.checks} == {"gpu.free": WARN, "sw.engine": OK,
+                                                      "model.present": WARN, "net.ports": OK}
+    full = {c.name: c.status for c in checks.judge_host(host, answers).checks}
+    assert full["gpu.count"] == FAIL and full["model.present"] == FAIL
+
+
+def test_refusals_name_every_failing_check_with_the_start_kinds():
+    from cluster.preflight import run
+    from cluster.result import Outcome, Report
+
+    bad = checks.HostResult(checks=[checks.fail("gpu.free", "GPU 3: 70 GiB", "stop it"),
+                                    checks.fail("net.ports", "in use: 30001", "ss -ltnp"),
+                                    checks.fail("model.present", "/m not found", "copy it")])
+    report = Report([Outcome(Host("a"), False, data=bad),
+                     Outcome(Host("b"), True, data=checks.HostResult(checks=[checks.ok("gpu.free", "8 free")]))])
+    refused = run.refusals(report, ignore=("net.ports",))
+    assert list(refused) == [Host("a")]
+    assert refused[Host("a")].kind == "gpu-busy"
+    assert refused[Host("a")].message == "gpu.free: GPU 3: 70 GiB; model.present: /m not found"
+
+
+def test_the_views_fold_hosts_and_mark_the_odd_value():
+    from cluster.render import preflight as view
+
+    doc = [{"fact": "engine", "scope": "all", "groups": [
+        {"hosts": [f"10.8.0.{n}" for n in range(81, 88)], "value": "sglang 0.5.23", "ok": True},
+        {"hosts": ["10.8.0.88"], "value": "sglang 0.5.21", "ok": False}]}]
+    lines = view.consistency_text(doc).plain.splitlines()
+    assert lines[0].split() == ["engine", "10.8.0.[81-87]", "sglang", "0.5.23"]
+    assert lines[1].split() == ["10.8.0.88", "sglang", "0.5.21", "✗"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -158,3 +159,42 @@ def test_start_pd_refuses_a_failing_fast_check_and_starts_nothing_anywhere(rehea
     assert not list(rehearsal.run_dir.glob("*.log")) and not list(rehearsal.run_dir.glob("*.pid"))
     code, out, err = rehearsal.cli("start-pd", "--timeout", "60")
     assert code == 1 and "gpu.free" in out and busy in out
+
+
+# --------------------------------------------------------------------------- sim-up --defects
+
+
+@pytest.fixture
+def sim_dir(fleet_dir):
+    """A state dir outside pytest's temp root (the login user must traverse to it)."""
+    from cluster.testing import sim
+
+    directory = fleet_dir("sim-defects") / "state"
+    yield directory
+    sim.down(directory)
+
+
+def test_sim_up_defects_rehearses_a_preflight_failure(sim_dir):
+    base = f"127.0.{random.randint(100, 199)}."
+    env = {**os.environ, "COLUMNS": "200"}
+    env.pop("CLUSTER_ROLES", None)
+    up = subprocess.run([sys.executable, "-m", "cluster_cli", "sim-up", "--hosts", "8", "--defects", "all",
+                         "--state-dir", str(sim_dir), "--base", base, "--json"],
+                        capture_output=True, text=True, env=env, cwd=REPO, timeout=180)
+    assert up.returncode == 0, up.stderr
+    state = json.loads(up.stdout)["state"]
+    expected = dict(zip([f"{base}{i}" for i in range(2, 9)], defects.DEFECTS, strict=True))
+    assert state["defects"] == expected
+    proc = subprocess.run([sys.executable, "-m", "cluster_cli", "preflight", "--json", "--roles-file",
+                           state["roles_file"]], capture_output=True, text=True, env=env, cwd=REPO, timeout=180)
+    assert proc.returncode == 1, proc.stderr
+    assert failing(json.loads(proc.stdout)) == {a: [defects.CHECK_OF[d]] for a, d in expected.items()}
+
+
+def test_bad_defects_exit_2_before_anything_starts(sim_dir):
+    for value, says in (("nic,bogus", "unknown defect 'bogus'"), ("127.0.99.1=nic", "not a host"),
+                        ("all", "7 defects need 8 hosts")):
+        proc = subprocess.run([sys.executable, "-m", "cluster_cli", "sim-up", "--hosts", "3", "--defects", value,
+                               "--state-dir", str(sim_dir)], capture_output=True, text=True, cwd=REPO, timeout=60)
+        assert proc.returncode == 2 and says in proc.stderr, proc.stderr
+        assert not (sim_dir / "state.json").exists()

@@ -373,6 +373,12 @@ def _modules(plan: Any, facts: EnvFacts, result: HostResult) -> None:
     for module, _dist in plan.modules:
         state, version = facts.modules.get(module, ("missing", "-"))
         name = ENGINE if module == plan.engine_package else LAUNCHER
+        if state != "ok" and name == ENGINE and plan.commands:
+            # Launched as a command (`vllm serve`): sw.launcher judges it; python3 may be
+            # another interpreter than the command's, so only the version is unknown.
+            result.checks.append(warn(name, f"{module}: {plan.python} cannot import it (version not compared)",
+                                      "run the check's python from the engine's environment (env file)"))
+            continue
         if state != "ok":
             why = "cannot be imported (broken install)" if state == "broken" else "not importable"
             result.checks.append(fail(name, f"{module} {why} by {plan.python}",
@@ -430,8 +436,10 @@ def judge_peers(facts: EnvFacts, planned: Sequence[tuple[str, int]]) -> Check | 
     return ok(PEERS, f"reaches {len(facts.peers)} peer(s)")
 
 
-def judge_model(model: str | None, facts: EnvFacts, result: HostResult) -> None:
-    """model.present and the manifest fact (file names + sizes fingerprint)."""
+def judge_model(model: str | None, facts: EnvFacts, result: HostResult, *, fast: bool = False) -> None:
+    """model.present and the manifest fact (file names + sizes fingerprint). ``fast``
+    (start-pd): an HF id missing from the cache is a warning even offline — the engine
+    fails on it at once, not after a long load."""
     if not model:
         return
     lines = {words[0]: words[1:] for words in facts.model if words}
@@ -453,7 +461,7 @@ def judge_model(model: str | None, facts: EnvFacts, result: HostResult) -> None:
         result.checks.append(ok(MODEL, f"{model}: file of {(lines.get('file') or ['?'])[0]} bytes"))
     elif kind == "hf-missing":
         offline = (lines.get("hf-missing") or [""])[0] if lines.get("hf-missing") else ""
-        if offline and offline not in ("0", "false", "False"):
+        if offline and offline not in ("0", "false", "False") and not fast:
             result.checks.append(fail(MODEL, f"{model} not in the HF cache and HF_HUB_OFFLINE={offline}",
                                       "download it on that host (huggingface-cli download) or unset HF_HUB_OFFLINE"))
         else:
@@ -631,6 +639,9 @@ def judge_host(plan: Any, answers: Mapping[str, Section], *, fast: bool = False,
     result = HostResult(roles=plan.roles)
     if plan.serves:
         gpu_checks, status = judge_gpus(answers.get(probe.GPU), plan.gpus_needed)
+        if fast and (status is None or not status.gpus):
+            # start-pd: a host without readable GPUs holds none; full preflight fails it.
+            gpu_checks = [warn(GPU_FREE, "no GPU could be read: not checked", "run inv preflight")]
         result.checks.extend(c for c in gpu_checks if not fast or c.name == GPU_FREE)
         if status is not None and status.gpus:
             models = sorted({g.name or "?" for g in status.gpus})
@@ -640,7 +651,7 @@ def judge_host(plan: Any, answers: Mapping[str, Section], *, fast: bool = False,
             result.checks.append(judge_xid(answers.get(probe.XID)))
     facts = judge_env(answers.get(probe.ENV), plan, result, fast=fast)
     if plan.serves:
-        judge_model(plan.model_path, facts, result)
+        judge_model(plan.model_path, facts, result, fast=fast)
     optional = [judge_ports(answers.get(probe.PORTS), plan.ports, plan.bind)]
     if not fast:
         optional += [judge_nics(facts), judge_ib(answers.get(probe.IB), plan.ib_devices),

@@ -137,3 +137,31 @@ def hold_port(address: str, port: int) -> socket.socket:
     sock.bind((address, port))
     sock.listen(1)
     return sock
+
+
+def parse_defects(text: str, addresses: list[str]) -> dict[str, str]:
+    """``--defects`` of sim-up: ``all`` (every defect, one per host), or comma-separated
+    ``NAME`` (given to the next host, from the second on: the first stays a clean
+    reference) or ``ADDRESS=NAME``. Returns ``{address: defect}``; ValueError on bad input."""
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if items == ["all"]:
+        items = list(DEFECTS)
+    chosen: dict[str, str] = {}
+    free = addresses[1:]
+    for item in items:
+        address, _, name = item.rpartition("=")
+        if name not in DEFECTS:
+            raise ValueError(f"unknown defect {name!r}: expected all, or some of {', '.join(DEFECTS)}")
+        if address:
+            if address not in addresses:
+                raise ValueError(f"{address} is not a host of this rehearsal cluster")
+        else:
+            spare = [a for a in free if a not in chosen]
+            if not spare:
+                raise ValueError(f"{len(items)} defects need {len(items) + 1} hosts (one stays clean): "
+                                 "raise --hosts")
+            address = spare[0]
+        if address in chosen:
+            raise ValueError(f"{address} already has the defect {chosen[address]} (one per host)")
+        chosen[address] = name
+    return chosen
