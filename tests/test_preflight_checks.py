@@ -18,6 +18,7 @@ from cluster.hosts import Host
 from cluster.preflight import checks, probe
 from cluster.preflight.checks import FAIL, OK, WARN
 from cluster.serving.plan import plan_start
+from cluster.testing import defects
 
 FIXTURES = Path(__file__).parent / "fixtures" / "preflight"
 TESTING = Path(__file__).resolve().parents[1] / "cluster" / "testing"
@@ -45,14 +46,14 @@ def test_host_plans_carry_gpus_ports_env_ib_devices_and_peers():
     plan = plan_of(model_path="/models/m", env={"NCCL_SOCKET_IFNAME": "eth0"},
                    prefill={"tp_size": 8, "extra_args": "--disaggregation-ib-device mlx5_0,mlx5_1"},
                    router={"host": "10.8.0.84"})
-    plans = probe.host_plans(plan, ssh_port=2222)
+    plans = probe.host_plans(plan)
     prefill, decode = plans[Host("10.8.0.81")], plans[Host("10.8.0.82")]
     assert prefill.roles == ("prefill",) and prefill.gpus_needed == 8
     assert prefill.ports == (30000, 8998) and prefill.bind == "10.8.0.81"
     assert prefill.ib_devices == ("mlx5_0", "mlx5_1") and decode.ib_devices == ()
     assert ("NCCL_SOCKET_IFNAME", "eth0") in prefill.env
     assert prefill.modules == (("sglang", "sglang"),) and prefill.engine_package == "sglang"
-    assert decode.peers == (("10.8.0.81", 2222),) and prefill.peers == ()
+    assert decode.peers == (("10.8.0.81", 30000),) and prefill.peers == ()  # its planned port
     router = plans[Host("10.8.0.84")]
     assert router.roles == ("router",) and not router.serves
     assert router.modules == (("sglang_router", "sglang-router"),) and router.ports == (8000, 29000)
@@ -63,8 +64,8 @@ def test_multi_node_ranks_reach_their_rank_0_and_vllm_devices_come_from_ucx():
                                      prefill={"tp_size": 16, "nnodes": 2}, decode={"tp_size": 8}),
                       ["10.8.0.81", "user@10.8.0.82:2200"], ["10.8.0.83"])
     plans = probe.host_plans(plan)
-    assert plans[Host("10.8.0.82", "user", 2200)].peers == (("10.8.0.81", 22),)
-    assert plans[Host("10.8.0.83")].peers == (("10.8.0.81", 22), ("10.8.0.82", 2200))  # every prefill host
+    assert plans[Host("10.8.0.82", "user", 2200)].peers == (("10.8.0.81", 5000),)   # rank 0's dist-init
+    assert plans[Host("10.8.0.83")].peers == (("10.8.0.81", 8100), ("10.8.0.82", 8100))  # every prefill host
     assert plans[Host("10.8.0.81")].gpus_needed == 8
     assert plans[Host("10.8.0.83")].commands == ("vllm",)
     assert plans[Host("10.8.0.81")].ib_devices == ("mlx5_2",)
@@ -74,32 +75,36 @@ def test_fast_sections_are_the_start_pd_subset_and_the_full_set_has_every_part()
     plan = probe.host_plans(plan_of(prefill={"tp_size": 8, "extra_args": "--disaggregation-ib-device mlx5_0"}))
     host = plan[Host("10.8.0.81")]
     assert [k for k, _ in probe.sections(host, fast=True)] == ["gpu", "env", "ports"]
-    assert [k for k, _ in probe.sections(host)] == ["gpu", "gpuinfo", "xid", "env", "ib", "ports", "sys"]
+    assert [k for k, _ in probe.sections(host)] == ["gpu", "xid", "env", "ports"]
     assert dict(probe.sections(host))["gpu"] == COMMAND
 
 
 # --- parsers on fixtures ----------------------------------------------------------------------
 
 
-def test_gpu_info_rows_and_pcie_judgement():
-    rows = checks.parse_gpu_info(fixture("gpuinfo-h100-idle.txt"))
-    assert [r.index for r in rows] == [0, 1, 2, 3] and rows[0].gen == 1 and rows[0].width_max == 16
+def test_driver_and_pcie_links_and_their_judgement():
+    driver, links = checks.parse_gpu_info(fixture("gpuinfo-h100-idle.txt"))
+    assert driver == "550.54.15" and [r.bus for r in links][:2] == ["0000:18:00.0", "0000:2a:00.0"]
+    assert links[0].gen == 1 and links[0].width_max == 16
     result = checks.HostResult()
-    checks.judge_gpu_info(section("gpuinfo", fixture("gpuinfo-h100-idle.txt")), result)
+    checks.judge_gpu_info(fixture("gpuinfo-h100-idle.txt"), result)
     assert {c.name: c.status for c in result.checks} == {"gpu.driver": OK, "gpu.pcie": OK}  # gen 1 at idle is fine
     assert result.facts["driver"] == "550.54.15"
     narrow = checks.HostResult()
-    checks.judge_gpu_info(section("gpuinfo", fixture("gpuinfo-narrow.txt")), narrow)
+    checks.judge_gpu_info(fixture("gpuinfo-narrow.txt"), narrow)
     pcie = next(c for c in narrow.checks if c.name == "gpu.pcie")
-    assert pcie.status == WARN and "GPU 1 x8 of x16" in pcie.value
+    assert pcie.status == WARN and "0000:2a:00.0 x8 of x16" in pcie.value
 
 
-def test_gpu_info_with_na_values_and_a_refusal_is_never_an_error():
-    rows = checks.parse_gpu_info(fixture("gpuinfo-na.txt"))
-    assert len(rows) == 1 and rows[0].width is None
+def test_unreadable_driver_and_links_are_warnings_never_errors():
+    driver, links = checks.parse_gpu_info(fixture("gpuinfo-missing.txt"))
+    assert driver is None and len(links) == 1 and links[0].width is None
+    result = checks.HostResult()
+    checks.judge_gpu_info(fixture("gpuinfo-missing.txt"), result)
+    assert [c.status for c in result.checks] == [WARN, OK] and "driver" not in result.facts
     empty = checks.HostResult()
-    checks.judge_gpu_info(section("gpuinfo", 'Field "pcie.link.gen.max" is not a valid field to query.', 2), empty)
-    assert [c.status for c in empty.checks] == [WARN]
+    checks.judge_gpu_info("", empty)
+    assert [c.status for c in empty.checks] == [WARN, WARN]
 
 
 def test_xid_lines_sources_and_unreadable_logs():
@@ -164,11 +169,11 @@ def test_nic_prefix_match_and_missing_interface():
 def test_ib_devices_active_down_and_missing():
     found = checks.parse_ib(fixture("ib-mixed.txt"))
     assert found == {"mlx5_0": {"1": "4: ACTIVE"}, "mlx5_1": {"1": "1: DOWN", "2": "2: INIT"}, "mlx5_3": {}}
-    assert checks.judge_ib(section("ib", fixture("ib-mixed.txt")), ["mlx5_0"]).status == OK
-    bad = checks.judge_ib(section("ib", fixture("ib-mixed.txt")), ["mlx5_0", "mlx5_1", "mlx5_3"])
+    assert checks.judge_ib(fixture("ib-mixed.txt"), ["mlx5_0"]).status == OK
+    bad = checks.judge_ib(fixture("ib-mixed.txt"), ["mlx5_0", "mlx5_1", "mlx5_3"])
     assert bad.status == FAIL and bad.value == "mlx5_1 port 1 DOWN, port 2 INIT; mlx5_3 missing"
-    assert checks.judge_ib(None, ["mlx5_0"]).status == FAIL
-    assert checks.judge_ib(None, []) is None
+    assert checks.judge_ib("", ["mlx5_0"]).status == FAIL
+    assert checks.judge_ib("", []) is None
 
 
 def test_ports_busy_free_and_unknown():
@@ -182,10 +187,10 @@ def test_system_facts_from_a_small_container_and_from_busybox():
         Host("10.8.0.81")]
     now = 1733312345.1
     judged = {c.name + ":" + c.value.split()[0]: c.status
-              for c in checks.judge_system(section("sys", fixture("sys-docker.txt")), host, (now - 0.1, now))}
+              for c in checks.judge_system(fixture("sys-docker.txt"), host, (now - 0.1, now))}
     assert judged == {"sys.shm:/dev/shm": FAIL, "sys.memlock:ulimit": WARN, "sys.disk:run": FAIL,
                       "sys.disk:model": OK, "sys.load:load": OK, "sys.clock:offset": OK}
-    busybox = checks.judge_system(section("sys", fixture("sys-busybox.txt")), host, (now, now))
+    busybox = checks.judge_system(fixture("sys-busybox.txt"), host, (now, now))
     assert {c.name: c.status for c in busybox} == {"sys.shm": WARN, "sys.memlock": OK, "sys.disk": WARN,
                                                   "sys.clock": WARN}
 
@@ -242,6 +247,8 @@ def root(tmp_path):
     (base / "models/m").mkdir(parents=True)
     (base / "models/m/config.json").write_text("{}")
     (base / "models/m/model-00001.safetensors").write_bytes(b"x" * 4096)
+    defects.add_gpus(base, driver="570.86.15", width=8)
+    (base / "proc/driver/nvidia/version").write_text((FIXTURES / "proc-driver-nvidia-version-open.txt").read_text())
     return base
 
 
@@ -265,7 +272,8 @@ def test_the_probe_reads_nics_rdma_and_model_under_the_stand_in_root(root, tmp_p
     status = {c.name: c.status for c in result.checks}
     assert status["net.ib"] == FAIL and status["net.nic"] == OK and status["env.file"] == OK
     assert status["model.present"] == OK and status["sw.engine"] == OK and status["gpu.free"] == OK
-    assert result.facts["engine"] == "sglang 0.0.0-standin" and result.facts["driver"] == "550.54.15"
+    assert result.facts["engine"] == "sglang 0.0.0-standin" and result.facts["driver"] == "570.86.15"
+    assert status["gpu.pcie"] == WARN and status["sys.shm"] in (OK, WARN, FAIL) and status["sys.clock"] == OK
     assert result.facts["model"].startswith("2 files 4098 bytes")
     (root / "models/m/config.json").unlink()
     (root / "sys/class/net/eth0/operstate").write_text("down\n")

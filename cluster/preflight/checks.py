@@ -5,20 +5,16 @@ Formats (captured fixtures in tests/fixtures/preflight/):
 
 * ``gpu``: :data:`cluster.gpu.COMMAND` output, parsed and classified by :mod:`cluster.gpu`
   (the gpu-status kinds and health warnings, :mod:`cluster.gpu_health`).
-* ``gpuinfo``: ``nvidia-smi --query-gpu=index,driver_version,pcie.link.gen.current,
-  pcie.link.gen.max,pcie.link.width.current,pcie.link.width.max --format=csv,noheader,
-  nounits`` (fields: ``nvidia-smi --help-query-gpu``), e.g. ``0, 550.54.15, 5, 5, 16, 16``.
 * ``xid``: kernel log lines ``NVRM: Xid (PCI:0000:3b:00): 79, pid=..., GPU has fallen off
   the bus.`` (NVIDIA's "Xid Errors" document), after a ``source dmesg|journalctl|none`` line.
-* ``env``: tagged lines of :func:`cluster.preflight.probe.env_script` (its docstring);
-  ``addr`` lines come from iproute2's ``ip -o addr show`` (field 2 the interface, 4 the
-  address), ``nic`` lines from sysfs ``/sys/class/net/<if>/operstate`` (``up``, ``down``,
-  ``unknown``: Documentation/ABI/testing/sysfs-class-net).
-* ``ib``: ``ib DEV PORT STATE`` where STATE is sysfs ``ports/N/state`` (``4: ACTIVE``,
-  ``1: DOWN``: drivers/infiniband/core/sysfs.c).
+* ``env``: tagged lines (:func:`cluster.preflight.probe.env_script`, where each value is
+  read and which format it comes from): ``driver`` from /proc/driver/nvidia/version,
+  ``pcie BUS GEN GEN_MAX WIDTH WIDTH_MAX`` from sysfs PCI link attributes, ``nic`` from
+  sysfs operstate (``up``, ``down``, ``unknown``), ``addr`` from ``ip -o addr``, ``ib DEV
+  PORT STATE`` from sysfs (``4: ACTIVE``, ``1: DOWN``), ``shm`` / ``disk`` from statvfs
+  (KiB), ``memlock`` from getrlimit (KiB or ``unlimited``), ``load`` (1-minute, CPUs),
+  ``clock`` (epoch seconds), the model manifest, the versions and the peers.
 * ``ports``: :func:`cluster.serving.scripts.ports_free_command` output (``PORT free|busy``).
-* ``sys``: ``df -P`` (POSIX: 1024-blocks, available in field 4), ``ulimit -l`` (KiB or
-  ``unlimited``), ``/proc/loadavg`` (proc(5)), ``date +%s.%N``.
 
 Every parser takes text and never raises: unexpected output becomes a ``fail`` or ``warn``
 naming what was seen.
@@ -183,49 +179,49 @@ def judge_free(status: gpu_probe.GpuStatus) -> Check:
 
 
 @dataclass(frozen=True)
-class GpuInfo:
-    """One row of the gpuinfo query."""
+class GpuLink:
+    """One NVIDIA PCI device's link (``pcie`` line); None where sysfs had no value."""
 
-    index: int
-    driver: str
+    bus: str
     gen: int | None
     gen_max: int | None
     width: int | None
     width_max: int | None
 
 
-def parse_gpu_info(text: str) -> list[GpuInfo]:
-    """Rows of the driver/PCIe query; odd lines are skipped (``[N/A]`` -> None)."""
-    rows = []
-    for line in text.splitlines():
-        cells = [c.strip() for c in line.split(",")]
-        if len(cells) != 6 or not cells[0].isdigit():
-            continue
-        nums = [int(c) if c.isdigit() else None for c in cells[2:]]
-        rows.append(GpuInfo(int(cells[0]), cells[1], *nums))
-    return rows
+def parse_gpu_info(text: str) -> tuple[str | None, list[GpuLink]]:
+    """``(driver version, links)`` from the ``driver`` and ``pcie`` lines; odd lines skipped."""
+    driver, links = None, []
+    for tag, _rest, words in tagged(text):
+        if tag == "driver" and words and words[0] != "-":
+            driver = words[0]
+        elif tag == "pcie" and len(words) == 5:
+            nums = [int(w) if w.isdigit() else None for w in words[1:]]
+            links.append(GpuLink(words[0], *nums))
+    return driver, links
 
 
-def judge_gpu_info(section: Section | None, result: HostResult) -> None:
-    """gpu.pcie (width below the maximum: warn; the link generation drops at idle and is
-    not judged) and the driver version fact."""
-    rows = parse_gpu_info(section.output) if section is not None else []
-    if not rows:
-        result.checks.append(warn(GPU_PCIE, "driver/PCIe query gave nothing",
-                                  "nvidia-smi too old for pcie.link.* fields?"))
+def judge_gpu_info(text: str, result: HostResult) -> None:
+    """gpu.driver (the driver fact) and gpu.pcie: a link narrower than its maximum is a
+    warning; the link generation drops at idle and is not judged."""
+    driver, links = parse_gpu_info(text)
+    if driver is None:
+        result.checks.append(warn(GPU_DRIVER, "driver version not readable (/proc/driver/nvidia/version)",
+                                  "is the NVIDIA kernel module loaded?"))
+    else:
+        result.facts["driver"] = driver
+        result.checks.append(ok(GPU_DRIVER, f"driver {driver}"))
+    if not links:
+        result.checks.append(warn(GPU_PCIE, "no NVIDIA PCI device in sysfs", "check lspci -d 10de:"))
         return
-    drivers = sorted({r.driver for r in rows})
-    result.facts["driver"] = ",".join(drivers)
-    result.checks.append(ok(GPU_DRIVER, "driver " + ", ".join(drivers)) if len(drivers) == 1 else
-                         fail(GPU_DRIVER, "drivers " + ", ".join(drivers), "one driver per host: reboot"))
-    narrow = [r for r in rows if r.width is not None and r.width_max and r.width < r.width_max]
+    narrow = [r for r in links if r.width is not None and r.width_max and r.width < r.width_max]
     if narrow:
-        result.checks.append(warn(GPU_PCIE, ", ".join(f"GPU {r.index} x{r.width} of x{r.width_max}"
+        result.checks.append(warn(GPU_PCIE, ", ".join(f"{r.bus} x{r.width} of x{r.width_max}"
                                                        for r in narrow[:4]),
                                   "reseat the GPU / riser or check the BIOS PCIe settings"))
     else:
-        gens = sorted({r.gen_max for r in rows if r.gen_max})
-        result.checks.append(ok(GPU_PCIE, f"full width, gen {'/'.join(map(str, gens)) or '?'} max"))
+        gens = sorted({r.gen_max for r in links if r.gen_max})
+        result.checks.append(ok(GPU_PCIE, f"{len(links)} links at full width, gen {'/'.join(map(str, gens)) or '?'} max"))
 
 
 _XID = re.compile(r"NVRM: Xid \(PCI:([0-9A-Fa-f:.]+)\): (\d+)")
@@ -359,7 +355,7 @@ def judge_env(section: Section | None, plan: Any, result: HostResult, *, fast: b
 
 def _env_file(path: str, facts: EnvFacts, secrets: Sequence[str]) -> Check:
     if facts.envfile == "missing":
-        return fail(ENV_FILE, f"{path} not found", "create it on that host, or fix serving.env_file / --env-file")
+        return fail(ENV_FILE, f"env file not found: {path}", "create it on that host, or fix serving.env_file / --env-file")
     if facts.envfile is None or not facts.envfile.lstrip("-").isdigit():
         return fail(ENV_FILE, f"{path}: sourcing it did not report", "source it by hand on that host")
     if facts.envfile != "0":
@@ -424,7 +420,7 @@ def judge_nics(facts: EnvFacts) -> Check | None:
 
 
 def judge_peers(facts: EnvFacts, planned: Sequence[tuple[str, int]]) -> Check | None:
-    """net.peers: TCP to each peer's SSH port from this host."""
+    """net.peers: TCP from this host to a planned port of each peer (refused = reachable)."""
     if not planned:
         return None
     if not facts.peers:
@@ -489,11 +485,11 @@ def parse_ib(text: str) -> dict[str, dict[str, str]]:
     return found
 
 
-def judge_ib(section: Section | None, devices: Sequence[str]) -> Check | None:
+def judge_ib(text: str, devices: Sequence[str]) -> Check | None:
     """net.ib: each device named by the engine's flags exists with an ACTIVE port."""
     if not devices:
         return None
-    found = parse_ib(section.output if section is not None else "")
+    found = parse_ib(text)
     problems, good = [], []
     for dev in devices:
         ports = found.get(dev)
@@ -566,9 +562,9 @@ def parse_system(text: str) -> SystemFacts:
     return facts
 
 
-def judge_system(section: Section | None, plan: Any, window: tuple[float, float] | None) -> list[Check]:
+def judge_system(text: str, plan: Any, window: tuple[float, float] | None) -> list[Check]:
     """sys.shm, sys.memlock, sys.disk, sys.load, sys.clock."""
-    facts = parse_system(section.output if section is not None else "")
+    facts = parse_system(text)
     checks = []
     if plan.serves:
         checks.append(_shm(facts.shm_kib))
@@ -646,19 +642,20 @@ def judge_host(plan: Any, answers: Mapping[str, Section], *, fast: bool = False,
         if status is not None and status.gpus:
             models = sorted({g.name or "?" for g in status.gpus})
             result.facts["gpu"] = ",".join(models)
-        if not fast:
-            judge_gpu_info(answers.get(probe.GPU_INFO), result)
-            result.checks.append(judge_xid(answers.get(probe.XID)))
-    facts = judge_env(answers.get(probe.ENV), plan, result, fast=fast)
+    env = answers.get(probe.ENV)
+    text = env.output if env is not None else ""
+    if plan.serves and not fast:
+        judge_gpu_info(text, result)
+        result.checks.append(judge_xid(answers.get(probe.XID)))
+    facts = judge_env(env, plan, result, fast=fast)
     if plan.serves:
         judge_model(plan.model_path, facts, result, fast=fast)
     optional = [judge_ports(answers.get(probe.PORTS), plan.ports, plan.bind)]
     if not fast:
-        optional += [judge_nics(facts), judge_ib(answers.get(probe.IB), plan.ib_devices),
-                     judge_peers(facts, plan.peers)]
+        optional += [judge_nics(facts), judge_ib(text, plan.ib_devices), judge_peers(facts, plan.peers)]
     result.checks.extend(c for c in optional if c is not None)
     if not fast:
-        result.checks.extend(judge_system(answers.get(probe.SYSTEM), plan, window))
+        result.checks.extend(judge_system(text, plan, window))
     return result
 
 

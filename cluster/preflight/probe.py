@@ -6,10 +6,16 @@ bind, the env file and env, the engine's package and launchers, the model, the R
 (asked of the engine), and the peers it must reach. :func:`sections` gives that host's
 framed sections for :func:`cluster.shell.sections_script`; :mod:`.checks` parses them.
 
-Stand-ins: every absolute path the probe inspects (``/sys/class/net``, ``/sys/class/
-infiniband``, the model directory, the HF cache) is read under ``$CLUSTER_PREFLIGHT_ROOT``
-when that variable is set on the host (empty on real hosts). The loopback test fleet sets it
-per host, so each simulated host has its own NICs, RDMA ports and model copy; under that
+Lean on purpose (it must cost little more than gpu-status): besides gpu-status's own
+nvidia-smi query, a host runs ``dmesg``, the ports scan, and **one** ``python3`` that reads
+everything else from files — package versions from ``*.dist-info`` names on its sys.path,
+``/proc/driver/nvidia/version``, PCIe links and NICs and RDMA ports in sysfs, ``statvfs``,
+``getrlimit``, the model's file list — and makes the TCP connections to the peers.
+
+Stand-ins: every absolute path the probe inspects (``/sys``, ``/proc/driver/nvidia``, the
+model directory, the HF cache) is read under ``$CLUSTER_PREFLIGHT_ROOT`` when that
+variable is set on the host (empty on real hosts). The loopback test fleet sets it per host,
+so each simulated host has its own NICs, RDMA ports, GPUs' links and model copy; under that
 root, ``sys/class/net/<if>/addresses`` (not a real sysfs file) lists the interface's
 addresses, which ``ip -o addr`` gives on a real host.
 """
@@ -30,16 +36,10 @@ from ..serving.scripts import ports_free_command, server_env
 ROOT_ENV = "CLUSTER_PREFLIGHT_ROOT"
 PEER_TIMEOUT_S = 3.0
 IFNAME_VARS = ("NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME")
-DEFAULT_SSH_PORT = 22
 
 # Section keys, in the order they run.
-GPU, GPU_INFO, XID, ENV, IB, PORTS, SYSTEM = "gpu", "gpuinfo", "xid", "env", "ib", "ports", "sys"
+GPU, XID, ENV, PORTS = "gpu", "xid", "env", "ports"
 FAST_SECTIONS = (GPU, ENV, PORTS)
-
-# The extra nvidia-smi query: driver and PCIe link per GPU (nvidia-smi --help-query-gpu).
-GPU_INFO_FIELDS = ("index", "driver_version", "pcie.link.gen.current", "pcie.link.gen.max",
-                   "pcie.link.width.current", "pcie.link.width.max")
-GPU_INFO_COMMAND = f"nvidia-smi --query-gpu={','.join(GPU_INFO_FIELDS)} --format=csv,noheader,nounits"
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ class HostPlan:
     model_path: str | None = None
     run_dir: str = "~"
     ib_devices: tuple[str, ...] = ()
-    peers: tuple[tuple[str, int], ...] = ()
+    peers: tuple[tuple[str, int], ...] = ()   # (address, a port planned there)
     engine_package: str | None = None
     secrets: tuple[str, ...] = field(default=(), repr=False)   # values to mask in output
 
@@ -70,11 +70,13 @@ class HostPlan:
         return any(role in (PREFILL, DECODE) for role in self.roles)
 
 
-def host_plans(plan: StartPlan, ssh_port: int | None = None) -> dict[Host, HostPlan]:
+def host_plans(plan: StartPlan) -> dict[Host, HostPlan]:
     """One HostPlan per SSH target of ``plan`` (servers, then the router), in plan order.
 
-    ``ssh_port``: the port peers are reached on when a host names none (``ssh.port`` of
-    the roles file, else 22): the TCP reachability check connects to the peer's SSH port.
+    Peers: a rank >= 1 must reach its rank 0 (on the dist-init port), a decode host every
+    prefill host (on the prefill server port) — the ports the engine will use, free before
+    the start, so a refused connection proves the path (nothing is woken up on the peer; a
+    connection to its sshd would start an sshd process per check).
     """
     by_host: dict[Host, dict] = {}
     engine = engines.get(plan.config.engine)
@@ -91,17 +93,14 @@ def host_plans(plan: StartPlan, ssh_port: int | None = None) -> dict[Host, HostP
         entry["model"] = spec.model_path
         entry["run_dir"] = spec.run_dir
         entry["package"] = engine.package
-        argv = engine.server_argv(spec)
-        _launcher(argv, spec.python, engine.package, entry)
+        _launcher(engine.server_argv(spec), spec.python, engine.package, entry)
         entry["ib"].extend(engine.rdma_devices(spec))
-        peers = []
         if spec.nnodes > 1 and not spec.is_api:
             rank0 = next(s for s in plan.servers if s.role == spec.role
                          and s.server_index == spec.server_index and s.is_api)
-            peers.append(rank0.target)
+            entry["peers"].append((rank0.target, rank0.host, rank0.dist_init_port))
         if spec.role == DECODE:
-            peers.extend(s.target for s in prefill_hosts)
-        entry["peers"].extend(peers)
+            entry["peers"].extend((s.target, s.host, s.port) for s in prefill_hosts)
         entry["secrets"].extend(dict(spec.env).get(name) or "" for name in spec.secret_env)
     if plan.router is not None:
         router = plan.router
@@ -113,7 +112,7 @@ def host_plans(plan: StartPlan, ssh_port: int | None = None) -> dict[Host, HostP
         entry["env_file"] = entry["env_file"] or router.env_file
         entry["run_dir"] = router.run_dir
         _launcher(list(router.launcher), plan.config.python, None, entry)
-    return {host: _host_plan(host, entry, ssh_port) for host, entry in by_host.items()}
+    return {host: _host_plan(host, entry) for host, entry in by_host.items()}
 
 
 def _empty() -> dict:
@@ -134,19 +133,15 @@ def _launcher(argv: Sequence[str], python: str, package: str | None, entry: dict
             entry["modules"].append((package, package))
 
 
-def _host_plan(host: Host, entry: dict, ssh_port: int | None) -> HostPlan:
-    peers = []
-    for target in dict.fromkeys(entry["peers"]):
-        peer = parse_host(target)
-        if peer != host:
-            peers.append((peer.hostname, peer.port or ssh_port or DEFAULT_SSH_PORT))
+def _host_plan(host: Host, entry: dict) -> HostPlan:
+    peers = [(address, port) for target, address, port in entry["peers"] if parse_host(target) != host]
     return HostPlan(
         host=host, roles=tuple(dict.fromkeys(entry["roles"])), gpus_needed=entry["gpus"],
         bind=entry["bind"], ports=tuple(dict.fromkeys(entry["ports"])), env_file=entry["env_file"],
         env=entry["env"], python=entry["python"], modules=tuple(dict.fromkeys(entry["modules"])),
         commands=tuple(dict.fromkeys(entry["commands"])), model_path=entry["model"],
         run_dir=entry["run_dir"], ib_devices=tuple(dict.fromkeys(entry["ib"])),
-        peers=tuple(peers), engine_package=entry["package"],
+        peers=tuple(dict.fromkeys(peers)), engine_package=entry["package"],
         secrets=tuple(s for s in entry["secrets"] if s),
     )
 
@@ -161,45 +156,55 @@ def sections(plan: HostPlan, *, fast: bool = False, deep: bool = False) -> list[
     if plan.serves:
         parts.append((GPU, gpu.COMMAND))
         if not fast:
-            parts += [(GPU_INFO, GPU_INFO_COMMAND), (XID, XID_SCRIPT)]
+            parts.append((XID, XID_SCRIPT))
     parts.append((ENV, env_script(plan, fast=fast, deep=deep)))
-    if plan.ib_devices and not fast:
-        parts.append((IB, ib_script(plan.ib_devices)))
     if plan.ports:
         parts.append((PORTS, ports_free_command(plan.ports, plan.bind)))
-    if not fast:
-        parts.append((SYSTEM, system_script(plan)))
     return parts
 
 
 # Kernel log: dmesg when this user may read it (kernel.dmesg_restrict=0), else the journal.
 XID_SCRIPT = (
-    "if dmesg >/dev/null 2>&1; then echo 'source dmesg'; "
-    "dmesg 2>/dev/null | grep -i 'NVRM: Xid' | tail -n 20; "
+    "if out=$(dmesg 2>/dev/null); then echo 'source dmesg'; case $out in *'NVRM: Xid'*) "
+    "printf '%s\\n' \"$out\" | grep 'NVRM: Xid' | tail -n 20;; esac; "
     "elif [ -n \"$(journalctl -k -b -q --no-pager -n 1 2>/dev/null)\" ]; then echo 'source journalctl'; "
     "journalctl -k -b -q --no-pager 2>/dev/null | grep -i 'NVRM: Xid' | tail -n 20; "
     "else echo 'source none'; fi"
 )
 
-# Versions without importing the packages (importing sglang or torch takes seconds):
-# distribution metadata; a module with no metadata (a source checkout) is imported for its
-# __version__. CUDA runtime: the pip wheel's version, else torch's local tag (+cu124).
-_PY_SOFTWARE = r"""import json, socket, sys, threading
+# Everything else, in one interpreter, from files (the module docstring). Its output lines
+# are the tags :func:`cluster.preflight.checks.parse_env` reads. Formats read: the
+# ``NAME-VERSION.dist-info`` directory names (PEP 376/427); /proc/driver/nvidia/version
+# ("NVRM version: NVIDIA UNIX x86_64 Kernel Module  550.54.15  ..."); sysfs PCI attributes
+# vendor/class/current_link_speed ("16.0 GT/s PCIe")/current_link_width/max_* (kernel
+# Documentation/ABI/testing/sysfs-bus-pci), net operstate (sysfs-class-net), infiniband
+# ports/N/state ("4: ACTIVE", drivers/infiniband/core/sysfs.c).
+_PY_PROBE = r"""import json, os, re, sys, time
 a = json.loads(sys.argv[1])
-print("python", sys.version.split()[0], sys.executable)
-import importlib.util as iu
-try:
-    from importlib import metadata as md
-except ImportError:
-    md = None
-def ver(dist):
+R = os.environ.get("CLUSTER_PREFLIGHT_ROOT", "")
+def rd(path):
     try:
-        return md.version(dist) if md else None
-    except Exception:
+        with open(R + path) as f:
+            return f.read().strip()
+    except OSError:
         return None
+print("python", sys.version.split()[0], sys.executable)
+dists = {}
+for d in sys.path:
+    try:
+        names = os.listdir(d or ".")
+    except OSError:
+        continue
+    for n in names:
+        if n.endswith((".dist-info", ".egg-info")):
+            k, _, v = n.rsplit(".", 1)[0].partition("-")
+            dists.setdefault(k.lower().replace("-", "_"), v.split("-")[0])
+def ver(dist):
+    return dists.get(dist.lower().replace("-", "_"))
+from importlib.util import find_spec
 for mod, dist in a["modules"]:
     try:
-        found = iu.find_spec(mod) is not None
+        found = find_spec(mod) is not None
     except Exception:
         found = False
     v = ver(dist) if found else None
@@ -210,156 +215,188 @@ for mod, dist in a["modules"]:
             print("module", mod, "broken", type(e).__name__)
             continue
     print("module", mod, "ok" if found else "missing", v or "-")
-if a["more"]:
-    t = ver("torch")
-    print("torch", t or "-")
-    c = ver("nvidia-cuda-runtime-cu12") or ver("nvidia-cuda-runtime-cu11")
+def model(d):
+    items = []
+    for top, dirs, files in os.walk(d, followlinks=True):
+        for f in files:
+            p = os.path.join(top, f)
+            try:
+                items.append((os.path.relpath(p, d), os.stat(p).st_size))
+            except OSError:
+                pass
+    items.sort()
+    import zlib
+    text = "".join("%s\t%d\n" % i for i in items).encode()
+    print("model files", len(items), sum(s for _, s in items))
+    print("model manifest %08x-%d" % (zlib.crc32(text), len(text)))
+    print("model config", "yes" if os.path.isfile(os.path.join(d, "config.json")) else "no")
+    if a["deep"]:
+        import hashlib
+        h = hashlib.sha256()
+        for name, _ in items:
+            if "/" not in name and name.endswith(".json"):
+                with open(os.path.join(d, name), "rb") as f:
+                    h.update(name.encode() + b"\0" + hashlib.sha256(f.read()).digest())
+        print("model deep", h.hexdigest()[:16])
+m = a["model"]
+if m and m.startswith(("/", "~", ".")):
+    d = R + os.path.expanduser(m) if m.startswith(("/", "~")) else m
+    if os.path.isdir(d):
+        print("model dir")
+        model(d)
+    elif os.path.isfile(d):
+        print("model file", os.path.getsize(d))
+    else:
+        print("model missing")
+elif m:
+    hub = os.environ.get("HF_HUB_CACHE") or os.path.join(
+        os.environ.get("HF_HOME") or os.path.expanduser("~/.cache/huggingface"), "hub")
+    base = R + os.path.join(hub, "models--" + m.replace("/", "--"))
+    ref = None
+    try:
+        with open(os.path.join(base, "refs", "main")) as f:
+            ref = f.read().strip()
+    except OSError:
+        pass
+    if ref and os.path.isdir(os.path.join(base, "snapshots", ref)):
+        print("model hf-cached")
+        model(os.path.join(base, "snapshots", ref))
+    else:
+        print("model hf-missing", os.environ.get("HF_HUB_OFFLINE", ""))
+if a["full"]:
+    print("torch", ver("torch") or "-")
+    c = ver("nvidia_cuda_runtime_cu12") or ver("nvidia_cuda_runtime_cu11")
+    tv = ver("torch")
     if c:
         c = ".".join(c.split(".")[:2])
-    elif t and "+cu" in t:
-        d = t.split("+cu")[1]
+    elif tv and "+cu" in tv:
+        d = tv.split("+cu")[1]
         c = d[:-1] + "." + d[-1:] if d.isdigit() and len(d) > 1 else None
     print("cuda", c or "-")
-res = {}
-def con(h, p):
+    if a["serves"]:
+        nv = re.search(r"Kernel Module\s+(?:for \S+\s+)?([0-9][0-9.]*)", rd("/proc/driver/nvidia/version") or "")
+        print("driver", nv.group(1) if nv else "-")
+        GEN = {"2.5": 1, "5.0": 2, "8.0": 3, "16.0": 4, "32.0": 5, "64.0": 6}
+        pci = "/sys/bus/pci/devices"
+        try:
+            buses = sorted(os.listdir(R + pci))
+        except OSError:
+            buses = []
+        for b in buses:
+            if rd(f"{pci}/{b}/vendor") != "0x10de" or not (rd(f"{pci}/{b}/class") or "").startswith("0x03"):
+                continue
+            g = [GEN.get((rd(f"{pci}/{b}/{k}_link_speed") or "-").split()[0], "-") for k in ("current", "max")]
+            w = [rd(f"{pci}/{b}/{k}_link_width") or "-" for k in ("current", "max")]
+            print("pcie", b, g[0], g[1], w[0], w[1])
+        try:
+            sv = os.statvfs("/dev/shm")
+            print("shm", sv.f_blocks * sv.f_frsize // 1024, sv.f_bavail * sv.f_frsize // 1024)
+        except OSError:
+            print("shm")
+        import resource
+        soft = resource.getrlimit(resource.RLIMIT_MEMLOCK)[0]
+        print("memlock", "unlimited" if soft == resource.RLIM_INFINITY else soft // 1024)
+    for label, path, rooted in a["disks"]:
+        d = (R if rooted else "") + os.path.expanduser(path)
+        while d not in ("", "/") and not os.path.exists(d):
+            d = os.path.dirname(d)
+        try:
+            sv = os.statvfs(d or "/")
+            print("disk", label, sv.f_bavail * sv.f_frsize // 1024, d or "/")
+        except OSError:
+            print("disk", label, "-", d)
     try:
-        socket.create_connection((h, p), timeout=a["t"]).close()
-        res[(h, p)] = "ok"
-    except socket.timeout:
-        res[(h, p)] = "timeout"
-    except ConnectionRefusedError:
-        res[(h, p)] = "refused"
-    except OSError as e:
-        res[(h, p)] = "error:" + (e.strerror or type(e).__name__).replace(" ", "_")
-ts = [threading.Thread(target=con, args=(h, p)) for h, p in a["peers"]]
-for x in ts:
-    x.start()
-for x in ts:
-    x.join()
-for h, p in a["peers"]:
-    print("peer", h, p, res.get((h, p), "error:no-answer"))
+        print("load", os.getloadavg()[0], os.cpu_count())
+    except OSError:
+        pass
+    names = {os.environ.get(v, "") for v in ("NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME")}
+    for v in ("NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME"):
+        print("ifname", v, os.environ.get(v, ""))
+    if names - {""}:
+        net = "/sys/class/net"
+        try:
+            nics = sorted(os.listdir(R + net))
+        except OSError:
+            nics = []
+        for n in nics:
+            print("nic", n, rd(f"{net}/{n}/operstate") or "unknown")
+            for addr in (rd(f"{net}/{n}/addresses") or "").split() if R else ():
+                print("addr", n, addr)
+    for dev in a["ib"]:
+        ports = R + f"/sys/class/infiniband/{dev}/ports"
+        try:
+            found = sorted(os.listdir(ports))
+        except OSError:
+            found = None
+        if found is None:
+            print("ib", dev, "-", "missing")
+        for p in found or ():
+            print("ib", dev, p, rd(f"/sys/class/infiniband/{dev}/ports/{p}/state") or "unknown")
+    if a["peers"]:
+        import socket, threading
+        res = {}
+        def con(h, p):
+            try:
+                socket.create_connection((h, p), timeout=a["t"]).close()
+                res[(h, p)] = "ok"
+            except ConnectionRefusedError:
+                res[(h, p)] = "ok"
+            except socket.timeout:
+                res[(h, p)] = "timeout"
+            except OSError as e:
+                res[(h, p)] = "error:" + (e.strerror or type(e).__name__).replace(" ", "_")
+        ts = [threading.Thread(target=con, args=(h, p)) for h, p in a["peers"]]
+        for x in ts:
+            x.start()
+        for x in ts:
+            x.join()
+        for h, p in a["peers"]:
+            print("peer", h, p, res.get((h, p), "error:no-answer"))
+    print("clock", repr(time.time()))
 """
 
 
 def env_script(plan: HostPlan, *, fast: bool = False, deep: bool = False) -> str:
-    """The env file sourced (status and last lines of output), the plan's env exported, then
-    in that environment: interpreter, packages and versions, launchers on PATH, the NCCL /
-    Gloo interfaces, the model, and (not ``fast``) TCP to the peers.
+    """The env file sourced (its status; its last lines when it fails), the plan's env
+    exported, launchers looked up, interface addresses listed (``ip -o addr``: iproute2's
+    one-line form, field 2 the interface, 4 the address), then the one ``python3``
+    (:data:`_PY_PROBE`) in that environment.
 
-    Output lines: ``envfile RC|missing``, ``envout TEXT``, ``python VER PATH``, ``module M
-    ok|missing|broken VER``, ``torch VER``, ``cuda VER``, ``cmd NAME PATH|-``, ``ifname VAR
-    VALUE``, ``nic NAME OPERSTATE``, ``addr NAME ADDRESS``, ``model ...``, ``peer H P RESULT``.
-    Contains the env in clear: run it on stdin, never print it.
+    Output lines: ``envfile RC|missing``, ``envout TEXT``, ``cmd NAME PATH|-``, ``addr IF
+    ADDRESS``, then the probe's: ``python``, ``module``, ``torch``, ``cuda``, ``driver``,
+    ``pcie``, ``shm``, ``memlock``, ``disk``, ``load``, ``ifname``, ``nic``, ``ib``,
+    ``model``, ``peer``, ``clock``. Contains the env in clear: run it on stdin, never print it.
     """
     lines = ['R="${%s:-}"' % ROOT_ENV]
     if plan.env_file:
         env_file = shell.path(plan.env_file)
         # Sourced once in a child shell first: an env file that exits must not end the check.
         lines.append(
-            f"if [ -f {env_file} ]; then t=$(mktemp 2>/dev/null || echo /tmp/.preflight.$$); "
-            f"( . {env_file} ) > \"$t\" 2>&1 < /dev/null; rc=$?; echo \"envfile $rc\"; "
-            "tail -n 3 \"$t\" | sed 's/^/envout /'; rm -f \"$t\"; "
-            f"if [ $rc = 0 ]; then . {env_file} >/dev/null 2>&1 < /dev/null; fi; "
+            f"if [ -f {env_file} ]; then out=$( ( . {env_file} ) 2>&1 < /dev/null ); rc=$?; "
+            'echo "envfile $rc"; '
+            f"if [ $rc = 0 ]; then . {env_file} >/dev/null 2>&1 < /dev/null; "
+            "else printf '%s\\n' \"$out\" | tail -n 3 | sed 's/^/envout /'; fi; "
             "else echo 'envfile missing'; fi")
     exports = shell.export_line(plan.env)
     if exports:
         lines.append(exports)
     for command in plan.commands:
         lines.append(f"echo \"cmd {shell.plain(command)} $(command -v {shell.quote(command)} || echo -)\"")
-    args = {"modules": [list(m) for m in plan.modules], "more": not fast, "t": PEER_TIMEOUT_S,
+    if not fast:
+        lines.append('if [ -z "$R" ] && [ -n "${NCCL_SOCKET_IFNAME-}${GLOO_SOCKET_IFNAME-}" ]; then '
+                     "ip -o addr show 2>/dev/null | awk '{sub(/@.*/, \"\", $2); print \"addr\", $2, $4}'; fi")
+    disks = [["run", plan.run_dir, False]]
+    if plan.model_path and plan.model_path.startswith(("/", "~")):
+        disks.append(["model", plan.model_path, True])
+    args = {"modules": [list(m) for m in plan.modules], "model": plan.model_path if plan.serves else None,
+            "deep": deep, "full": not fast, "serves": plan.serves, "disks": disks,
+            "ib": list(plan.ib_devices), "t": PEER_TIMEOUT_S,
             "peers": [] if fast else [list(p) for p in plan.peers]}
     python = shell.quote(plan.python)
-    lines.append(f"if command -v {python} >/dev/null 2>&1; then {python} -c {shell.quote(_PY_SOFTWARE)} "
-                 f"{shell.quote(json.dumps(args, separators=(',', ':')))} < /dev/null 2>&1 | head -n 200; "
+    lines.append(f"if command -v {python} >/dev/null 2>&1; then {python} -c {shell.quote(_PY_PROBE)} "
+                 f"{shell.quote(json.dumps(args, separators=(',', ':')))} < /dev/null 2>&1; "
                  "else echo 'python -'; fi")
-    if not fast:
-        lines.append(_NIC_SCRIPT)
-    if plan.model_path:
-        lines.append(model_script(plan.model_path, deep=deep))
     return "\n".join(lines) + "\n"
-
-
-# The interfaces, only when NCCL/Gloo are told which to use (sysfs operstate; addresses
-# from `ip -o addr` — iproute2's one-line form: "2: eth0    inet 10.0.0.5/24 brd ...").
-_NIC_SCRIPT = "\n".join([
-    *(f'echo "ifname {var} ${{{var}-}}"' for var in IFNAME_VARS),
-    'if [ -n "${NCCL_SOCKET_IFNAME-}${GLOO_SOCKET_IFNAME-}" ]; then',
-    '  for d in "$R"/sys/class/net/*; do [ -e "$d" ] || continue; '
-    'echo "nic ${d##*/} $(cat "$d/operstate" 2>/dev/null || echo unknown)"; done',
-    '  if [ -n "$R" ]; then for d in "$R"/sys/class/net/*; do [ -r "$d/addresses" ] && '
-    'sed "s|^|addr ${d##*/} |" "$d/addresses"; done',
-    "  else ip -o addr show 2>/dev/null | awk '{print \"addr\", $2, $4}'; fi",
-    "fi",
-])
-
-
-def _is_path(model: str) -> bool:
-    return model.startswith(("/", "~", "./", "../"))
-
-
-def model_script(model: str, *, deep: bool = False) -> str:
-    """``model dir|file SIZE|missing|hf-cached|hf-missing OFFLINE``, then for a directory
-    ``model files N BYTES``, ``model manifest CRC`` (names + sizes, sorted), ``model config
-    yes|no`` and with ``deep`` ``model deep HASH`` (sha256 of the top-level *.json files)."""
-    manifest = (
-        "list=$(cd \"$d\" && find -L . -type f -printf '%P\\t%s\\n' 2>/dev/null | LC_ALL=C sort); "
-        "printf '%s\\n' \"$list\" | awk -F'\\t' 'NF==2{n++; s+=$2} END{printf \"model files %d %.0f\\n\", n, s}'; "
-        "echo \"model manifest $(printf '%s\\n' \"$list\" | cksum | awk '{print $1 \"-\" $2}')\"; "
-        "if [ -f \"$d/config.json\" ]; then echo 'model config yes'; else echo 'model config no'; fi; "
-    )
-    if deep:
-        manifest += ("echo \"model deep $(cd \"$d\" && find -L . -maxdepth 1 -name '*.json' -type f | "
-                     "LC_ALL=C sort | xargs -r sha256sum | sha256sum | cut -c1-16)\"; ")
-    if _is_path(model):
-        where = shell.path(model)
-        return (f"d=\"$R\"{where}; if [ -d \"$d\" ]; then echo 'model dir'; {manifest}"
-                "elif [ -f \"$d\" ]; then echo \"model file $(wc -c < \"$d\")\"; "
-                "else echo 'model missing'; fi")
-    repo = "models--" + model.replace("/", "--")
-    return (
-        'c="${HF_HUB_CACHE:-${HF_HOME:-$HOME/.cache/huggingface}/hub}"; '
-        f"b=\"$R$c\"/{shell.quote(repo)}; ref=$(cat \"$b/refs/main\" 2>/dev/null); "
-        "d=\"$b/snapshots/$ref\"; "
-        "if [ -n \"$ref\" ] && [ -d \"$d\" ]; then echo 'model hf-cached'; "
-        f"{manifest}"
-        "else echo \"model hf-missing ${HF_HUB_OFFLINE:-}\"; fi"
-    )
-
-
-def ib_script(devices: Sequence[str]) -> str:
-    """``ib DEV PORT STATE`` per port of each device (sysfs ``ports/N/state``: ``4: ACTIVE``,
-    drivers/infiniband/core/sysfs.c), ``ib DEV - missing`` for an absent one."""
-    names = " ".join(shell.quote(d) for d in devices)
-    return (
-        'R="${%s:-}"; for dev in %s; do b="$R/sys/class/infiniband/$dev"; '
-        'if [ -d "$b" ]; then for p in "$b"/ports/*; do [ -e "$p" ] || continue; '
-        'echo "ib $dev ${p##*/} $(cat "$p/state" 2>/dev/null || echo unknown)"; done; '
-        'else echo "ib $dev - missing"; fi; done' % (ROOT_ENV, names)
-    )
-
-
-def system_script(plan: HostPlan) -> str:
-    """``shm SIZE_KB AVAIL_KB``, ``memlock VALUE``, ``disk run|model AVAIL_KB DIR``, ``load
-    LOAD1 NPROC``, ``clock EPOCH`` (``df -P``: POSIX output, one line per filesystem)."""
-    lines = [
-        'R="${%s:-}"' % ROOT_ENV,
-        "echo \"shm $(df -Pk /dev/shm 2>/dev/null | awk 'NR==2{print $2, $4}')\"",
-        'echo "memlock $(ulimit -l 2>/dev/null)"',
-        _disk_line("run", shell.path(plan.run_dir)),
-    ]
-    if plan.model_path and _is_path(plan.model_path):
-        lines.append(_disk_line("model", '"$R"' + shell.path(plan.model_path)))
-    lines += [
-        "echo \"load $(cut -d' ' -f1 /proc/loadavg 2>/dev/null) $(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN)\"",
-        'echo "clock $(date +%s.%N)"',
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def _disk_line(label: str, where: str) -> str:
-    """Free space of the nearest existing directory at or above ``where``."""
-    return (f"d={where}; while [ ! -e \"$d\" ] && [ \"$d\" != / ] && [ \"$d\" != . ]; do d=$(dirname \"$d\"); done; "
-            f"echo \"disk {label} $(df -Pk \"$d\" 2>/dev/null | awk 'NR==2{{print $4}}') $d\"")
 
 
 def work(plans: Mapping[Host, HostPlan], *, fast: bool = False, deep: bool = False

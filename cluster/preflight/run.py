@@ -29,7 +29,7 @@ def preflight(engine: Engine, plan: StartPlan, *, fast: bool = False, deep: bool
               on_done: Callable[..., None] | None = None) -> Report:
     """Check every host of ``plan`` (``fast``: start-pd's subset). ``data`` of each outcome
     is its `checks.HostResult`; ``report.extra["consistency"]`` the folded facts."""
-    plans = probe.host_plans(plan, engine.settings.port)
+    plans = probe.host_plans(plan)
     work = probe.work(plans, fast=fast, deep=deep)
 
     def one(session: HostSession) -> tuple[Mapping[str, shell.Section], float, float]:

@@ -4,7 +4,8 @@
 Every simulated host gets a healthy stand-in root (:func:`prepare_host`) under its host
 directory, read by the probe through ``$CLUSTER_PREFLIGHT_ROOT`` (set per address by the
 fleet): a NIC ``eth0`` that is up with an address, an RDMA device ``mlx5_0`` whose port 1
-is ACTIVE, and a copy of the model directory. :func:`apply` then breaks one thing on one
+is ACTIVE, the NVIDIA driver version and the GPUs' PCIe links, and a copy of the model
+directory. :func:`apply` then breaks one thing on one
 host; each defect makes exactly one preflight check fail:
 
 =================  ===============================================  ==================
@@ -77,6 +78,7 @@ def prepare_host(host_dir: Path, index: int) -> Path:
     port = root / "sys" / "class" / "infiniband" / IB_DEVICE / "ports" / "1"
     port.mkdir(parents=True, exist_ok=True)
     (port / "state").write_text("4: ACTIVE\n")
+    add_gpus(root)
     model = root / MODEL_PATH.lstrip("/")
     model.mkdir(parents=True, exist_ok=True)
     for name, data in MODEL_FILES.items():
@@ -84,6 +86,27 @@ def prepare_host(host_dir: Path, index: int) -> Path:
     for path in [root, *root.rglob("*")]:
         path.chmod(0o755 if path.is_dir() else 0o644)
     return root
+
+
+DRIVER_VERSION = "550.54.15"
+# The stand-in GPUs' PCI addresses (those of cluster/testing/fixtures/gpu/h100-idle.txt).
+GPU_BUSES = tuple(f"0000:{b}:00.0" for b in ("18", "2a", "3a", "5d", "9a", "ab", "ba", "db"))
+
+
+def add_gpus(root: Path, driver: str = DRIVER_VERSION, width: int = 16) -> None:
+    """/proc/driver/nvidia/version and one sysfs PCI device per stand-in GPU (gen 5 x16
+    links; ``width`` narrower to rehearse a degraded link)."""
+    proc = root / "proc" / "driver" / "nvidia"
+    proc.mkdir(parents=True, exist_ok=True)
+    (proc / "version").write_text(f"NVRM version: NVIDIA UNIX x86_64 Kernel Module  {driver}  "
+                                  "Tue Mar  5 22:23:56 UTC 2024\n")
+    for bus in GPU_BUSES:
+        device = root / "sys" / "bus" / "pci" / "devices" / bus
+        device.mkdir(parents=True, exist_ok=True)
+        for name, value in (("vendor", "0x10de"), ("class", "0x030200"),
+                            ("current_link_speed", "32.0 GT/s PCIe"), ("max_link_speed", "32.0 GT/s PCIe"),
+                            ("current_link_width", str(width)), ("max_link_width", "16")):
+            (device / name).write_text(value + "\n")
 
 
 def apply(host_dir: Path, defect: str, *, gpu_fixture: Path | None = None) -> None:
