@@ -74,8 +74,8 @@ def test_multi_node_ranks_reach_their_rank_0_and_vllm_devices_come_from_ucx():
 def test_fast_sections_are_the_start_pd_subset_and_the_full_set_has_every_part():
     plan = probe.host_plans(plan_of(prefill={"tp_size": 8, "extra_args": "--disaggregation-ib-device mlx5_0"}))
     host = plan[Host("10.8.0.81")]
-    assert [k for k, _ in probe.sections(host, fast=True)] == ["gpu", "env", "ports"]
-    assert [k for k, _ in probe.sections(host)] == ["gpu", "xid", "env", "ports"]
+    assert [k for k, _ in probe.sections(host, fast=True)] == ["gpu", "env"]
+    assert [k for k, _ in probe.sections(host)] == ["gpu", "env"]
     assert dict(probe.sections(host))["gpu"] == COMMAND
 
 
@@ -108,12 +108,13 @@ def test_unreadable_driver_and_links_are_warnings_never_errors():
 
 
 def test_xid_lines_sources_and_unreadable_logs():
-    source, found = checks.parse_xid(fixture("xid-dmesg.txt"))
-    assert source == "dmesg" and found == [("0000:3b:00", 79), ("0000:3b:00", 79), ("0000:5d:00", 13)]
-    check = checks.judge_xid(section("xid", fixture("xid-dmesg.txt")))
-    assert check.status == WARN and "Xid 13" in check.value and "Xid 79 x2" in check.value
-    assert checks.judge_xid(section("xid", fixture("xid-journal-clean.txt"))).status == OK
-    unreadable = checks.judge_xid(section("xid", fixture("xid-unreadable.txt")))
+    source, found = checks.parse_xid(fixture("xid-dmesg.txt"))   # kmsg refused, then the journal
+    assert source == "journalctl" and found == [("0000:3b:00", 79), ("0000:3b:00", 79)]
+    check = checks.judge_xid(fixture("xid-kmsg.txt"))
+    assert check.status == WARN and check.value == "Xid 13, Xid 31 since boot (kmsg)"
+    assert "Xid 79 x2" in checks.judge_xid(fixture("xid-dmesg.txt")).value
+    assert checks.judge_xid(fixture("xid-journal-clean.txt")).status == OK
+    unreadable = checks.judge_xid(fixture("xid-unreadable.txt"))
     assert unreadable.status == WARN and unreadable.value == "kernel log not readable"
 
 
@@ -177,9 +178,9 @@ def test_ib_devices_active_down_and_missing():
 
 
 def test_ports_busy_free_and_unknown():
-    assert checks.judge_ports(section("ports", "30000 free\n8998 busy\n"), [30000, 8998], "h").value == "in use on h: 8998"
-    assert checks.judge_ports(section("ports", "30000 free\n"), [30000], "h").status == OK
-    assert checks.judge_ports(section("ports", "garbage"), [30000], "h").status == FAIL
+    assert checks.judge_ports("30000 free\n8998 busy\n", [30000, 8998], "h").value == "in use on h: 8998"
+    assert checks.judge_ports("module sglang ok 0.5\n30000 free\n", [30000], "h").status == OK
+    assert checks.judge_ports("garbage", [30000], "h").status == FAIL
 
 
 def test_system_facts_from_a_small_container_and_from_busybox():
@@ -286,8 +287,7 @@ def test_the_probe_reads_nics_rdma_and_model_under_the_stand_in_root(root, tmp_p
 def test_fast_mode_leaves_unreadable_gpus_and_uncached_hf_ids_to_the_full_check():
     host = probe.host_plans(plan_of(model_path="org/model"))[Host("10.8.0.82")]
     answers = {"gpu": section("gpu", "", 127), "env": section("env", "python 3.10 /p\nmodule sglang ok 0.5\n"
-                                                                   "model hf-missing 1\n"),
-               "ports": section("ports", "30001 free\n")}
+                                                                   "model hf-missing 1\n30001 free\n")}
     fast = checks.judge_host(host, answers, fast=True)
     assert {c.name: c.status for c in fast.checks} == {"gpu.free": WARN, "sw.engine": OK,
                                                       "model.present": WARN, "net.ports": OK}

@@ -5,16 +5,16 @@ Formats (captured fixtures in tests/fixtures/preflight/):
 
 * ``gpu``: :data:`cluster.gpu.COMMAND` output, parsed and classified by :mod:`cluster.gpu`
   (the gpu-status kinds and health warnings, :mod:`cluster.gpu_health`).
-* ``xid``: kernel log lines ``NVRM: Xid (PCI:0000:3b:00): 79, pid=..., GPU has fallen off
-  the bus.`` (NVIDIA's "Xid Errors" document), after a ``source dmesg|journalctl|none`` line.
 * ``env``: tagged lines (:func:`cluster.preflight.probe.env_script`, where each value is
   read and which format it comes from): ``driver`` from /proc/driver/nvidia/version,
   ``pcie BUS GEN GEN_MAX WIDTH WIDTH_MAX`` from sysfs PCI link attributes, ``nic`` from
   sysfs operstate (``up``, ``down``, ``unknown``), ``addr`` from ``ip -o addr``, ``ib DEV
   PORT STATE`` from sysfs (``4: ACTIVE``, ``1: DOWN``), ``shm`` / ``disk`` from statvfs
   (KiB), ``memlock`` from getrlimit (KiB or ``unlimited``), ``load`` (1-minute, CPUs),
-  ``clock`` (epoch seconds), the model manifest, the versions and the peers.
-* ``ports``: :func:`cluster.serving.scripts.ports_free_command` output (``PORT free|busy``).
+  ``clock`` (epoch seconds), the model manifest, the versions and the peers; ``xidsource
+  kmsg|journalctl|none`` and ``xid LINE`` for kernel log lines ``NVRM: Xid (PCI:0000:3b:00):
+  79, pid=..., GPU has fallen off the bus.`` (NVIDIA's "Xid Errors" document); ``PORT
+  free|busy`` (:func:`cluster.serving.scripts.ports_free_command`).
 
 Every parser takes text and never raises: unexpected output becomes a ``fail`` or ``warn``
 naming what was seen.
@@ -228,11 +228,11 @@ _XID = re.compile(r"NVRM: Xid \(PCI:([0-9A-Fa-f:.]+)\): (\d+)")
 
 
 def parse_xid(text: str) -> tuple[str, list[tuple[str, int]]]:
-    """``(source, [(pci, xid code), ...])`` from the xid section (source ``none`` when the
-    kernel log could not be read)."""
+    """``(source, [(pci, xid code), ...])`` from the ``xidsource`` / ``xid`` lines (source
+    ``none`` when the kernel log could not be read; the last source line wins)."""
     source, found = "none", []
     for line in text.splitlines():
-        if line.startswith("source "):
+        if line.startswith("xidsource "):
             source = line.split()[1] if len(line.split()) > 1 else "none"
             continue
         match = _XID.search(line)
@@ -241,8 +241,8 @@ def parse_xid(text: str) -> tuple[str, list[tuple[str, int]]]:
     return source, found
 
 
-def judge_xid(section: Section | None) -> Check:
-    source, found = parse_xid(section.output if section is not None else "")
+def judge_xid(text: str) -> Check:
+    source, found = parse_xid(text)
     if source == "none":
         return warn(GPU_XID, "kernel log not readable",
                     "allow it (sysctl kernel.dmesg_restrict=0, or the systemd-journal group) to check Xids")
@@ -507,13 +507,13 @@ def judge_ib(text: str, devices: Sequence[str]) -> Check | None:
     return ok(IB, ", ".join(good))
 
 
-def judge_ports(section: Section | None, ports: Sequence[int], bind: str | None) -> Check | None:
+def judge_ports(text: str, ports: Sequence[int], bind: str | None) -> Check | None:
     """net.ports: every planned port is free on the bind address."""
     if not ports:
         return None
     from ..serving.scripts import parse_ports_free
 
-    state = parse_ports_free(section.output if section is not None else "")
+    state = parse_ports_free(text)
     busy = [p for p in ports if state.get(p) is False]
     unknown = [p for p in ports if p not in state]
     if busy:
@@ -646,11 +646,11 @@ def judge_host(plan: Any, answers: Mapping[str, Section], *, fast: bool = False,
     text = env.output if env is not None else ""
     if plan.serves and not fast:
         judge_gpu_info(text, result)
-        result.checks.append(judge_xid(answers.get(probe.XID)))
+        result.checks.append(judge_xid(text))
     facts = judge_env(env, plan, result, fast=fast)
     if plan.serves:
         judge_model(plan.model_path, facts, result, fast=fast)
-    optional = [judge_ports(answers.get(probe.PORTS), plan.ports, plan.bind)]
+    optional = [judge_ports(text, plan.ports, plan.bind)]
     if not fast:
         optional += [judge_nics(facts), judge_ib(text, plan.ib_devices), judge_peers(facts, plan.peers)]
     result.checks.extend(c for c in optional if c is not None)

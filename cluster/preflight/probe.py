@@ -22,7 +22,6 @@ addresses, which ``ip -o addr`` gives on a real host.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -37,9 +36,8 @@ ROOT_ENV = "CLUSTER_PREFLIGHT_ROOT"
 PEER_TIMEOUT_S = 3.0
 IFNAME_VARS = ("NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME")
 
-# Section keys, in the order they run.
-GPU, XID, ENV, PORTS = "gpu", "xid", "env", "ports"
-FAST_SECTIONS = (GPU, ENV, PORTS)
+# Section keys, in the order they run: gpu-status's own query, then everything else.
+GPU, ENV = "gpu", "env"
 
 
 @dataclass(frozen=True)
@@ -152,25 +150,18 @@ def _host_plan(host: Host, entry: dict) -> HostPlan:
 def sections(plan: HostPlan, *, fast: bool = False, deep: bool = False) -> list[tuple[str, str]]:
     """``(key, script)`` parts of one host's round trip; ``fast``: start-pd's subset (GPUs
     free, ports free, env file, engine importable, model present)."""
-    parts: list[tuple[str, str]] = []
-    if plan.serves:
-        parts.append((GPU, gpu.COMMAND))
-        if not fast:
-            parts.append((XID, XID_SCRIPT))
-    parts.append((ENV, env_script(plan, fast=fast, deep=deep)))
-    if plan.ports:
-        parts.append((PORTS, ports_free_command(plan.ports, plan.bind)))
-    return parts
+    parts: list[tuple[str, str]] = [(GPU, gpu.COMMAND)] if plan.serves else []
+    return parts + [(ENV, env_script(plan, fast=fast, deep=deep))]
 
 
-# Kernel log: dmesg when this user may read it (kernel.dmesg_restrict=0), else the journal.
-XID_SCRIPT = (
-    "if out=$(dmesg 2>/dev/null); then echo 'source dmesg'; case $out in *'NVRM: Xid'*) "
-    "printf '%s\\n' \"$out\" | grep 'NVRM: Xid' | tail -n 20;; esac; "
-    "elif [ -n \"$(journalctl -k -b -q --no-pager -n 1 2>/dev/null)\" ]; then echo 'source journalctl'; "
-    "journalctl -k -b -q --no-pager 2>/dev/null | grep -i 'NVRM: Xid' | tail -n 20; "
-    "else echo 'source none'; fi"
+# The kernel log when /dev/kmsg is not readable (kernel.dmesg_restrict=1 and no
+# CAP_SYSLOG): the journal, if this user may read it.
+_XID_JOURNAL = (
+    'case $out in *"xidsource none"*) if [ -n "$(journalctl -k -b -q --no-pager -n 1 2>/dev/null)" ]; then '
+    "echo 'xidsource journalctl'; journalctl -k -b -q --no-pager 2>/dev/null | grep 'NVRM: Xid' | "
+    "tail -n 20 | sed 's/^/xid /'; fi;; esac"
 )
+
 
 # Everything else, in one interpreter, from files (the module docstring). Its output lines
 # are the tags :func:`cluster.preflight.checks.parse_env` reads. Formats read: the
@@ -178,9 +169,15 @@ XID_SCRIPT = (
 # ("NVRM version: NVIDIA UNIX x86_64 Kernel Module  550.54.15  ..."); sysfs PCI attributes
 # vendor/class/current_link_speed ("16.0 GT/s PCIe")/current_link_width/max_* (kernel
 # Documentation/ABI/testing/sysfs-bus-pci), net operstate (sysfs-class-net), infiniband
-# ports/N/state ("4: ACTIVE", drivers/infiniband/core/sysfs.c).
-_PY_PROBE = r"""import json, os, re, sys, time
-a = json.loads(sys.argv[1])
+# ports/N/state ("4: ACTIVE", drivers/infiniband/core/sysfs.c), /dev/kmsg records
+# ("PRI,SEQ,TS,FLAGS;MESSAGE", Documentation/ABI/testing/dev-kmsg), where the Xid lines
+# read "NVRM: Xid (PCI:0000:3b:00): 79, pid=..., GPU has fallen off the bus.".
+_PY_PROBE = r"""import os, sys, time
+A = {"mod": [], "disk": [], "ib": [], "peer": [], "model": [""]}
+for tok in sys.argv[2:]:
+    k, _, v = tok.partition("=")
+    A.setdefault(k, []).append(v)
+full, serves, deep = (c == "1" for c in sys.argv[1])
 R = os.environ.get("CLUSTER_PREFLIGHT_ROOT", "")
 def rd(path):
     try:
@@ -202,7 +199,8 @@ for d in sys.path:
 def ver(dist):
     return dists.get(dist.lower().replace("-", "_"))
 from importlib.util import find_spec
-for mod, dist in a["modules"]:
+for item in A["mod"]:
+    mod, _, dist = item.partition(",")
     try:
         found = find_spec(mod) is not None
     except Exception:
@@ -230,7 +228,7 @@ def model(d):
     print("model files", len(items), sum(s for _, s in items))
     print("model manifest %08x-%d" % (zlib.crc32(text), len(text)))
     print("model config", "yes" if os.path.isfile(os.path.join(d, "config.json")) else "no")
-    if a["deep"]:
+    if deep:
         import hashlib
         h = hashlib.sha256()
         for name, _ in items:
@@ -238,8 +236,8 @@ def model(d):
                 with open(os.path.join(d, name), "rb") as f:
                     h.update(name.encode() + b"\0" + hashlib.sha256(f.read()).digest())
         print("model deep", h.hexdigest()[:16])
-m = a["model"]
-if m and m.startswith(("/", "~", ".")):
+m = A["model"][-1]
+if m.startswith(("/", "~", ".")):
     d = R + os.path.expanduser(m) if m.startswith(("/", "~")) else m
     if os.path.isdir(d):
         print("model dir")
@@ -263,41 +261,64 @@ elif m:
         model(os.path.join(base, "snapshots", ref))
     else:
         print("model hf-missing", os.environ.get("HF_HUB_OFFLINE", ""))
-if a["full"]:
-    print("torch", ver("torch") or "-")
-    c = ver("nvidia_cuda_runtime_cu12") or ver("nvidia_cuda_runtime_cu11")
+if full:
     tv = ver("torch")
+    print("torch", tv or "-")
+    c = ver("nvidia_cuda_runtime_cu12") or ver("nvidia_cuda_runtime_cu11")
     if c:
         c = ".".join(c.split(".")[:2])
     elif tv and "+cu" in tv:
         d = tv.split("+cu")[1]
         c = d[:-1] + "." + d[-1:] if d.isdigit() and len(d) > 1 else None
     print("cuda", c or "-")
-    if a["serves"]:
-        nv = re.search(r"Kernel Module\s+(?:for \S+\s+)?([0-9][0-9.]*)", rd("/proc/driver/nvidia/version") or "")
-        print("driver", nv.group(1) if nv else "-")
-        GEN = {"2.5": 1, "5.0": 2, "8.0": 3, "16.0": 4, "32.0": 5, "64.0": 6}
-        pci = "/sys/bus/pci/devices"
+if full and serves:
+    try:
+        fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        fd = None
+    print("xidsource", "none" if fd is None else "kmsg")
+    xids = []
+    while fd is not None:
         try:
-            buses = sorted(os.listdir(R + pci))
+            rec = os.read(fd, 8192)
+        except BlockingIOError:
+            break
         except OSError:
-            buses = []
-        for b in buses:
-            if rd(f"{pci}/{b}/vendor") != "0x10de" or not (rd(f"{pci}/{b}/class") or "").startswith("0x03"):
-                continue
-            g = [GEN.get((rd(f"{pci}/{b}/{k}_link_speed") or "-").split()[0], "-") for k in ("current", "max")]
-            w = [rd(f"{pci}/{b}/{k}_link_width") or "-" for k in ("current", "max")]
-            print("pcie", b, g[0], g[1], w[0], w[1])
-        try:
-            sv = os.statvfs("/dev/shm")
-            print("shm", sv.f_blocks * sv.f_frsize // 1024, sv.f_bavail * sv.f_frsize // 1024)
-        except OSError:
-            print("shm")
-        import resource
-        soft = resource.getrlimit(resource.RLIMIT_MEMLOCK)[0]
-        print("memlock", "unlimited" if soft == resource.RLIM_INFINITY else soft // 1024)
-    for label, path, rooted in a["disks"]:
-        d = (R if rooted else "") + os.path.expanduser(path)
+            continue
+        if not rec:
+            break
+        if b"NVRM: Xid" in rec:
+            xids.append(rec.decode("utf-8", "replace").split(";", 1)[-1].strip())
+    if fd is not None:
+        os.close(fd)
+    for line in xids[-20:]:
+        print("xid", line)
+    words = (rd("/proc/driver/nvidia/version") or "").split("Kernel Module", 1)[-1].split()
+    print("driver", next((w for w in words[:4] if w[:1].isdigit()), "-"))
+    GEN = {"2.5": 1, "5.0": 2, "8.0": 3, "16.0": 4, "32.0": 5, "64.0": 6}
+    pci = "/sys/bus/pci/devices"
+    try:
+        buses = sorted(os.listdir(R + pci))
+    except OSError:
+        buses = []
+    for b in buses:
+        if rd(f"{pci}/{b}/vendor") != "0x10de" or not (rd(f"{pci}/{b}/class") or "").startswith("0x03"):
+            continue
+        g = [GEN.get((rd(f"{pci}/{b}/{k}_link_speed") or "-").split()[0], "-") for k in ("current", "max")]
+        w = [rd(f"{pci}/{b}/{k}_link_width") or "-" for k in ("current", "max")]
+        print("pcie", b, g[0], g[1], w[0], w[1])
+    try:
+        sv = os.statvfs("/dev/shm")
+        print("shm", sv.f_blocks * sv.f_frsize // 1024, sv.f_bavail * sv.f_frsize // 1024)
+    except OSError:
+        print("shm")
+    import resource
+    soft = resource.getrlimit(resource.RLIMIT_MEMLOCK)[0]
+    print("memlock", "unlimited" if soft == resource.RLIM_INFINITY else soft // 1024)
+if full:
+    for item in A["disk"]:
+        label, rooted, path = item.split(",", 2)
+        d = (R if rooted == "1" else "") + os.path.expanduser(path)
         while d not in ("", "/") and not os.path.exists(d):
             d = os.path.dirname(d)
         try:
@@ -309,10 +330,10 @@ if a["full"]:
         print("load", os.getloadavg()[0], os.cpu_count())
     except OSError:
         pass
-    names = {os.environ.get(v, "") for v in ("NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME")}
-    for v in ("NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME"):
-        print("ifname", v, os.environ.get(v, ""))
-    if names - {""}:
+    names = [os.environ.get(v, "") for v in ("NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME")]
+    print("ifname NCCL_SOCKET_IFNAME", names[0])
+    print("ifname GLOO_SOCKET_IFNAME", names[1])
+    if any(names):
         net = "/sys/class/net"
         try:
             nics = sorted(os.listdir(R + net))
@@ -322,36 +343,48 @@ if a["full"]:
             print("nic", n, rd(f"{net}/{n}/operstate") or "unknown")
             for addr in (rd(f"{net}/{n}/addresses") or "").split() if R else ():
                 print("addr", n, addr)
-    for dev in a["ib"]:
-        ports = R + f"/sys/class/infiniband/{dev}/ports"
+    for dev in A["ib"]:
         try:
-            found = sorted(os.listdir(ports))
+            found = sorted(os.listdir(R + f"/sys/class/infiniband/{dev}/ports"))
         except OSError:
-            found = None
-        if found is None:
             print("ib", dev, "-", "missing")
-        for p in found or ():
+            continue
+        for p in found:
             print("ib", dev, p, rd(f"/sys/class/infiniband/{dev}/ports/{p}/state") or "unknown")
-    if a["peers"]:
-        import socket, threading
-        res = {}
-        def con(h, p):
+    if A["peer"]:
+        # Non-blocking connects, all at once; refused counts as reached (the port is free).
+        import errno, select, socket
+        res, socks, poll = {}, {}, select.poll()
+        for item in A["peer"]:
+            h, _, p = item.rpartition(",")
             try:
-                socket.create_connection((h, p), timeout=a["t"]).close()
-                res[(h, p)] = "ok"
-            except ConnectionRefusedError:
-                res[(h, p)] = "ok"
-            except socket.timeout:
-                res[(h, p)] = "timeout"
+                fam, _, _, _, addr = socket.getaddrinfo(h, int(p), type=socket.SOCK_STREAM)[0]
+                s = socket.socket(fam, socket.SOCK_STREAM)
+                s.setblocking(False)
+                rc = s.connect_ex(addr)
             except OSError as e:
-                res[(h, p)] = "error:" + (e.strerror or type(e).__name__).replace(" ", "_")
-        ts = [threading.Thread(target=con, args=(h, p)) for h, p in a["peers"]]
-        for x in ts:
-            x.start()
-        for x in ts:
-            x.join()
-        for h, p in a["peers"]:
-            print("peer", h, p, res.get((h, p), "error:no-answer"))
+                res[item] = "error:" + (e.strerror or "?").replace(" ", "_")
+                continue
+            if rc in (errno.EINPROGRESS, errno.EWOULDBLOCK):
+                socks[s.fileno()] = (s, item)
+                poll.register(s, select.POLLOUT)
+                continue
+            res[item] = "ok" if rc in (0, errno.ECONNREFUSED) else "error:" + os.strerror(rc).replace(" ", "_")
+            s.close()
+        end = time.time() + float(A["t"][-1])
+        while socks and time.time() < end:
+            for fd, _ in poll.poll(max(0.0, end - time.time()) * 1000):
+                s, item = socks.pop(fd)
+                poll.unregister(fd)
+                rc = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                res[item] = "ok" if rc in (0, errno.ECONNREFUSED) else "error:" + os.strerror(rc).replace(" ", "_")
+                s.close()
+        for s, item in socks.values():
+            res[item] = "timeout"
+            s.close()
+        for item in A["peer"]:
+            h, _, p = item.rpartition(",")
+            print("peer", h, p, res.get(item, "error:no-answer"))
     print("clock", repr(time.time()))
 """
 
@@ -364,8 +397,10 @@ def env_script(plan: HostPlan, *, fast: bool = False, deep: bool = False) -> str
 
     Output lines: ``envfile RC|missing``, ``envout TEXT``, ``cmd NAME PATH|-``, ``addr IF
     ADDRESS``, then the probe's: ``python``, ``module``, ``torch``, ``cuda``, ``driver``,
-    ``pcie``, ``shm``, ``memlock``, ``disk``, ``load``, ``ifname``, ``nic``, ``ib``,
-    ``model``, ``peer``, ``clock``. Contains the env in clear: run it on stdin, never print it.
+    ``pcie``, ``xidsource``, ``xid``, ``shm``, ``memlock``, ``disk``, ``load``, ``ifname``,
+    ``nic``, ``ib``, ``model``, ``peer``, ``clock``; the journal's Xid lines when /dev/kmsg
+    was not readable; then ``PORT free|busy`` per planned port. Contains the env in clear:
+    run it on stdin, never print it.
     """
     lines = ['R="${%s:-}"' % ROOT_ENV]
     if plan.env_file:
@@ -385,18 +420,32 @@ def env_script(plan: HostPlan, *, fast: bool = False, deep: bool = False) -> str
     if not fast:
         lines.append('if [ -z "$R" ] && [ -n "${NCCL_SOCKET_IFNAME-}${GLOO_SOCKET_IFNAME-}" ]; then '
                      "ip -o addr show 2>/dev/null | awk '{sub(/@.*/, \"\", $2); print \"addr\", $2, $4}'; fi")
-    disks = [["run", plan.run_dir, False]]
-    if plan.model_path and plan.model_path.startswith(("/", "~")):
-        disks.append(["model", plan.model_path, True])
-    args = {"modules": [list(m) for m in plan.modules], "model": plan.model_path if plan.serves else None,
-            "deep": deep, "full": not fast, "serves": plan.serves, "disks": disks,
-            "ib": list(plan.ib_devices), "t": PEER_TIMEOUT_S,
-            "peers": [] if fast else [list(p) for p in plan.peers]}
     python = shell.quote(plan.python)
-    lines.append(f"if command -v {python} >/dev/null 2>&1; then {python} -c {shell.quote(_PY_PROBE)} "
-                 f"{shell.quote(json.dumps(args, separators=(',', ':')))} < /dev/null 2>&1; "
-                 "else echo 'python -'; fi")
+    lines.append(f"if command -v {python} >/dev/null 2>&1; then out=$({python} -c {shell.quote(_PY_PROBE)} "
+                 f"{shell.join(probe_args(plan, fast=fast, deep=deep))} < /dev/null 2>&1); "
+                 "else out='python -'; fi; printf '%s\\n' \"$out\"")
+    if plan.serves and not fast:
+        lines.append(_XID_JOURNAL)
+    if plan.ports:
+        lines.append(ports_free_command(plan.ports, plan.bind))
     return "\n".join(lines) + "\n"
+
+
+def probe_args(plan: HostPlan, *, fast: bool = False, deep: bool = False) -> list[str]:
+    """:data:`_PY_PROBE`'s arguments: the flags ``full serves deep`` as ``0``/``1``, then
+    ``mod=MODULE,DIST``, ``model=PATH``, ``disk=LABEL,ROOTED,PATH``, ``ib=DEV``,
+    ``peer=HOST,PORT``, ``t=SECONDS`` (no json: its import costs more than the parsing)."""
+    flags = "".join("1" if f else "0" for f in (not fast, plan.serves, deep))
+    args = [flags, f"t={PEER_TIMEOUT_S:g}", *(f"mod={m},{d}" for m, d in plan.modules)]
+    if plan.model_path and plan.serves:
+        args.append(f"model={plan.model_path}")
+    args.append(f"disk=run,0,{plan.run_dir}")
+    if plan.model_path and plan.model_path.startswith(("/", "~")):
+        args.append(f"disk=model,1,{plan.model_path}")
+    args += [f"ib={d}" for d in plan.ib_devices]
+    if not fast:
+        args += [f"peer={h},{p}" for h, p in plan.peers]
+    return args
 
 
 def work(plans: Mapping[Host, HostPlan], *, fast: bool = False, deep: bool = False
