@@ -198,7 +198,11 @@ for d in sys.path:
             dists.setdefault(k.lower().replace("-", "_"), v.split("-")[0])
 def ver(dist):
     return dists.get(dist.lower().replace("-", "_"))
-from importlib.util import find_spec
+def find_spec(mod):  # importlib.util.find_spec for a top-level name, without its imports
+    for finder in sys.meta_path:
+        spec = getattr(finder, "find_spec", lambda *a: None)(mod, None)
+        if spec is not None:
+            return spec
 for item in A["mod"]:
     mod, _, dist = item.partition(",")
     try:
@@ -353,12 +357,14 @@ if full:
             print("ib", dev, p, rd(f"/sys/class/infiniband/{dev}/ports/{p}/state") or "unknown")
     if A["peer"]:
         # Non-blocking connects, all at once; refused counts as reached (the port is free).
-        import errno, select, socket
+        # _socket, not socket: socket.py's enums cost more than all the connects.
+        import _socket as socket
+        import errno, select
         res, socks, poll = {}, {}, select.poll()
         for item in A["peer"]:
             h, _, p = item.rpartition(",")
             try:
-                fam, _, _, _, addr = socket.getaddrinfo(h, int(p), type=socket.SOCK_STREAM)[0]
+                fam, _, _, _, addr = socket.getaddrinfo(h, int(p), 0, socket.SOCK_STREAM)[0]
                 s = socket.socket(fam, socket.SOCK_STREAM)
                 s.setblocking(False)
                 rc = s.connect_ex(addr)
@@ -367,7 +373,7 @@ if full:
                 continue
             if rc in (errno.EINPROGRESS, errno.EWOULDBLOCK):
                 socks[s.fileno()] = (s, item)
-                poll.register(s, select.POLLOUT)
+                poll.register(s.fileno(), select.POLLOUT)
                 continue
             res[item] = "ok" if rc in (0, errno.ECONNREFUSED) else "error:" + os.strerror(rc).replace(" ", "_")
             s.close()

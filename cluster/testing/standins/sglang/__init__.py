@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING
 
+TYPE_CHECKING = False  # not typing's: importing typing costs more than the rest of this file
 if TYPE_CHECKING:
     from types import ModuleType
 
