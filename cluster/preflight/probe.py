@@ -411,9 +411,10 @@ def env_script(plan: HostPlan, *, fast: bool = False, deep: bool = False) -> str
     lines = ['R="${%s:-}"' % ROOT_ENV]
     if plan.env_file:
         env_file = shell.path(plan.env_file)
-        # Sourced once in a child shell first: an env file that exits must not end the check.
+        # Sourced once in the command substitution's subshell first: an env file that exits
+        # must not end the check; then, when it succeeded, here for its variables.
         lines.append(
-            f"if [ -f {env_file} ]; then out=$( ( . {env_file} ) 2>&1 < /dev/null ); rc=$?; "
+            f"if [ -f {env_file} ]; then out=$( . {env_file} 2>&1 < /dev/null ); rc=$?; "
             'echo "envfile $rc"; '
             f"if [ $rc = 0 ]; then . {env_file} >/dev/null 2>&1 < /dev/null; "
             "else printf '%s\\n' \"$out\" | tail -n 3 | sed 's/^/envout /'; fi; "
