@@ -7,8 +7,8 @@ knows what the process is. The discipline, in one place:
   (the record), ``.pid`` (``PID START RUN_ID``), ``.exit`` (the exit code), ``.log``;
   ``<slot>.lock`` serialises launches into one slot. The run id in every name keeps
   runs from overwriting each other's files (run dirs are often on shared NFS homes).
-  Scripts run under ``umask 077``: files 0600; the run dir is created 0700 (an existing
-  one of ours is narrowed to 0700; one owned by someone else is left alone).
+  Scripts run under ``umask 077``: files 0600, a new run dir 0700 (an existing one keeps
+  its mode: it may be shared on purpose).
 * **Record before launch** (:func:`launch_lines`): under the slot lock (``flock``), refuse
   when a live process of the slot is recorded, write the record with state ``starting``,
   then start ``setsid`` a small ``sh`` wrapper (pgid = its pid) that writes the pid file
@@ -181,13 +181,13 @@ def functions(marker_env: str) -> str:
 
 
 def run_dir_lines(run_dir: str) -> list[str]:
-    """``umask 077`` and the run dir created (0700; exit 4 when it cannot be)."""
+    """``umask 077`` and the run dir created (0700, parents too; exit 4 when it cannot be).
+    An existing run dir keeps its mode: it may be shared on purpose (its files are 0600)."""
     d = shell.path(run_dir)
     no_dir = shell.quote(f"cannot create run dir: {run_dir}")
     return [
         "umask 077",
         f"mkdir -p {d} 2>/dev/null && [ -d {d} ] && [ -w {d} ] || {{ echo {no_dir} >&2; exit {EXIT_RUN_DIR}; }}",
-        f"if [ -O {d} ]; then chmod 700 {d} 2>/dev/null; fi",
     ]
 
 

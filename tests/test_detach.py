@@ -170,9 +170,14 @@ def test_run_dir_that_cannot_be_created(tmp_path):
     assert out.returncode == detach.EXIT_RUN_DIR and "cannot create run dir" in out.stderr
 
 
-def test_run_dir_of_someone_else_is_not_narrowed(tmp_path):
-    # `chmod 700` only on a directory we own: checked on the text (tests may run as root).
-    assert any("[ -O " in line and "chmod 700" in line for line in detach.run_dir_lines("/shared/run"))
+def test_an_existing_run_dir_keeps_its_mode(tmp_path, reap):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # a team's run dir: not narrowed, but the files are 0600
+    j = Job(str(shared), "s-1", "20260101-000000-ab12", ("sleep", "300"), MARKER)
+    reap.append(launch(j).pgid)
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o777
+    assert stat.S_IMODE(os.stat(j.record_path).st_mode) == 0o600
 
 
 # --------------------------------------------------------------------------- pure
