@@ -112,7 +112,7 @@ class Job:
 
     @property
     def base(self) -> str:
-        return f"{self.run_dir.rstrip('/') or '/'}/{self.slot}@{self.run_id}"
+        return base_path(self.run_dir, self.slot, self.run_id)
 
     @property
     def record_path(self) -> str:
@@ -133,6 +133,11 @@ class Job:
     @property
     def lock_path(self) -> str:
         return f"{self.run_dir.rstrip('/') or '/'}/{self.slot}.lock"
+
+
+def base_path(run_dir: str, slot: str, run_id: str) -> str:
+    """``<run_dir>/<slot>@<run_id>``: the files of one run of one slot add a suffix."""
+    return f"{run_dir.rstrip('/') or '/'}/{slot}@{run_id}"
 
 
 # --------------------------------------------------------------------------- shell functions
@@ -215,19 +220,21 @@ def _wrapper(job: Job) -> str:
     ])
 
 
-def launch_lines(job: Job, *, prelude: Sequence[str] = (), doc: str = "null",
-                 refuse_running: bool = True) -> list[str]:
+def launch_lines(job: Job, *, checks: Sequence[str] = (), prelude: Sequence[str] = (), doc: str = "null",
+                 refuse_running: bool = True, display: bool = False) -> list[str]:
     """Shell lines that launch ``job`` detached; the last stdout line is
     ``DETACHED PID START`` (parse: :func:`parse_launch`).
 
-    Order: run dir (exit 4), slot lock + no live process of the slot (exit 5, naming
-    its run id and pid), record ``starting``, ``prelude`` (the caller's checks and
-    exports: they run after the record is written only when they cannot start
-    anything), the marker exported, the start, the pid file awaited, record ``running``.
-    ``doc`` = the caller's JSON stored in the record (no secrets!). Put the whole text on
-    the host's stdin (:func:`cluster.shell.run_script`): exports may hold secrets.
+    Order: run dir (exit 4), slot lock and no verified-live process of the slot (exit 5,
+    naming its run id and pid), ``checks`` (the caller's, with their own exit codes), the
+    record ``starting``, ``prelude`` (sourcing, exports, more checks: a failure there
+    removes the record again), the marker exported, the start, the pid file awaited,
+    the record ``running`` with pid and start time. ``doc`` = the caller's JSON kept in
+    the record (no secrets!). ``display``: secret option values masked in argv (what a
+    dry run prints). Put the text on the host's stdin (:func:`cluster.shell.run_script`):
+    exports may hold secrets.
     """
-    log, lock = shell.path(job.log), shell.path(job.lock_path)
+    log, lock, record = shell.path(job.log), shell.path(job.lock_path), shell.path(job.record_path)
     lines = [functions(job.marker_env), *run_dir_lines(job.run_dir),
              # An interrupted controller closes the channel: finish writing what was started.
              "trap '' INT TERM HUP PIPE",
@@ -236,16 +243,20 @@ def launch_lines(job: Job, *, prelude: Sequence[str] = (), doc: str = "null",
              f"echo {shell.quote(f'another launch holds the slot lock {job.lock_path}')} >&2; "
              f"exit {EXIT_ALREADY_RUNNING}; fi"]
     if refuse_running:
-        lines.append(_running_check(job))
+        lines += running_lines(job.run_dir, job.slot)
+    lines += list(checks)
     lines.append(_write_record(job, STARTING, doc))
+    lines.append(f"trap 'rm -f {record}' EXIT")
     lines += list(prelude)
     lines.append(f"export {job.marker_env}={job.run_id}")
     lines.append(f"rm -f {shell.path(job.pid_path)} {shell.path(job.exit_path)}")
+    argv = shell.display_argv(job.argv) if display else shell.join(job.argv)
     # The ignored signals would be inherited across exec: restored in the forked subshell.
     lines.append(f"( trap - INT TERM HUP PIPE; exec setsid sh -c {shell.quote(_wrapper(job))} detached "
-                 f"{shell.join(job.argv)} >> {log} 2>&1 < /dev/null 9>&- ) &")
+                 f"{argv} >> {log} 2>&1 < /dev/null 9>&- ) &")
     pidfile = shell.path(job.pid_path)
     lines += [
+        "trap - EXIT",
         f"i=0; while [ ! -s {pidfile} ] && [ $i -lt {_LAUNCH_WAIT_TICKS} ]; do sleep 0.02; i=$((i+1)); done",
         f"read -r pid start rid < {pidfile} 2>/dev/null || {{ pid=$!; start=null; }}",
         'case "$start" in ""|*[!0-9]*) start=null;; esac',
@@ -255,20 +266,36 @@ def launch_lines(job: Job, *, prelude: Sequence[str] = (), doc: str = "null",
     return lines
 
 
-def _running_check(job: Job) -> str:
-    """Exit 5 when a pid file of the slot (any run) names a process that verifies alive."""
-    glob = f"{shell.path(job.run_dir.rstrip('/') or '/')}/{job.slot}@*.pid"
-    return "\n".join([
+def running_lines(run_dir: str, slot: str, *, refuse: bool = True) -> list[str]:
+    """Lines (after :func:`functions`) looking for a verified-live process of ``slot`` in
+    any run: ``refuse`` exits 5 naming it; otherwise prints ``RUNNING PGID START RUN_ID``
+    per live one and sets ``$running`` (parse: :func:`parse_running`)."""
+    glob = f"{shell.path(run_dir.rstrip('/') or '/')}/{check_word(slot, 'slot')}@*.pid"
+    found = (f'    echo "already running: run $orid, process group $op (pid file $f)" >&2; exit {EXIT_ALREADY_RUNNING}'
+             if refuse else '    echo "RUNNING $op ${ost:--} $orid"; running=1')
+    return [
+        "running=''",
         f"for f in {glob}; do",
         '  [ -f "$f" ] || continue',
         '  read -r op ost orid < "$f" 2>/dev/null || continue',
         '  case "$op" in ""|*[!0-9]*) continue;; esac',
         '  [ "$op" -gt 1 ] || continue',
         '  if [ "$(verdict "$op" "${ost:--}" "${orid:-none}")" = ok ]; then',
-        f'    echo "already running: run $orid, process group $op (pid file $f)" >&2; exit {EXIT_ALREADY_RUNNING}',
+        found,
         "  fi",
         "done",
-    ])
+    ]
+
+
+def parse_running(stdout: str) -> list[Identity]:
+    """The identities of the ``RUNNING`` lines of :func:`running_lines` (report mode)."""
+    found = []
+    for line in stdout.splitlines():
+        if line.startswith("RUNNING "):
+            ident = parse_pid_file(line[len("RUNNING "):])
+            if ident is not None:
+                found.append(ident)
+    return found
 
 
 def launch_script(job: Job, **kwargs: object) -> str:
@@ -410,10 +437,9 @@ class Found:
     code: int | None = None    # exit code (state exited)
 
 
-def status_script(run_dir: str, pattern: str = "*", marker_env: str = "CLUSTER_RUN_ID") -> str:
-    """Shell text reporting every record ``<run_dir>/<pattern>@*.json`` with the state of
-    its process, verified (parse: :func:`parse_status`). ``pattern`` is a glob over slot
-    names (``[A-Za-z0-9._*?-]`` only)."""
+def _each_record(run_dir: str, pattern: str, marker_env: str, body: Sequence[str]) -> str:
+    """Loop over ``<run_dir>/<pattern>@*.json`` setting ``$f`` (the record), ``$b`` (its
+    base), ``$pidline`` and ``$state`` (``running``, ``exited CODE``...), then ``body``."""
     if not re.match(r"^[A-Za-z0-9._*?\[\]-]+$", pattern):
         raise ValueError(f"bad slot pattern {pattern!r}")
     d = shell.path(run_dir.rstrip("/") or "/")
@@ -422,19 +448,54 @@ def status_script(run_dir: str, pattern: str = "*", marker_env: str = "CLUSTER_R
         f"for f in {d}/{pattern}@*.json; do",
         '  [ -f "$f" ] || continue',
         '  b=${f%.json}',
-        '  echo "@@record $f"',
-        '  printf "json %s\\n" "$(tr -d "\\n" < "$f" 2>/dev/null)"',
         '  if read -r p s r < "$b.pid" 2>/dev/null; then',
-        '    echo "pid $p $s $r"',
+        '    pidline="$p $s $r"',
         '    case "$p" in ""|*[!0-9]*) v=gone;; *) v=$(verdict "$p" "${s:--}" "${r:-none}");; esac',
-        '    if [ "$v" = ok ]; then echo "state running"',
-        '    elif [ "$v" = reused ]; then echo "state reused"',
-        '    elif read -r c < "$b.exit" 2>/dev/null; then echo "state exited $c"',
-        '    else echo "state vanished"; fi',
-        '  else echo "state not-started"; fi',
+        '    if [ "$v" = ok ]; then state=running',
+        '    elif [ "$v" = reused ]; then state=reused',
+        '    elif read -r c < "$b.exit" 2>/dev/null; then state="exited $c"',
+        '    else state=vanished; fi',
+        '  else pidline=""; state=not-started; fi',
+        *("  " + line for line in body),
         "done",
         "true",
     ]) + "\n"
+
+
+def status_script(run_dir: str, pattern: str = "*", marker_env: str = "CLUSTER_RUN_ID") -> str:
+    """Shell text reporting every record ``<run_dir>/<pattern>@*.json`` with the state of
+    its process, verified (parse: :func:`parse_status`). ``pattern`` is a glob over slot
+    names (``[A-Za-z0-9._*?-]`` and brackets only)."""
+    return _each_record(run_dir, pattern, marker_env, [
+        'echo "@@record $f"',
+        'printf "json %s\\n" "$(tr -d "\\n" < "$f" 2>/dev/null)"',
+        'if [ -n "$pidline" ]; then echo "pid $pidline"; fi',
+        'echo "state $state"',
+    ])
+
+
+def prune_script(run_dir: str, pattern: str = "*", marker_env: str = "CLUSTER_RUN_ID",
+                 keep: Iterable[str] = (), unstarted_after_min: int = 10) -> str:
+    """Shell text removing the record, pid and exit files (logs are kept) of every record
+    ``<run_dir>/<pattern>@*.json`` whose process is not running (exited, vanished, pid
+    reused), and of records that never got a pid once older than ``unstarted_after_min``
+    minutes (younger ones may be a launch in progress). ``keep``: record paths left alone.
+    Prints ``PRUNED <record path>`` per record removed (parse: :func:`parse_pruned`)."""
+    skip = " | ".join(shell.quote(k) for k in keep)
+    body = [f'case "$f" in {skip}) continue;; esac'] if skip else []
+    body += [
+        'case "$state" in',
+        "  running) continue;;",
+        f'  not-started) [ -n "$(find "$f" -mmin +{int(unstarted_after_min)} 2>/dev/null)" ] || continue;;',
+        "esac",
+        'rm -f "$f" "$b.pid" "$b.exit" && echo "PRUNED $f"',
+    ]
+    return _each_record(run_dir, pattern, marker_env, body)
+
+
+def parse_pruned(stdout: str) -> list[str]:
+    """The record paths :func:`prune_script` removed."""
+    return [line[len("PRUNED "):].strip() for line in stdout.splitlines() if line.startswith("PRUNED ")]
 
 
 def parse_status(stdout: str) -> list[Found]:
@@ -454,11 +515,3 @@ def parse_status(stdout: str) -> list[Found]:
             blocks[-1]["state"] = state if state in (RUNNING, EXITED, VANISHED, REUSED, NOT_STARTED) else VANISHED
             blocks[-1]["code"] = int(code) if code.lstrip("-").isdigit() else None
     return [Found(**b) for b in blocks]  # type: ignore[arg-type]
-
-
-def remove_script(jobs_or_bases: Iterable[str]) -> str:
-    """Shell text removing the record, pid and exit files of each ``<run_dir>/<slot>@<run_id>``
-    base (logs are kept). Used to prune stale records."""
-    lines = [f"rm -f {shell.path(b + '.json')} {shell.path(b + '.pid')} {shell.path(b + '.exit')}"
-             for b in dict.fromkeys(jobs_or_bases)]
-    return "\n".join(lines + ["true"]) + "\n"

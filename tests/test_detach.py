@@ -82,6 +82,12 @@ def test_launch_records_first_then_identity_and_refuses_a_second(tmp_path, reap,
     assert not os.path.exists(other.record_path)
 
 
+def test_a_failing_prelude_removes_the_record_and_starts_nothing(tmp_path):
+    j = job(tmp_path)
+    out = run(detach.launch_script(j, prelude=["exit 7"]))
+    assert out.returncode == 7 and not os.path.exists(j.record_path) and not os.path.exists(j.pid_path)
+
+
 def test_record_says_starting_before_the_process_exists(tmp_path, reap):
     j = job(tmp_path)
     # The prelude runs after the record is written: it sees it, with state starting.
@@ -156,10 +162,14 @@ def test_exit_code_and_not_started(tmp_path):
     assert (found[j.record_path].state, found[j.record_path].code) == (detach.EXITED, 3)
     assert found[j.record_path].identity == ident
     assert found[never.record_path].state == detach.NOT_STARTED
-    assert run(detach.remove_script([j.base, never.base])).returncode == 0
-    assert sorted(os.listdir(j.run_dir)) == sorted([os.path.basename(j.log), os.path.basename(never.log)]
-                                                   )[:0] + sorted(n for n in os.listdir(j.run_dir))
-    assert not any(n.endswith((".json", ".pid", ".exit")) for n in os.listdir(j.run_dir))
+    # prune: the exited one goes; the young never-started one stays (a launch in progress?)
+    pruned = run(detach.prune_script(j.run_dir, marker_env=MARKER))
+    assert detach.parse_pruned(pruned.stdout) == [j.record_path]
+    assert os.path.exists(j.log) and not os.path.exists(j.pid_path) and not os.path.exists(j.exit_path)
+    assert os.path.exists(never.record_path)
+    old = time.time() - 3600
+    os.utime(never.record_path, (old, old))
+    assert detach.parse_pruned(run(detach.prune_script(j.run_dir, marker_env=MARKER)).stdout) == [never.record_path]
 
 
 def test_run_dir_that_cannot_be_created(tmp_path):
@@ -218,7 +228,7 @@ def test_parsers_on_captured_and_broken_output():
     stop = ("VERDICT 10 ok\nPIDS 10 10 11\nKILL 10 11\nDONE 10 kill 31\nALIVE 10 11\n"
             "VERDICT 20 reused\nPIDS 20 20\nVERDICT 30 gone\nVERDICT 40 maybe\nPIDS x\nDONE 10\n")
     parsed = detach.parse_stop(stop)
-    assert parsed[10] == detach.GroupStop("ok", (10, 11), (11,), "kill", None, (11,)) or parsed[10].seconds == 31
+    assert parsed[10] == detach.GroupStop("ok", (10, 11), (11,), "kill", 31, (11,))
     assert parsed[10].pids == (10, 11) and parsed[10].alive == (11,) and parsed[10].how == "kill"
     assert parsed[20].verdict == "reused" and parsed[30] == detach.GroupStop("gone")
     assert 40 not in parsed
@@ -237,8 +247,7 @@ def test_scripts_are_posix_sh():
     # dash -n: parse only; the stop/status/launch text must not need bash.
     j = Job("/tmp/x", "s-1", "r-1", ("true",))
     for script in (detach.launch_script(j), detach.stop_script([Identity(5, 6, "r-1")]),
-                   detach.status_script("/tmp/x"), detach.remove_script([j.base])):
-        assert run(script.replace("\n", "\n", 1), "sh").returncode is not None
+                   detach.status_script("/tmp/x"), detach.prune_script("/tmp/x", keep=["/tmp/x/a@b.json"])):
         checked = subprocess.run(["sh", "-n"], input=script, capture_output=True, text=True)
         assert checked.returncode == 0, checked.stderr
 
