@@ -338,7 +338,7 @@ class HostSession:
         return self._run_remote(command, timeout, stdin)
 
     def _run_local(self, command: str, timeout: float | None, stdin: str | None) -> CommandResult:
-        in_stream = io.StringIO(stdin) if stdin is not None else False
+        in_stream = _WholeInput(stdin) if stdin is not None else False
         result = self.engine.local_context.run(
             command, hide=True, warn=True, in_stream=in_stream, timeout=timeout
         )
@@ -389,6 +389,14 @@ class HostSession:
         finally:
             channel.close()
         return CommandResult(command, "", err, code)
+
+
+class _WholeInput(io.StringIO):
+    """stdin for invoke's local runner: handed over in one read (invoke reads a pipe's
+    input one byte per 10 ms loop: a 5 KB launch script took 50 s)."""
+
+    def read(self, size: int | None = -1) -> str:
+        return super().read()
 
 
 # How often an idle transport thread wakes once the handshake is over (paramiko: 0.1 s).
