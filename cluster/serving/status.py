@@ -169,8 +169,11 @@ def judge_status(record: ServerRecord, probe: ProbeResult | None, *,
     record.listening = record.port in probe.listening if record.is_api else None
     if record.is_router and probe.body:
         record.workers = parse_workers(probe.body)
+    if probe.verdict != detach.OK:
+        # Nothing of it runs: what answers on its port is someone else.
+        record.health = record.listening = None
     if probe.verdict == detach.REUSED:
-        record.status, record.alive, record.listening = PID_REUSED, False, None
+        record.status, record.alive = PID_REUSED, False
         if _stale(record, current):
             return _stale_failure(record)
         return Failure(NOT_RUNNING, f"{record.label}: its process is gone; process group {record.pid} "
