@@ -18,19 +18,12 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import process_alive
 from test_pd_lifecycle import DECODES, PD, PREFILL, REPO, _wait, processes_of
 
 from cluster.serving.records import Manifest
 
 SECRET = "hf-auth-value-7c1d9e"
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def run_ids_on_disk(pd: PD) -> set[str]:
@@ -106,7 +99,7 @@ def test_a_reused_pid_is_reported_and_never_signalled(fleet, make_pd):
             code, stop = pd.cli_json("stop-pd", "--grace", "1", "--sweep", sweep)
             host = next(e for e in stop["hosts"] if e["host"] == PREFILL)
             assert host["pid_reused"] == [other] and other not in host["stopped_pids"], host
-            assert alive(other), f"stop-pd --sweep {sweep} killed an unrelated process"
+            assert process_alive(other), f"stop-pd --sweep {sweep} killed an unrelated process"
     finally:
         subprocess.run(fleet.ssh_command(PREFILL) + [f"kill -9 {other}"], timeout=30)
 
@@ -142,7 +135,7 @@ def test_ctrl_c_during_start_leaves_every_server_findable_and_stoppable(make_pd,
     if running:
         code, status = pd.cli_json("pd-status")
         listed = {e["pid"] for e in status["hosts"] if e.get("alive")}
-        groups = {os.getpgid(p) for p in running if alive(p)}
+        groups = {os.getpgid(p) for p in running if process_alive(p)}
         assert groups <= listed, (groups, status)
     if pd.manifest() is not None or running:
         code, _ = pd.stop()
@@ -171,7 +164,7 @@ def test_two_start_pd_with_one_name_one_is_refused_and_nothing_is_orphaned(make_
     manifest = pd.manifest()
     running = everything(pd)
     recorded = {r.pid for r in manifest.servers}
-    assert {os.getpgid(p) for p in running if alive(p)} <= recorded
+    assert {os.getpgid(p) for p in running if process_alive(p)} <= recorded
     assert pd.stop()[0] == 0
     _wait(lambda: not everything(pd), "nothing left running", 30)
 
