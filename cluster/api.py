@@ -20,7 +20,6 @@ from .errors import ParameterError
 from .gpu_health import HealthLimits, parse_limits
 from .hosts import Host
 from .inventory import Inventory, load_inventory
-from .logs import FollowEvent  # by name: in the class body `logs` is the method
 from .probe import Probe, run_probe
 from .render import basic as basic_view
 from .render import gpu as gpu_view
@@ -38,6 +37,7 @@ from .ssh import Engine, HostSession
 
 Targets = str | Iterable[str] | None
 OnDone = Callable[[HostSession, Any], None]
+OnEvent = Callable[[logs.FollowEvent], None]  # named here: in Cluster's body `logs` is the method
 
 
 class Cluster:
@@ -181,7 +181,7 @@ class Cluster:
         report.extra["saved_to"] = str(directory)
         return report
 
-    def follow_logs(self, on_event: Callable[[FollowEvent], None], *, hosts: Targets = None,
+    def follow_logs(self, on_event: OnEvent, *, hosts: Targets = None,
                     role: Targets = None, file: str | None = None, lines: int = 10,
                     grep: str | None = None, deployment: str | None = None,
                     stop: threading.Event | None = None, duration: float | None = None) -> Report:

@@ -29,7 +29,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,10 +37,9 @@ from typing import Any
 import paramiko
 from fabric import Config, Connection, ThreadingGroup
 from fabric.group import GroupResult
-from invoke.context import Context
+from invoke import Context
 from invoke.exceptions import CommandTimedOut
 from invoke.runners import Result as LocalResult
-from paramiko.packet import Packetizer  # exported by paramiko too, but not by its stubs
 
 from .errors import InputError
 from .hostkeys import HostKeyStore, HostKeyTarget, fingerprint, peer_address
@@ -71,7 +70,7 @@ class HandshakeTimeout(paramiko.SSHException):
 PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 
 
-class LeanPacketizer(Packetizer):
+class LeanPacketizer(paramiko.packet.Packetizer):  # paramiko.Packetizer too, but not in its stubs
     """paramiko's packetizer without a timer thread per handshake, ACKing at once.
 
     * Handshake timeout as a deadline. paramiko starts a ``threading.Timer``
@@ -119,7 +118,7 @@ class LeanPacketizer(Packetizer):
             self._handshake_done = True
 
 
-def make_transport(sock: socket.socket, disabled_algorithms: Mapping[str, Iterable[str]] | None = None
+def make_transport(sock: socket.socket, disabled_algorithms: dict[str, Iterable[str]] | None = None
                    ) -> paramiko.Transport:
     """The paramiko Transport for one connection (``SSHClient.connect(transport_factory=)``).
 
@@ -148,8 +147,7 @@ class HopTransport:
     def __init__(self, store: HostKeyStore, target: HostKeyTarget) -> None:
         self.store, self.target = store, target
 
-    def __call__(self, sock: socket.socket, disabled_algorithms: Mapping[str, Iterable[str]] | None = None
-                 ) -> paramiko.Transport:
+    def __call__(self, sock: socket.socket, disabled_algorithms: dict[str, Iterable[str]] | None = None) -> paramiko.Transport:
         transport = make_transport(sock, disabled_algorithms)
         self.store.prepare(transport, self.target)
         return transport
