@@ -37,6 +37,7 @@ from .ssh import Engine, HostSession
 
 Targets = str | Iterable[str] | None
 OnDone = Callable[[HostSession, Any], None]
+OnEvent = Callable[[logs.FollowEvent], None]  # named here: in Cluster's body `logs` is the method
 
 
 class Cluster:
@@ -180,7 +181,7 @@ class Cluster:
         report.extra["saved_to"] = str(directory)
         return report
 
-    def follow_logs(self, on_event: Callable[[logs.FollowEvent], None], *, hosts: Targets = None,
+    def follow_logs(self, on_event: OnEvent, *, hosts: Targets = None,
                     role: Targets = None, file: str | None = None, lines: int = 10,
                     grep: str | None = None, deployment: str | None = None,
                     stop: threading.Event | None = None, duration: float | None = None) -> Report:

@@ -246,7 +246,7 @@ def save_file_name(host: Host, taken: set[str]) -> str:
     return name
 
 
-def save_logs(engine: Engine, sources: Sequence[LogSource], directory: str | os.PathLike,
+def save_logs(engine: Engine, sources: Sequence[LogSource], directory: str | os.PathLike[str],
               lines: int | None = None, grep: str | None = None, *,
               timeout: float | None = None,
               on_done: Callable[[HostSession, Any], None] | None = None) -> Report:

@@ -194,7 +194,7 @@ def fold_outputs(outcomes: Iterable[Outcome]) -> list[OutputGroup]:
     Like ``clush -b`` only hosts with the same return code are merged. Groups
     come out in order of their first host.
     """
-    groups: dict[tuple, list[Outcome]] = {}
+    groups: dict[tuple[Any, ...], list[Outcome]] = {}
     for outcome in outcomes:
         kind = outcome.error.kind if outcome.error else None
         message = outcome.error.message if outcome.error and outcome.exit_code is None else None

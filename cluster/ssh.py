@@ -70,7 +70,7 @@ class HandshakeTimeout(paramiko.SSHException):
 PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 
 
-class LeanPacketizer(paramiko.Packetizer):
+class LeanPacketizer(paramiko.packet.Packetizer):  # paramiko.Packetizer too, but not in its stubs
     """paramiko's packetizer without a timer thread per handshake, ACKing at once.
 
     * Handshake timeout as a deadline. paramiko starts a ``threading.Timer``
@@ -118,7 +118,7 @@ class LeanPacketizer(paramiko.Packetizer):
             self._handshake_done = True
 
 
-def make_transport(sock: socket.socket, disabled_algorithms: dict | None = None
+def make_transport(sock: socket.socket, disabled_algorithms: dict[str, Iterable[str]] | None = None
                    ) -> paramiko.Transport:
     """The paramiko Transport for one connection (``SSHClient.connect(transport_factory=)``).
 
@@ -147,13 +147,13 @@ class HopTransport:
     def __init__(self, store: HostKeyStore, target: HostKeyTarget) -> None:
         self.store, self.target = store, target
 
-    def __call__(self, sock: socket.socket, disabled_algorithms: dict | None = None) -> paramiko.Transport:
+    def __call__(self, sock: socket.socket, disabled_algorithms: dict[str, Iterable[str]] | None = None) -> paramiko.Transport:
         transport = make_transport(sock, disabled_algorithms)
         self.store.prepare(transport, self.target)
         return transport
 
 
-class LeanConnection(Connection):
+class LeanConnection(Connection):  # type: ignore[misc]  # fabric ships no types: its classes are Any
     """A Fabric ``Connection`` that is cheap to build and never writes the shared config.
 
     Behaviour is Fabric's; two costs of its invoke ``DataProxy`` base go away:
@@ -181,7 +181,7 @@ class LeanConnection(Connection):
 _CONNECTION_ATTRIBUTES = frozenset(dir(LeanConnection))
 
 
-class LeanConfig(Config):
+class LeanConfig(Config):  # type: ignore[misc]  # fabric ships no types
     """The engine's one `fabric.Config`, with cheap misses on two internal names.
 
     Reading a nested section (``config.timeouts``, ``config.connect_kwargs``:
@@ -217,7 +217,7 @@ class CommandResult:
 
 def _timed_out(command: str, out: bytes, err: bytes, timeout: float) -> CommandTimedOut:
     result = LocalResult(stdout=_text(out), stderr=_text(err), command=command, exited=-1)
-    return CommandTimedOut(result, timeout)
+    return CommandTimedOut(result, timeout)  # type: ignore[arg-type]  # invoke says int; it only prints it
 
 
 def _text(data: bytes | list[bytes]) -> str:
@@ -277,7 +277,7 @@ class HostSession:
                     f"no SSH banner/handshake within {self.engine.settings.connect_timeout:g} s"
                 ) from None
             raise
-        _relax_polling(self._connection.client.get_transport())
+        _relax_polling(self.connection.client.get_transport())
 
     def handshake(self) -> paramiko.PKey:
         """Key exchange and host-key check (`HostKeyStore.verify`), no authentication.
@@ -342,6 +342,7 @@ class HostSession:
         result = self.engine.local_context.run(
             command, hide=True, warn=True, in_stream=in_stream, timeout=timeout
         )
+        assert result is not None  # invoke returns None only for disown=True
         return CommandResult(command, result.stdout, result.stderr, result.exited)
 
     def _run_remote(self, command: str, timeout: float | None, stdin: str | None) -> CommandResult:
@@ -364,7 +365,7 @@ class HostSession:
             self.connection.close()
             self.connection.open()
             transport = self.connection.client.get_transport()
-        channel = transport.open_session(timeout=self.engine.settings.connect_timeout)
+        channel: paramiko.Channel = transport.open_session(timeout=self.engine.settings.connect_timeout)
         channel.exec_command(command)
         if stdin:
             channel.sendall(stdin.encode())
@@ -537,7 +538,7 @@ def _stream_local(command: str, on_line: Callable[[str], None], stop: threading.
     return CommandResult(command, "", _text(err), -1 if stop.is_set() else proc.returncode)
 
 
-class BoundedGroup(ThreadingGroup):
+class BoundedGroup(ThreadingGroup):  # type: ignore[misc]  # fabric ships no types
     """A Fabric ``ThreadingGroup`` with at most ``fanout`` hosts in flight.
 
     Members are `HostSession` objects. ``run``/``call`` return a
@@ -577,8 +578,8 @@ class BoundedGroup(ThreadingGroup):
         Here the runners' threads (`WORKERS`, reused across calls) exist
         before any host is connecting.
         """
-        todo: queue.SimpleQueue = queue.SimpleQueue()
-        finished: queue.SimpleQueue = queue.SimpleQueue()
+        todo: queue.SimpleQueue[HostSession | None] = queue.SimpleQueue()
+        finished: queue.SimpleQueue[Any] = queue.SimpleQueue()  # (session, value) pairs, _RUNNER_DONE
         runners = min(self.fanout, len(self))
         for session in self:
             todo.put(session)
@@ -620,7 +621,7 @@ class BoundedGroup(ThreadingGroup):
 _RUNNER_DONE = object()
 
 
-def _run_hosts(todo: queue.SimpleQueue, finished: queue.SimpleQueue,
+def _run_hosts(todo: queue.SimpleQueue[HostSession | None], finished: queue.SimpleQueue[Any],
                fn: Callable[[HostSession], Any]) -> None:
     """One runner of a call: hosts from ``todo`` until its stop mark."""
     while (session := todo.get()) is not None:
@@ -631,7 +632,7 @@ def _run_hosts(todo: queue.SimpleQueue, finished: queue.SimpleQueue,
         finished.put((session, value))
 
 
-def _empty(todo: queue.SimpleQueue) -> None:
+def _empty(todo: queue.SimpleQueue[HostSession | None]) -> None:
     while True:
         try:
             todo.get_nowait()
@@ -660,7 +661,7 @@ class WorkerThreads:
     """
 
     def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], None], Callable[[], None]]] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._idle = 0  # threads not running a job (waiting, or about to)
         self._pending = 0  # jobs queued and not yet taken
