@@ -804,10 +804,15 @@ class Engine:
 
     def run(self, hosts: Sequence[Host], command: str, *, timeout: float | None = None,
             fanout: int | None = None, keep_open: bool = False,
-            on_done: Callable[[HostSession, Any], None] | None = None) -> GroupResult:
-        """Run one command on every host; see `call`."""
-        return self.call(hosts, lambda s: s.run(command, timeout=timeout), fanout=fanout,
-                         keep_open=keep_open, on_done=on_done)
+            on_done: Callable[[HostSession, Any], None] | None = None,
+            on_output: Callable[[Host, str, bytes], None] | None = None) -> GroupResult:
+        """Run one command on every host; see `call`. With ``on_output(host, stream, chunk)``
+        output is handed on as it arrives (from the hosts' threads) instead of kept."""
+        def run_one(session: HostSession) -> CommandResult:
+            consumer = functools.partial(on_output, session.host) if on_output else None
+            return session.run(command, timeout=timeout, on_output=consumer)
+
+        return self.call(hosts, run_one, fanout=fanout, keep_open=keep_open, on_done=on_done)
 
     def close(self) -> None:
         with self._lock:
