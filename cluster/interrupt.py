@@ -45,9 +45,11 @@ GRACE_S = 1.0
 SETTLE_S = 5.0
 
 # A first line on stderr naming the command's process group: `TOKEN` is
-# random per command, so remote output cannot fake it. POSIX sh, csh and fish
-# all accept this line. (A forced command in authorized_keys replaces the
-# whole command, wrapper included: then step 3 has no group to kill.)
+# random per command, so remote output cannot fake it. A builtin and `$$`:
+# no extra process per command. Needs a POSIX-style login shell (bash, dash,
+# zsh, ksh: what cloud images ship); fish and csh do not take `$$` / `>&2`
+# this way. (A forced command in authorized_keys replaces the whole command,
+# wrapper included: then step 3 has no group to kill.)
 _PID_MARK = b"cluster-pgid:"
 WRAPPER = "printf 'cluster-pgid:%s:%s\\n' {token} $$ >&2\n{command}"
 
