@@ -75,41 +75,53 @@ def wrap(command: str) -> tuple[str, bytes]:
 
 
 class PidLine:
-    """Takes the wrapper's first stderr line out of the stream, keeping its pgid.
+    """Takes the wrapper's line out of the stderr stream, keeping its pgid.
 
     Feed every stderr chunk through `feed`; it returns what the caller sees.
-    Only the very first line is examined, and only a line with this command's
-    token is taken out.
+    The line is looked for in the first `LOOK_BYTES` of stderr (a login shell's
+    rc file may print before the command runs, e.g. Debian's bash sources
+    ~/.bashrc for sshd), and only a line with this command's token is taken out.
     """
+
+    LOOK_BYTES = 16384
 
     def __init__(self, token: bytes) -> None:
         self.prefix = _PID_MARK + token + b":"
         self.pgid: int | None = None
-        self._head: bytes | None = b""  # None once the first line is decided
+        self._held: bytes | None = b""  # None once found or given up
+        self._seen = 0
 
     def feed(self, chunk: bytes) -> bytes:
-        if self._head is None:
+        if self._held is None:
             return chunk
-        data = self._head + chunk
-        newline = data.find(b"\n")
-        if newline < 0:
-            if self.prefix.startswith(data[:len(self.prefix)]) and len(data) < 64:
-                self._head = data  # maybe the start of our line: wait for its end
-                return b""
-            self._head = None
-            return data
-        self._head = None
-        line, rest = data[:newline], data[newline + 1:]
-        match = re.fullmatch(rb"(\d{1,10})", line[len(self.prefix):]) if line.startswith(self.prefix) else None
-        if match is None:
-            return data
-        self.pgid = int(match.group(1))
-        return rest
+        data, passed = self._held + chunk, []
+        while (newline := data.find(b"\n")) >= 0:
+            line, data = data[:newline], data[newline + 1:]
+            if self._take(line):
+                self._held = None
+                return b"".join(passed) + data
+            passed.append(line + b"\n")
+            self._seen += newline + 1
+        if self._seen > self.LOOK_BYTES:
+            self._held = None
+        elif data and len(data) < 64 and (self.prefix.startswith(data) or data.startswith(self.prefix)):
+            self._held, data = data, b""  # maybe the start of our line: wait for its end
+        else:
+            self._held = b""
+        return b"".join(passed) + data
+
+    def _take(self, line: bytes) -> bool:
+        if not line.startswith(self.prefix):
+            return False
+        match = re.fullmatch(rb"(\d{1,10})", line[len(self.prefix):])
+        if match is not None:
+            self.pgid = int(match.group(1))
+        return match is not None
 
     def flush(self) -> bytes:
         """What was held back when the stream ended without a newline."""
-        head, self._head = self._head or b"", None
-        return head
+        held, self._held = self._held or b"", None
+        return held
 
 
 class Stoppable(Protocol):

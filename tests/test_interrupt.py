@@ -25,6 +25,12 @@ def test_pid_line_is_taken_out_of_stderr_and_gives_the_group():
     assert pids.feed(b"cluster-pgid:" + token + b":1\n") == b"cluster-pgid:" + token + b":1\n"
 
 
+def test_pid_line_after_rc_file_noise_is_still_found():
+    pids = PidLine(b"TOKEN")
+    seen = pids.feed(b"bashrc says hi\npartial ") + pids.feed(b"line\ncluster-pgid:TOKEN:99\nerr\n")
+    assert (pids.pgid, seen) == (99, b"bashrc says hi\npartial line\nerr\n")
+
+
 @pytest.mark.parametrize("stream", [b"cluster-pgid:0000:77\nx", b"plain\n", b"clu", b"", b"cluster-pgid:TOKEN:abc\n"])
 def test_pid_line_of_another_command_or_none_passes_through(stream):
     pids = PidLine(b"TOKEN")
