@@ -94,3 +94,29 @@ def test_timeout_bounds_a_call_with_endless_output(fleet, tmp_path):
     err = result.stderr.decode()
     assert result.returncode == 1 and "command-timeout" in err, err[-500:]
     assert not survivors("yes\x000123456789abcdef")
+
+
+def test_on_a_terminal_control_characters_are_shown_escaped(fleet, tmp_path):
+    master, slave = os.openpty()
+    command = "printf 'title\\033]0;pwned\\007 clear\\033[2J tab\\tend\\n'; printf 'e\\033[31m\\n' >&2"
+    proc = subprocess.Popen([sys.executable, "-m", "cluster_cli", "run", command, "-H", "127.0.1.7",
+                             "--roles-file", str(roles(fleet, tmp_path))], cwd=REPO,
+                            stdout=slave, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "100"})
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the other side closed
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    proc.wait(timeout=60)
+    os.close(master)
+    shown = b"".join(chunks).decode()
+    assert proc.returncode == 0
+    assert "title\\x1b]0;pwned\\x07 clear\\x1b[2J tab" in shown, shown
+    assert "\x1b]0;" not in shown and "\x07" not in shown  # never interpreted
+    assert "stderr│ \x1b[0me\\x1b[31m" in shown  # our colour for the mark, the host's escaped
