@@ -66,12 +66,17 @@ class Cluster:
 
     # -- commands and probes ---------------------------------------------------------------
     def run(self, command: str, *, hosts: Targets = None, role: Targets = None,
-            timeout: float | None = None, on_done: OnDone | None = None) -> Report:
-        """Run a shell command on every selected host (``inv run``)."""
+            timeout: float | None = None, on_done: OnDone | None = None,
+            on_output: Callable[[Host, str, bytes], None] | None = None) -> Report:
+        """Run a shell command on every selected host (``inv run``).
+
+        ``on_output(host, stream, chunk)`` ("out" / "err", bytes) receives the output as
+        it arrives, from the hosts' threads; the report then holds stderr only.
+        """
         limit = status.check_timeout(timeout)
         targets = self.hosts(hosts, role)
-        report = build_report(self.engine.run(targets, command, timeout=limit, on_done=on_done),
-                              self.engine)
+        report = build_report(self.engine.run(targets, command, timeout=limit, on_done=on_done,
+                                              on_output=on_output), self.engine)
         return _described(report, "run", basic_view.run_fields)
 
     def call(self, fn: Callable[[HostSession], Any], *, hosts: Targets = None,
