@@ -58,7 +58,6 @@ class RunFiles:
     (the record), ``.pid``, ``.exit``, ``.log``; ``<name>`` carries engine, role, host and
     port (NFS homes: two hosts never write one file), the run id keeps runs apart."""
 
-    name: str
     run_dir: str
     run_id: str
     deployment: str
@@ -66,6 +65,11 @@ class RunFiles:
     @property
     def base_path(self) -> str:
         return detach.base_path(self.run_dir, self.name, self.run_id)
+
+    @property
+    def name(self) -> str:
+        """``<engine>-<role>-<host>-<port>`` (each spec says how)."""
+        raise NotImplementedError
 
     @property
     def log_path(self) -> str:
