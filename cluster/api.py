@@ -272,7 +272,10 @@ class Cluster:
         alone. Recorded specs, a new run id; the router is made to list them again."""
         manifest = self._recorded(deployment)
         targets = self.hosts(hosts, role) if (hosts or role) else None
-        return serving_start.restart_pd(self.engine, manifest, hosts=targets,
+        config = self.serving_config()
+        arguments = {"prefill": config.prefill.extra_args, "decode": config.decode.extra_args,
+                     "router": config.router.extra_args}
+        return serving_start.restart_pd(self.engine, manifest, hosts=targets, arguments=arguments,
                                         secrets=self._secret_values(), wait=wait, timeout=timeout,
                                         grace=grace, fanout=self.settings.fanout,
                                         on_progress=on_progress)

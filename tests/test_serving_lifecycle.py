@@ -312,3 +312,15 @@ def test_restart_resolves_secret_values_that_were_never_recorded():
         start.resolve_secrets(recorded, {})
     assert dict(start.resolve_secrets(recorded, {"HF_TOKEN": "hf_y"}).env)["HF_TOKEN"] == "hf_y"
     assert "hf_x" not in records.ServerRecord(spec).command and "HF_TOKEN=***" in records.ServerRecord(spec).command
+
+
+def test_secret_options_are_never_recorded_and_restart_takes_them_from_the_roles_file():
+    cfg = config(prefill={"extra_args": ["--api-key", "sk-1"]}, decode={"extra_args": ["--api-key", "sk-1"]})
+    spec = plan.plan_deployment(cfg, ["10.8.0.81"], ["10.8.0.82"], run_id="R")[0]
+    record = records.ServerRecord(spec)
+    assert record.spec.extra_args == ("--api-key", "***")
+    assert "sk-1" not in records.record_doc(record) and "sk-1" not in json.dumps(record.to_json())
+    again = start.resolve_secrets(record.spec, {}, {"prefill": ("--api-key", "sk-2")})
+    assert again.extra_args == ("--api-key", "sk-2")
+    with pytest.raises(InputError, match="start-pd --restart"):
+        start.resolve_secrets(record.spec, {}, {"prefill": ("--other", "x")})

@@ -55,8 +55,12 @@ STALE = "stale"
 
 
 def public_spec(spec: ProcessSpec) -> ProcessSpec:
-    """``spec`` without the values of its secret variables (None in their place): what
-    records, manifests and JSON hold."""
+    """``spec`` without the values of its secret variables (None in their place) and of
+    secret options in its extra args (``--api-key ***``): what records, manifests and
+    JSON hold."""
+    masked = tuple(shell.mask_argv(spec.extra_args))
+    if masked != spec.extra_args:
+        spec = dataclasses.replace(spec, extra_args=masked)  # type: ignore[arg-type]
     if isinstance(spec, RouterSpec) or not spec.env:
         return spec
     env = tuple((name, None if _is_secret(spec, name) else value) for name, value in spec.env)

@@ -190,6 +190,7 @@ class StartRun:
         self.launches = {k: launch_of(s) for k, s in self.specs.items()}
         self.hosts = {k: host_of(s.target) for k, s in self.specs.items()}
         self.failures: dict[str, Failure] = {}
+        self.arguments: Mapping[str, Sequence[str]] = {}  # restart-pd: extra args now (secret options)
         # Processes outside this run shown in its result (a recorded deployment still running).
         self.extra: list[tuple[ServerRecord, Failure]] = []
 
@@ -576,9 +577,19 @@ def select_restart(manifest: Manifest, hosts: Sequence[Host] | None, alive: Mapp
     return [r for r in manifest.servers if (r.role, r.server_index) in picked]
 
 
-def resolve_secrets(spec: ProcessSpec, values: Mapping[str, str]) -> ProcessSpec:
-    """``spec`` with the values of its unrecorded (secret) variables taken from ``values``;
-    `InputError` naming the variable when one is missing."""
+def resolve_secrets(spec: ProcessSpec, values: Mapping[str, str],
+                    arguments: Mapping[str, Sequence[str]] | None = None) -> ProcessSpec:
+    """``spec`` with the values of its unrecorded (secret) variables taken from ``values``,
+    and masked secret options of its extra args from ``arguments`` (role -> the roles
+    file's extra args now, used when they mask to what was recorded); `InputError` naming
+    what is missing."""
+    if shell.MASK in spec.extra_args:
+        current = tuple((arguments or {}).get(spec.role, ()))
+        if tuple(shell.mask_argv(current)) != spec.extra_args:
+            raise InputError(f"{spec.label}: its extra args held a secret option value (never recorded) "
+                             "and the roles file's extra args differ now: restart the deployment whole "
+                             "with `inv start-pd --restart`")
+        spec = dataclasses.replace(spec, extra_args=current)  # type: ignore[arg-type]
     if all(value is not None for _, value in spec.env):
         return spec
     env = []
@@ -591,15 +602,16 @@ def resolve_secrets(spec: ProcessSpec, values: Mapping[str, str]) -> ProcessSpec
 
 
 def restart_pd(engine: Engine, manifest: Manifest, *, hosts: Sequence[Host] | None = None,
-               secrets: Mapping[str, str] | None = None, wait: bool = True,
+               secrets: Mapping[str, str] | None = None,
+               arguments: Mapping[str, Sequence[str]] | None = None, wait: bool = True,
                timeout: float = DEFAULT_TIMEOUT_S, grace: float = 30.0, fanout: int | None = None,
                on_progress: ProgressFn | None = None, poll_s: float = POLL_INTERVAL_S) -> RestartResult:
     """Replace some servers of the recorded deployment (the steps: this module's docstring).
 
     ``hosts``: restart the servers with a rank there (every rank of each); None: those
     whose process group is gone. ``secrets`` supplies the values of secret variables
-    (they are never recorded). Healthy servers that are not chosen are left alone.
-    Raises `ParameterError` when ``hosts`` name no recorded server.
+    and ``arguments`` (role -> extra args) those of secret options (never recorded).
+    Healthy servers that are not chosen are left alone. Raises `ParameterError` when ``hosts`` name no recorded server.
     """
     limit, grace = check_timeout(timeout), check_grace(grace)
     if manifest.version < MANIFEST_VERSION:
@@ -612,9 +624,11 @@ def restart_pd(engine: Engine, manifest: Manifest, *, hosts: Sequence[Host] | No
         raise ParameterError("hosts", f"no server of deployment '{manifest.name}' is recorded on "
                                       f"{', '.join(str(h) for h in hosts)} ({{name}})")
     run_id = new_run_id()
-    specs = [dataclasses.replace(resolve_secrets(r.spec, secrets or {}), run_id=run_id) for r in chosen]
+    specs = [dataclasses.replace(resolve_secrets(r.spec, secrets or {}, arguments), run_id=run_id)
+             for r in chosen]
     kept = [r.label for r in manifest.records if r not in chosen]
     run = StartRun(engine, specs, fanout=fanout, on_progress=on_progress, poll_s=poll_s)
+    run.arguments = arguments or {}
     keys = list(run.records)
     deadline = run.started + limit
 
@@ -747,7 +761,8 @@ def _restart_router(run: StartRun, manifest: Manifest, router: ServerRecord,
                     deadline: float) -> tuple[str, list[str]]:
     """The router cannot add workers at run time: stop it and start it again from its
     recorded spec (it then lists every recorded server)."""
-    spec = dataclasses.replace(router.spec, run_id=run.records[next(iter(run.records))].run_id)
+    spec = dataclasses.replace(resolve_secrets(router.spec, {}, run.arguments),
+                               run_id=run.records[next(iter(run.records))].run_id)
     run.specs[ROUTER], run.records[ROUTER] = spec, ServerRecord(spec)
     run.launches[ROUTER], run.hosts[ROUTER] = launch_of(spec), router.ssh_host
     work = {router.ssh_host: StopWork(host=router.ssh_host, engine=router.engine, sweep="deployment",
