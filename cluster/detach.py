@@ -12,7 +12,7 @@ knows what the process is. The discipline, in one place:
 * **Record before launch** (:func:`launch_lines`): under the slot lock (``flock``), refuse
   when a live process of the slot is recorded, write the record with state ``starting``,
   then start ``setsid`` a small ``sh`` wrapper (pgid = its pid) that writes the pid file
-  itself before running the command, so an interrupt of the launching shell at any
+  itself before running the command (or exec'ing it: ``Job.exit_code``), so an interrupt of the launching shell at any
   instant leaves the process findable; then the record is rewritten ``running`` with
   the pid. The launching shell catches INT/TERM/HUP/PIPE while it works (and goes on).
 * **Identity** (:class:`Identity`): process group id (= the wrapper's pid), the leader's
@@ -101,6 +101,9 @@ class Job:
     argv: tuple[str, ...]
     marker_env: str = "CLUSTER_RUN_ID"
     log_path: str | None = None  # default <run_dir>/<slot>@<run_id>.log
+    # True: a small sh wrapper leads the group and writes the exit code (``.exit``);
+    # False: the wrapper execs the command (its command line alone in ps, no exit code).
+    exit_code: bool = True
 
     def __post_init__(self) -> None:
         check_word(self.slot, "slot")
@@ -208,11 +211,16 @@ def _write_record(job: Job, state: str, doc: str, pid: str = "null", start: str 
 
 def _wrapper(job: Job) -> str:
     """The ``sh -c`` program the detached process starts as: write the pid file (pid,
-    start time, run id), run the command, write its exit code."""
+    start time, run id), then run the command and write its exit code — or exec it
+    (``exit_code=False``: the same pid, start time and group)."""
     pid_tmp, exit_tmp = shell.path(job.pid_path + ".tmp"), shell.path(job.exit_path + ".tmp")
-    return "; ".join([
+    head = [
         "s=$(awk '{sub(/^.*\\) /, \"\"); print $20}' /proc/$$/stat 2>/dev/null)",
         f'printf "%s %s %s\\n" $$ "${{s:--}}" {job.run_id} > {pid_tmp} && mv -f {pid_tmp} {shell.path(job.pid_path)}',
+    ]
+    if not job.exit_code:
+        return "; ".join(head + ['exec "$@"'])
+    return "; ".join(head + [
         '"$@"',
         "rc=$?",
         f'printf "%s\\n" $rc > {exit_tmp} && mv -f {exit_tmp} {shell.path(job.exit_path)}',

@@ -141,6 +141,17 @@ def test_orphans_of_a_dead_leader_are_found_by_their_marker(tmp_path, reap):
     assert not any(process_alive(p) for p in out.pids)
 
 
+def test_an_execd_command_is_the_group_leader_itself(tmp_path, reap):
+    j = Job(str(tmp_path / "run"), "s-1", "20260101-000000-ab12", ("sleep", "301"), MARKER, exit_code=False)
+    ident = launch(j)
+    reap.append(ident.pgid)
+    with open(f"/proc/{ident.pgid}/cmdline", "rb") as f:
+        assert f.read().split(b"\0")[:2] == [b"sleep", b"301"]
+    assert ident.start == start_time(ident.pgid)
+    stopped = detach.parse_stop(run(detach.stop_script([ident], 5, MARKER)).stdout)[ident.pgid]
+    assert stopped.was_running and stopped.pids == (ident.pgid,)
+
+
 def test_exit_code_and_not_started(tmp_path):
     j = job(tmp_path, argv=("sh", "-c", "exit 3"))
     ident = launch(j)

@@ -70,7 +70,8 @@ class Launch:
 
     @property
     def job(self) -> detach.Job:
-        return detach.Job(self.run_dir, self.name, self.run_id, self.argv, RUN_ID_ENV)
+        # exec'd: the server's own command line in ps (inv kill patterns match it once)
+        return detach.Job(self.run_dir, self.name, self.run_id, self.argv, RUN_ID_ENV, exit_code=False)
 
     @property
     def log_path(self) -> str:
