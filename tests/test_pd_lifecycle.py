@@ -73,7 +73,7 @@ def processes_of(run_ids: set[str], ports: set[int]) -> dict[int, str]:
     logs (children inherit it, even those that left the group), the run id marker in the
     environment (unless setproctitle wiped it), or one of its ports on the command line."""
     markers = {f"{RUN_ID_ENV}={r}".encode() for r in run_ids}
-    logs = tuple(f"-{r}.log" for r in run_ids)
+    logs = tuple(f"@{r}.log" for r in run_ids)
     found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():

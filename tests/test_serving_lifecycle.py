@@ -324,3 +324,12 @@ def test_secret_options_are_never_recorded_and_restart_takes_them_from_the_roles
     assert again.extra_args == ("--api-key", "sk-2")
     with pytest.raises(InputError, match="start-pd --restart"):
         start.resolve_secrets(record.spec, {}, {"prefill": ("--other", "x")})
+
+
+def test_a_failed_launch_with_nothing_started_says_so():
+    failed = row(status="failed", pid=None)
+    text = text_of(view.start_view(start_result("launch", [(failed, Failure(start.RUN_DIR, "cannot create run dir"))])))
+    assert "No server started" in text and "left running" not in text
+    launched = row(status="died")
+    text = text_of(view.start_view(start_result("launch", [(launched, Failure(start.DIED, "died"))])))
+    assert "left running" in text
