@@ -50,7 +50,7 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from .errors import InputError
+from .errors import InputError, quoted
 from .options import seconds
 from .probe import Probe
 from .result import EXIT, Failure
@@ -95,8 +95,10 @@ def validate_names(names: str | Iterable[str]) -> list[str]:
     if not cleaned or any(not n for n in cleaned):
         raise InputError("service names must be non-empty (e.g. sglang or sglang,nginx)")
     for name in cleaned:
+        if name.startswith("-"):  # would read as an option to systemctl / pgrep
+            raise InputError(f"service name {quoted(name)} starts with '-'")
         if _CONTROL.search(name):
-            raise InputError(f"service name {name!r} contains a control character")
+            raise InputError(f"service name {quoted(name)} contains a control character")
         if len(name) > MAX_NAME:
             raise InputError(f"service name too long ({len(name)} > {MAX_NAME} characters)")
     return list(dict.fromkeys(cleaned))
