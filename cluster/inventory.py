@@ -168,6 +168,7 @@ def _expanded_size(root: yaml.Node, cap: int) -> int:
     anchor) counts as over the cap.
     """
     sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()  # entered, children not yet measured
     stack: list[tuple[yaml.Node, bool]] = [(root, False)]
     while stack:
         node, children_done = stack.pop()
@@ -175,9 +176,13 @@ def _expanded_size(root: yaml.Node, cap: int) -> int:
             continue
         children = _children(node)
         if not children_done:
+            if id(node) in open_nodes or any(id(child) in open_nodes for child in children):
+                return cap + 1  # a node inside itself: infinite once expanded
+            open_nodes.add(id(node))
             stack.append((node, True))
             stack.extend((child, False) for child in children if id(child) not in sizes)
             continue
+        open_nodes.discard(id(node))
         sizes[id(node)] = min(cap + 1, 1 + sum(sizes.get(id(child), cap + 1) for child in children))
     return sizes[id(root)]
 

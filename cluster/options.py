@@ -10,7 +10,7 @@ from .errors import ParameterError, quoted
 
 # A name that ends up in a file name, a remote command line or a pattern (a deployment):
 # letters, digits, '.', '_', '-', not starting with '-' (it would read as an option).
-_NAME = re.compile(r"^[A-Za-z0-9._][A-Za-z0-9._-]*$")
+_NAME = re.compile(r"[A-Za-z0-9._][A-Za-z0-9._-]*")
 MAX_NAME = 64
 
 
@@ -38,7 +38,7 @@ def name(value: Any, option: str) -> str:
     text = str(value)
     if len(text) > MAX_NAME:
         raise ParameterError(option, f"{{name}}: at most {MAX_NAME} characters, got {len(text)}: {quoted(text)}")
-    if not _NAME.match(text):
+    if not _NAME.fullmatch(text):
         raise ParameterError(option, f"{{name}}: expected letters, digits, '.', '_' or '-' (not first), "
                                      f"got {quoted(text)}")
     return text

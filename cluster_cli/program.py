@@ -22,11 +22,11 @@ from typing import Any
 
 from invoke import Exit, ParseError, Program, UnexpectedExit
 
+from cluster.errors import QUOTE_LIMIT, quoted
 from cluster.render.text import shown
 
 # Exit status of a process killed by SIGPIPE, what `yes | head` reports for `yes`.
 BROKEN_PIPE_EXIT = 141
-_MAX_QUOTED = 200
 
 # invoke's parser messages, said in the words of the option a user typed.
 _PARSE_MESSAGES = (
@@ -35,21 +35,13 @@ _PARSE_MESSAGES = (
     (re.compile(r"^'(?P<task>[^']+)' did not receive required positional arguments: (?P<names>.+)$"),
      lambda m: f"{m['task']}: missing {m['names'].replace(chr(39), '').upper()} (see: inv {m['task']} --help)"),
     (re.compile(r"^No idea what '(?P<word>.*)' is!$", re.S),
-     lambda m: f"unknown task, option or extra argument {_quoted(m['word'])} (see: inv --list, inv TASK --help)"),
+     lambda m: f"unknown task, option or extra argument {quoted(m['word'])} (see: inv --list, inv TASK --help)"),
 )
 
 
 def _flag(name: str) -> str:
     name = name.split(",")[0].strip()
     return ("-" if len(name) == 1 else "--") + name.replace("_", "-")
-
-
-def _quoted(value: str) -> str:
-    """``value`` for an error line: control characters escaped, at most ~200 characters."""
-    text = shown(value)
-    if len(text) > _MAX_QUOTED:
-        text = text[:_MAX_QUOTED] + f"... ({len(value)} characters)"
-    return repr(text)
 
 
 def parse_error_line(exc: ParseError) -> str:
@@ -59,7 +51,7 @@ def parse_error_line(exc: ParseError) -> str:
         match = pattern.match(text)
         if match:
             return "error: " + say(match)
-    return "error: " + shown(text)[:_MAX_QUOTED]
+    return "error: " + shown(text)[:QUOTE_LIMIT]
 
 
 @contextmanager
@@ -96,7 +88,7 @@ def _guard(debug: bool) -> Iterator[None]:
     except Exception as exc:
         if debug:
             raise
-        message = shown(str(exc))[:_MAX_QUOTED] or "(no message)"
+        message = shown(str(exc))[:QUOTE_LIMIT] or "(no message)"
         raise Exit(f"error: unexpected {type(exc).__name__}: {message} "
                    "(a bug: rerun with --debug before the task name for the traceback)", code=1) from None
 
