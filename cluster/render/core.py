@@ -24,6 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..result import Outcome, Report, fold_outputs
+from .text import shown, shown_lines
 
 Row = Sequence[Any]
 
@@ -53,9 +54,10 @@ def failure_text(outcome: Outcome) -> Text:
     """Message and hint of a failed host, for the table's detail column."""
     if outcome.error is None:
         return Text("")
-    text = Text(outcome.error.message, style="red")
+    # Messages quote remote stderr: spelled out, never interpreted by the terminal.
+    text = Text(shown(outcome.error.message), style="red")
     if outcome.error.hint:
-        text.append("\n→ " + outcome.error.hint, style="dim")
+        text.append("\n→ " + shown(outcome.error.hint), style="dim")
     return text
 
 
@@ -68,7 +70,8 @@ def host_table(columns: Sequence[str | tuple[str, dict]], rows: Iterable[Row],
         name, kwargs = (column, {}) if isinstance(column, str) else column
         table.add_column(name, **kwargs)
     for row in rows:
-        table.add_row(*[cell if isinstance(cell, Text) else Text(_cell(cell)) for cell in row])
+        # Plain cells may hold remote text (a process's command line, a user name).
+        table.add_row(*[cell if isinstance(cell, Text) else Text(shown_lines(_cell(cell))) for cell in row])
     return table
 
 
