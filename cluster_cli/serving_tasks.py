@@ -99,7 +99,7 @@ def start_pd(c, prefill=None, decode=None, model_path=None, tp_size=None, nnodes
             result = cluster.start_pd(plan, wait=not no_wait, timeout=limit, restart=restart,
                                       grace=pause, on_progress=show_progress)
     show(result.report, json, lambda report: view.start_view(result), started,
-         lambda report, elapsed: render.summary_line(report, elapsed, noun="servers"))
+         lambda report, elapsed: render.summary_line(report, elapsed, noun="server"))
 
 
 @cluster_task(name="restart-pd", help=RESTART_HELP, flags=SERVING_FLAGS)
@@ -114,7 +114,7 @@ def restart_pd(c, hosts=None, role=None, deployment=None, no_wait=False, timeout
                                         wait=not no_wait, timeout=limit, grace=pause,
                                         on_progress=show_progress)
     show(result.report, json, lambda report: view.restart_view(result), started,
-         lambda report, elapsed: render.summary_line(report, elapsed, noun="servers"))
+         lambda report, elapsed: render.summary_line(report, elapsed, noun="server"))
 
 
 def _wait_options(timeout: str | None, grace: str | None) -> tuple[float, float]:
@@ -187,5 +187,5 @@ def pd_status(c, hosts=None, role=None, deployment=None, roles_file=None, json=F
     with opened(roles_file, fanout) as cluster:
         result = cluster.pd_status(hosts=hosts, role=role, deployment=deployment)
     show(result.report, json, lambda report: view.status_table(report, options), started,
-         lambda report, elapsed: render.summary_line(report, elapsed, noun="servers"))
+         lambda report, elapsed: render.summary_line(report, elapsed, noun="server"))
 

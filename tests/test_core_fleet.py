@@ -94,7 +94,7 @@ def test_table_output_shows_failures_and_summary(fleet, tmp_path):
     assert code == 1
     assert "---- 127.0.1.[1-4] (4) ok" in out and "hi" in out, out
     assert "unreachable" in out and "is sshd running" in out
-    assert "5 hosts: 4 ok, 1 failed (unreachable 1)" in out
+    assert "5 hosts: 4 ok, 1 failed (1 unreachable)" in out
 
 
 def test_nonzero_exit_and_command_timeout(fleet, tmp_path):

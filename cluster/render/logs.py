@@ -19,7 +19,7 @@ from rich.text import Text
 from ..hosts import Host
 from ..logs import FollowEvent, FollowStats, LogText, SavedLog
 from ..result import Outcome, Report, fold_outputs
-from .core import failure_text, host_table, status_cell
+from .core import counted, failure_text, host_table, status_cell
 from .text import shown, shown_lines
 
 # Host colours for --follow; red is kept for errors.
@@ -164,4 +164,4 @@ def follow_header(hosts: Sequence[Host], paths: Sequence[str]) -> Text:
     """The line printed before following: how many hosts, which file(s), how to stop."""
     files = {p for p in paths}
     where = next(iter(files)) if len(files) == 1 else f"{len(files)} files"
-    return Text(f"following {where} on {len(hosts)} hosts · Ctrl-C to stop", style="dim")
+    return Text(f"following {where} on {counted(len(hosts), 'host')} · Ctrl-C to stop", style="dim")

@@ -337,6 +337,6 @@ class PdStatusView(BaseView):
 
 def status_table(report: Report, options: ViewOptions = EXPANDED_VIEW) -> RenderableType:
     """One row per server (and the router); equal servers folded when the table is tall."""
-    return view_table(PdStatusView(), list(report), options, noun="servers")
+    return view_table(PdStatusView(), list(report), options, noun="server")
 
 
