@@ -114,8 +114,9 @@ def _map_errors(body: Callable, positional: list[str], holder: list[ClusterTask]
             raise Exit(error_line(exc.naming(flag_of(exc.parameter, flags))), code=2) from None
         except InputError as exc:
             raise Exit(error_line(str(exc)), code=2) from None
-        except KeyboardInterrupt:
-            raise Exit("interrupted", code=130) from None
+        except KeyboardInterrupt as exc:
+            # cluster.interrupt.Interrupted names the hosts whose command was stopped.
+            raise Exit(f"interrupted: {exc}" if str(exc) else "interrupted", code=130) from None
 
     return run
 
