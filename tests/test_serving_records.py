@@ -61,7 +61,7 @@ def test_host_records_come_from_the_launch_and_only_this_hosts_files_are_read(tm
         assert run_local(script).returncode == 0
     found = records.parse_records(run_local(records.records_command(str(tmp_path), "10.8.0.81")).stdout)
     assert [(r.host, r.role, r.run_id) for r in found] == [("10.8.0.81", "prefill", "R")]
-    assert found[0].pid and found[0].start and found[0].on_host in ("running", "exited")
+    assert found[0].pid and found[0].start and found[0].on_host in ("running", "vanished")  # `true` exits
     assert records.parse_records("garbage\n{not json\n@@record /x@R.json\njson {nope\n") == []
 
 
