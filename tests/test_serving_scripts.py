@@ -353,3 +353,11 @@ def test_sweep_of_a_router_only_host_matches_router_processes_only():
     assert re.search(pattern, "python3 -m sglang_router.launch_router --pd-disaggregation")
     assert not re.search(pattern, "sglang::scheduler_TP0")
     assert not re.search(pattern, "python3 -m sglang.launch_server --port 30000")
+
+
+def test_preflight_fails_when_the_run_dir_cannot_be_created(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    spec = plan.plan_deployment(config(run_dir=str(blocker / "run")), ["127.0.0.1"], ["127.0.0.2"], run_id="R")[0]
+    result = run_local(scripts.preflight_script(scripts.launch_of(spec)))
+    assert result.returncode == scripts.EXIT_RUN_DIR and "cannot create run dir" in result.stderr
