@@ -60,7 +60,7 @@ def public_spec(spec: ProcessSpec) -> ProcessSpec:
     JSON hold."""
     masked = tuple(shell.mask_argv(spec.extra_args))
     if masked != spec.extra_args:
-        spec = dataclasses.replace(spec, extra_args=masked)  # type: ignore[arg-type]
+        spec = dataclasses.replace(spec, extra_args=masked)
     if isinstance(spec, RouterSpec) or not spec.env:
         return spec
     env = tuple((name, None if _is_secret(spec, name) else value) for name, value in spec.env)

@@ -589,7 +589,7 @@ def resolve_secrets(spec: ProcessSpec, values: Mapping[str, str],
             raise InputError(f"{spec.label}: its extra args held a secret option value (never recorded) "
                              "and the roles file's extra args differ now: restart the deployment whole "
                              "with `inv start-pd --restart`")
-        spec = dataclasses.replace(spec, extra_args=current)  # type: ignore[arg-type]
+        spec = dataclasses.replace(spec, extra_args=current)
     if all(value is not None for _, value in spec.env):
         return spec
     env = []

@@ -109,11 +109,13 @@ def pd_status(engine: Engine, manifest: Manifest | None, *, hosts: Sequence[Host
     outcomes = []
     for record in records:
         answer = probes.get(record.ssh_host)
+        failure: Failure | None
         if record.identity is None:
             failure = _never_started(record, current)
         elif answer is None or answer.error is not None:
             record.status = FAILED
-            failure = answer.error if answer is not None else None
+            failure = answer.error if answer is not None and answer.error is not None else Failure(
+                NO_PROBE, "no answer from the status probe", "check the host (inv check)")
         else:
             failure = judge_status(record, answer.data.get(record.uid), current=current)
         outcomes.append(Outcome(record.ssh_host, failure is None, error=failure, data=record))
