@@ -36,9 +36,18 @@ def _hosts_view(inventory, selected):
 @cluster_task(positional=["command"], help={
     "command": "Shell command to run on every host (quote it).",
     "timeout": "Command timeout in seconds (default: none).",
+    "detach": "Start the command as detached job NAME on every host and return at once "
+              "(own session, log and pid file per host; see inv jobs, inv logs --job, "
+              "inv stop --job).",
 })
-def run(c, command, hosts=None, role=None, roles_file=None, json=False, fanout=None, timeout=None):
+def run(c, command, hosts=None, role=None, roles_file=None, json=False, fanout=None, timeout=None,
+        detach=None):
     """Run a command on every host; identical outputs are folded into one group."""
+    if detach is not None:
+        from .job_tasks import start_detached
+
+        return start_detached(detach, command, hosts=hosts, role=role, roles_file=roles_file,
+                              as_json=json, fanout=fanout, timeout=timeout)
     def groups(report):
         render.output_groups(report, render.stdout_console())
 
