@@ -471,7 +471,7 @@ def parse_status(stdout: str) -> list[Observed]:
     observed = []
     for found in detach.parse_status(stdout):
         info = extras.get(found.path, {})
-        began, ended = (info.get("times") or [None, None]) + [None] * (2 - len(info.get("times") or []))
+        began, ended = ([*info.get("times", []), None, None])[:2]
         end = ended if ended is not None else now if found.state == RUNNING else None
         runtime = float(end - began) if began is not None and end is not None and end >= began else None
         observed.append(Observed(found, _record_entry(found.record), runtime, info.get("log")))
@@ -609,13 +609,13 @@ STOPPED, HAD_EXITED, GONE, NOT_STARTED, SURVIVED, NO_RECORD = (
     "stopped", "had exited", "vanished", "not started", "still running", "no record on host")
 
 
-def stop_command(observed: Sequence[Observed], grace_s: float, slots: Iterable[str],
-                 run_dir: str = JOBS_DIR) -> str:
+def stop_command(observed: Sequence[Observed], grace_s: float) -> str:
     """Stop the verified groups (detach: TERM, grace, KILL, verify), then, only when none
-    survived, prune the slots' records (logs kept): the name is free again."""
+    survived, prune the records of those slots (logs kept): the name is free again."""
     identities = [o.found.identity for o in observed if o.found.identity is not None]
     stop = detach.stop_script(identities, grace_s, MARKER_ENV)
-    prune = "".join(f"(\n{detach.prune_script(run_dir, slot, MARKER_ENV)})\n" for slot in sorted(set(slots)))
+    slots = sorted({(o.entry.run_dir, o.entry.detached.slot) for o in observed if o.entry is not None})
+    prune = "".join(f"(\n{detach.prune_script(d, slot, MARKER_ENV)})\n" for d, slot in slots)
     return f'(\n{stop})\nrc=$?\nif [ "$rc" = 0 ]; then\n{prune}fi\nexit "$rc"\n'
 
 
@@ -638,8 +638,7 @@ def stop(engine: Engine, job: Job | None, name: str, hosts: Sequence[Host] | Non
         seen = ask_host(session, name, slugs[session.host])
         if not seen:
             return []
-        slots = [slot_of(name, o.entry.host) for o in seen if o.entry]
-        result = shell.run_script(session, stop_command(seen, grace_s, slots), grace_s + STEP_TIMEOUT_S)
+        result = shell.run_script(session, stop_command(seen, grace_s), grace_s + STEP_TIMEOUT_S)
         groups = detach.parse_stop(result.stdout)
         return [_stopped(o, groups) for o in seen]
 
