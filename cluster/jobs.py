@@ -490,6 +490,9 @@ def observe(entry: JobHost, seen: Observed | None) -> Failure | None:
     """Fill ``entry``'s observed state from what its host said; the failure, if any."""
     if seen is None:
         entry.state = VANISHED
+        if entry.pid is None:  # the controller never heard back from this host's launch
+            return Failure(NO_JOB, f"job {entry.name} (run {entry.run_id}) never started on this host "
+                                   "(its start was interrupted)", f"`inv stop --job {entry.name}` forgets it here")
         return Failure(NO_JOB, f"no record of job {entry.name} (run {entry.run_id}) on the host",
                        "its files in ~/.cluster/jobs are gone (removed, or a new disk): "
                        f"`inv stop --job {entry.name}` forgets it here")

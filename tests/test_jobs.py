@@ -264,8 +264,10 @@ def test_states_and_failure_kinds(state, code, shown, kind):
 
 def test_a_record_gone_from_its_host_is_no_job():
     e = entry()
+    assert "never started" in jobs.observe(e, None).message  # an interrupted start
+    e.pid = 4242
     failure = jobs.observe(e, None)
-    assert failure.kind == jobs.NO_JOB and e.state == jobs.VANISHED
+    assert failure.kind == jobs.NO_JOB and e.state == jobs.VANISHED and "gone" in failure.hint
 
 
 # --------------------------------------------------------------------------- table
@@ -328,3 +330,15 @@ def test_expanded_table_and_summary_and_json():
 
 def test_empty_jobs_summary_says_how_to_start_one():
     assert "inv run --detach" in jobs_render.jobs_summary(Report()).plain
+
+
+def test_folded_start_table_names_the_log_per_host():
+    started = [job_outcome(f"10.8.0.{i}", jobs.RUNNING) for i in range(1, 4)]
+    held = Failure(jobs.JOB_EXISTS, "job bench is already on this host", "inv stop --job bench")
+    report = Report([*started, job_outcome("10.8.0.9", jobs.RUNNING, failure=held)])
+    text = "\n".join(_lines(jobs_render.start_table(report, ViewOptions(fold=True))))
+    assert "10.8.0.[1-3] (3)" in text and "3 pids" in text
+    assert f"~/.cluster/jobs/bench--<host>@{RUN}.log" in text
+    assert text.index("job-exists") < text.index("10.8.0.[1-3]")
+    summary = jobs_render.start_summary(Report(report.outcomes, extra={"job": "bench"}), 0.5).plain
+    assert summary.startswith("job bench: started on 3 of 4 hosts")

@@ -127,8 +127,7 @@ def jobs_summary(report: Report, elapsed: float | None = None) -> Text:
     hosts = {str(o.host) for o in report}
     if not report.outcomes:
         return Text("no jobs recorded (start one with `inv run --detach NAME CMD`)", style="dim")
-    text = Text(f"{len(names)} job{'s' if len(names) != 1 else ''} on {len(hosts)} "
-                f"host{'s' if len(hosts) != 1 else ''}: ")
+    text = Text(f"{len(names)} job{'s' if len(names) != 1 else ''} on {_hosts(len(hosts))}: ")
     counts: dict[str, int] = {}
     for outcome in report:
         counts[state_text(outcome.data, outcome).plain] = counts.get(
@@ -173,11 +172,14 @@ class StartView(BaseView):
         return [cells]
 
 
+def _hosts(count: int) -> str:
+    return f"{count} host{'s' if count != 1 else ''}"
+
+
 def _log_pattern(outcomes: list[Outcome]) -> str:
     """The log path with the host part shown as ``<host>`` (it differs per host)."""
     entry: JobHost = outcomes[0].data
-    directory, _, base = entry.log_path.rpartition("/")
-    return f"{directory}/<host>.{entry.run_id}.log"
+    return f"{entry.log_path.rpartition('/')[0]}/{entry.name}--<host>@{entry.run_id}.log"
 
 
 def start_table(report: Report, options: ViewOptions = EXPANDED_VIEW) -> TextTable:
@@ -186,8 +188,8 @@ def start_table(report: Report, options: ViewOptions = EXPANDED_VIEW) -> TextTab
 
 def start_summary(report: Report, elapsed: float) -> Text:
     name = report.extra.get("job", "?")
-    text = Text(f"job {name}: started on {len(report.ok)} of {len(report)} hosts", style="green"
-                if report.all_ok else "bold red")
+    text = Text(f"job {name}: started on {len(report.ok)} of {_hosts(len(report))}",
+                style="green" if report.all_ok else "bold red")
     text.append(f" in {elapsed:.1f} s", style="dim")
     if report.ok:
         text.append(f"\nnext: inv jobs --job {name} · inv logs --job {name} · inv stop --job {name}",
@@ -250,7 +252,7 @@ def stop_summary(report: Report, elapsed: float) -> Text:
     stops = [o.data for o in report if o.data is not None]
     stopped = sum(1 for s in stops if s.result == "stopped")
     text = Text(f"job {name}: ")
-    text.append(f"{len(report.ok)} of {len(report)} hosts done", style="green" if report.all_ok else "bold red")
+    text.append(f"{len(report.ok)} of {_hosts(len(report))} done", style="green" if report.all_ok else "bold red")
     text.append(f" ({stopped} stopped, {len(stops) - stopped} had ended); name released where done, "
                 "logs kept")
     text.append(f" in {elapsed:.1f} s", style="dim")
