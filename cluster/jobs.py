@@ -412,8 +412,16 @@ def start(engine: Engine, hosts: Sequence[Host], name: str, command: str, *,
     return report
 
 
+# Failures before any command reached the host: nothing can have been launched there.
+_NOT_CONNECTED = ("unreachable", "timeout", "auth", "host-key")
+
+
 def _may_run(outcome: Outcome) -> bool:
-    return outcome.ok or outcome.exit_code is None
+    """Started, or the connection broke after the launch was sent (it may run: keep the
+    entry so `inv jobs` asks that host); refused or never connected: nothing runs."""
+    if outcome.ok:
+        return True
+    return outcome.exit_code is None and (outcome.error is None or outcome.error.kind not in _NOT_CONNECTED)
 
 
 def _call(engine: Engine, hosts: Sequence[Host], fn: Callable[[HostSession], Any],

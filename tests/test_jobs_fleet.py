@@ -293,6 +293,18 @@ def test_hostile_names_are_rejected_before_any_connection(jobs_env, bad):
     assert not (jobs_env.state / "jobs").exists() or not any((jobs_env.state / "jobs").iterdir())
 
 
+def test_an_unreachable_host_fails_and_is_not_recorded(jobs_env):
+    name = jobs_env.name("partial")
+    refused = jobs_env.fleet.special["refused"]
+    code, doc = jobs_env.json("run", "--detach", name, "sleep 300", "-H", f"127.0.1.2,{refused}")
+    assert code == 1
+    rows = jobs_env.rows(doc)
+    assert rows["127.0.1.2"]["ok"] and rows[refused]["error"]["kind"] == "unreachable"
+    code, doc = jobs_env.json("jobs", "--job", name)
+    assert code == 0 and sorted(jobs_env.rows(doc)) == ["127.0.1.2"]
+    assert jobs_env.json("stop", "--job", name, "--grace", "5")[0] == 0
+
+
 def test_stop_needs_a_job_and_detach_no_timeout(jobs_env):
     code, _, err = jobs_env.cli("stop")
     assert code == 2 and "--job" in err
