@@ -39,6 +39,7 @@ from .ssh import Engine, HostSession
 
 Targets = str | Iterable[str] | None
 OnDone = Callable[[HostSession, Any], None]
+OnEvent = Callable[[logs.FollowEvent], None]  # named here: in Cluster's body `logs` is the method
 
 
 class Cluster:
@@ -67,12 +68,17 @@ class Cluster:
 
     # -- commands and probes ---------------------------------------------------------------
     def run(self, command: str, *, hosts: Targets = None, role: Targets = None,
-            timeout: float | None = None, on_done: OnDone | None = None) -> Report:
-        """Run a shell command on every selected host (``inv run``)."""
+            timeout: float | None = None, on_done: OnDone | None = None,
+            on_output: Callable[[Host, str, bytes], None] | None = None) -> Report:
+        """Run a shell command on every selected host (``inv run``).
+
+        ``on_output(host, stream, chunk)`` ("out" / "err", bytes) receives the output as
+        it arrives, from the hosts' threads; the report then holds stderr only.
+        """
         limit = status.check_timeout(timeout)
         targets = self.hosts(hosts, role)
-        report = build_report(self.engine.run(targets, command, timeout=limit, on_done=on_done),
-                              self.engine)
+        report = build_report(self.engine.run(targets, command, timeout=limit, on_done=on_done,
+                                              on_output=on_output), self.engine)
         return _described(report, "run", basic_view.run_fields)
 
     def call(self, fn: Callable[[HostSession], Any], *, hosts: Targets = None,
@@ -185,7 +191,7 @@ class Cluster:
         report.extra["saved_to"] = str(directory)
         return report
 
-    def follow_logs(self, on_event: Callable[[logs.FollowEvent], None], *, hosts: Targets = None,
+    def follow_logs(self, on_event: OnEvent, *, hosts: Targets = None,
                     role: Targets = None, file: str | None = None, lines: int = 10,
                     grep: str | None = None, deployment: str | None = None, job: str | None = None,
                     stop: threading.Event | None = None, duration: float | None = None) -> Report:

@@ -20,11 +20,12 @@ JOB_HELP = {
 }
 
 
-def start_detached(name, command, *, hosts, role, roles_file, as_json, fanout, timeout) -> None:
+def start_detached(name, command, *, hosts, role, roles_file, as_json, fanout, timeout, stream) -> None:
     """``inv run --detach NAME CMD``: start CMD on every host as job NAME, return at once."""
-    if timeout is not None:
-        raise InputError("--timeout does not apply to --detach: a detached job runs until it "
-                         "ends or `inv stop --job NAME`")
+    if timeout is not None or stream:
+        raise InputError(f"{'--timeout' if timeout is not None else '--stream'} does not apply to "
+                         "--detach: a detached job runs until it ends or `inv stop --job NAME` "
+                         "(follow it with `inv logs --job NAME --follow`)")
     name = jobs_op.check_name(name, "--detach")
     command = jobs_op.check_command(command)
     options = view_options(render.stdout_console())
