@@ -21,6 +21,7 @@ from .errors import ParameterError
 from .gpu_health import HealthLimits, parse_limits
 from .hosts import Host
 from .inventory import Inventory, load_inventory
+from .logs import LogSource
 from .probe import Probe, run_probe
 from .render import basic as basic_view
 from .render import gpu as gpu_view
@@ -258,7 +259,7 @@ class Cluster:
         return _described(report, "stop", jobs_view.stop_fields)
 
     def _job_log_sources(self, job: str, hosts: Targets, role: Targets, file: str | None,
-                         deployment: str | None) -> list[logs.LogSource]:
+                         deployment: str | None) -> list[LogSource]:
         if file is not None or deployment is not None:
             raise ParameterError("job", "{name} reads the job's own log: leave out file and deployment")
         recorded = jobs_op.load_job(jobs_op.check_name(job, "job"))

@@ -18,7 +18,7 @@ from ..jobs import EXITED, RUNNING, STARTING, VANISHED, JobHost, JobStop
 from ..result import Outcome, Report
 from .core import duration
 from .fold import EXPANDED_VIEW, FAILED, OK, WARN, BaseView, ViewOptions, failure_cell, to_cell, view_table
-from .table import Cell, Column, TextTable, host_column
+from .table import Cell, Column, Span, TextTable, host_column
 from .text import shown
 
 _LAST_LOG = 120  # characters of the last log line shown in a cell
@@ -36,11 +36,11 @@ def state_text(entry: JobHost | None, outcome: Outcome) -> Text:
     return Text(entry.state, style=style)
 
 
-def _notes(outcome: Outcome, entry: JobHost | None) -> list[Cell] | str:
+def _notes(outcome: Outcome, last_log: str | None) -> Cell:
     """The last log line, then (failed) the failure's message and hint."""
-    parts: list[Any] = []
-    if entry is not None and entry.last_log:
-        parts.append((shown(entry.last_log[:_LAST_LOG]), "dim"))
+    parts: list[Span] = []
+    if last_log:
+        parts.append((shown(last_log[:_LAST_LOG]), "dim"))
     if outcome.error is not None:
         if parts:
             parts.append(("\n", ""))
@@ -69,7 +69,7 @@ def jobs_row(outcome: Outcome) -> list[Cell]:
     entry: JobHost | None = outcome.data
     return [to_cell(entry.name if entry is not None else None), shown(str(outcome.host)), to_cell(state_text(entry, outcome)),
             duration(entry.runtime_s) if entry else "—", to_cell(entry.pid if entry else None),
-            _notes(outcome, entry)]
+            _notes(outcome, entry.last_log if entry else None)]
 
 
 class JobsView(BaseView):
@@ -100,12 +100,8 @@ class JobsView(BaseView):
         runtimes = [e.runtime_s for e in entries if e.runtime_s is not None]
         low, high = (duration(min(runtimes)), duration(max(runtimes))) if runtimes else ("—", "—")
         cells[3] = low if low == high else f"{low}–{high}"
-        lines = {e.last_log for e in entries}
-        first = entries[0]
-        cells[5] = (shown(first.last_log[:_LAST_LOG]), "dim") if len(lines) == 1 and first.last_log else ""
-        if not outcomes[0].ok:
-            cells[5] = failure_cell(outcomes[0]) if not cells[5] else [cells[5], ("\n", ""),
-                                                                      *failure_cell(outcomes[0])]
+        shared = {e.last_log for e in entries}
+        cells[5] = _notes(outcomes[0], shared.pop() if len(shared) == 1 else None)
         return [cells]
 
 

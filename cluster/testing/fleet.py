@@ -427,7 +427,7 @@ class Fleet:
             argv = with_death_signal(argv)
         with open(server.stderr, "ab") as err:
             server.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
-        wait_listening([server], self.port, self.start_timeout)
+        wait_listening([server], self.port or 22, self.start_timeout)
 
     def _session_env(self, address: str) -> dict[str, str]:
         root = self.host_dir(address)
