@@ -20,6 +20,7 @@ what is particular to jobs:
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -305,6 +306,24 @@ def save_job(job: Job) -> Path:
     return path
 
 
+def update_job(name: str, change: Callable[[Job | None], Job | None]) -> Job | None:
+    """Read, change and write the record of job ``name`` under an exclusive lock
+    (``<name>.lock`` beside it): two controllers starting or stopping one name at the
+    same time never lose each other's entries. ``change`` gets the record (None: none
+    yet) and returns what to write (None: leave it)."""
+    lock = job_file(name).with_suffix(".lock")
+    lock.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        job = change(load_job(name))
+        if job is not None:
+            save_job(job)
+        return job
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def check_state_dir() -> Path:
     """The controller's jobs dir, created and writable, else `InputError` (exit 2):
     checked before launching, so a job never runs unrecorded."""
@@ -379,10 +398,14 @@ def start(engine: Engine, hosts: Sequence[Host], name: str, command: str, *,
     check_state_dir()
     run_id = new_run_id()
     fresh = {h: new_entry(name, command, h, run_id, run_dir) for h in dict.fromkeys(hosts)}
-    job = load_job(name) or Job(name, command, time.time())
-    job.command = command
-    job.hosts += list(fresh.values())
-    save_job(job)  # before any launch
+
+    def record(job: Job | None) -> Job:
+        job = job or Job(name, command, time.time())
+        job.command = command
+        job.hosts += list(fresh.values())
+        return job
+
+    update_job(name, record)  # before any launch
 
     def launch(session: HostSession) -> Any:
         entry = fresh[session.host]
@@ -403,11 +426,16 @@ def start(engine: Engine, hosts: Sequence[Host], name: str, command: str, *,
     for outcome in report:
         outcome.data = fresh[outcome.host]
     started = [o.host for o in report if o.ok]
-    # Keep: other hosts' entries, this run's launched ones, and those of hosts whose
-    # connection broke (they may have launched: `inv jobs` asks them).
-    job.hosts = [e for e in job.hosts if (e.run_id == run_id and _may_run(report[e.host]))
-                 or (e.run_id != run_id and not any(same_host(e.host, h) for h in started))]
-    save_job(job)
+
+    def settle(job: Job | None) -> Job | None:
+        # Keep: other hosts' entries, this run's launched ones, and those of hosts whose
+        # connection broke after the launch was sent (they may run: `inv jobs` asks them).
+        if job is not None:
+            job.hosts = [e for e in job.hosts if (e.run_id == run_id and _may_run(report[e.host]))
+                         or (e.run_id != run_id and not any(same_host(e.host, h) for h in started))]
+        return job
+
+    update_job(name, settle)
     report.extra.update(job=name, run_id=run_id, command=command)
     return report
 
@@ -658,10 +686,14 @@ def stop(engine: Engine, job: Job | None, name: str, hosts: Sequence[Host] | Non
         if outcome.ok:
             _stop_outcome(outcome, name, [e for e in listed if same_host(e.host, outcome.host)])
     report.extra.update(job=name, grace_s=grace_s)
-    if job is not None:
-        released = [o.host for o in report if o.ok]
-        job.hosts = [e for e in job.hosts if not any(same_host(e.host, h) for h in released)]
-        save_job(job)
+    released = [o.host for o in report if o.ok]
+
+    def release(recorded: Job | None) -> Job | None:
+        if recorded is not None:
+            recorded.hosts = [e for e in recorded.hosts if not any(same_host(e.host, h) for h in released)]
+        return recorded
+
+    update_job(name, release)
     return report
 
 

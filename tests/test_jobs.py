@@ -11,6 +11,7 @@ import shlex
 import signal
 import stat
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -128,6 +129,34 @@ def test_a_broken_controller_record_names_its_file(tmp_path, monkeypatch, text):
     (tmp_path / "jobs" / "x.json").write_text(text)
     with pytest.raises(InputError, match="x.json"):
         jobs.load_job("x")
+
+
+def test_record_updates_are_serialised(tmp_path, monkeypatch):
+    """A second writer waits for the first (flock): without the lock it would read the
+    record before the first wrote it, and the first's write would drop its entry."""
+    monkeypatch.setenv("CLUSTER_STATE_DIR", str(tmp_path))
+    inside, release = threading.Event(), threading.Event()
+
+    def add(host: str, wait: bool):
+        def change(job):
+            if wait:
+                inside.set()
+                release.wait(10)
+            job = job or jobs.Job("x", "c", 1.0)
+            job.hosts.append(jobs.new_entry("x", "c", Host(host), RUN))
+            return job
+        return change
+
+    first = threading.Thread(target=jobs.update_job, args=("x", add("10.8.0.81", True)))
+    first.start()
+    assert inside.wait(10)
+    second = threading.Thread(target=jobs.update_job, args=("x", add("10.8.0.82", False)))
+    second.start()
+    second.join(2)  # with the lock it is still waiting here; without, it has written already
+    release.set()
+    first.join(10)
+    second.join(10)
+    assert sorted(e.target for e in jobs.load_job("x").hosts) == ["10.8.0.81", "10.8.0.82"]
 
 
 def test_an_unwritable_state_dir_is_bad_input(tmp_path, monkeypatch):
