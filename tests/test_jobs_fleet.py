@@ -230,6 +230,21 @@ def test_a_rebooted_host_shows_vanished(jobs_env):
     assert marked(run_id) == {}
 
 
+def test_a_job_that_ignores_sigterm_is_killed_after_the_grace(jobs_env):
+    name = jobs_env.name("stubborn")
+    code, doc = jobs_env.json("run", "--detach", name,
+                              "exec python3 -c 'import signal, time; signal.signal(signal.SIGTERM, "
+                              "signal.SIG_IGN); print(\"ready\", flush=True); time.sleep(300)'",
+                              "-H", "127.0.1.7")
+    assert code == 0
+    assert wait_for(lambda: jobs_env.json("jobs", "--job", name)[1]["hosts"][0]["last_log"] == "ready")
+    code, doc = jobs_env.json("stop", "--job", name, "--grace", "1")
+    assert code == 0
+    row = doc["hosts"][0]
+    assert row["result"] == "stopped" and row["how"] == "kill" and row["survivors"] == []
+    assert marked(doc["hosts"][0]["run_id"]) == {}
+
+
 def test_the_same_name_twice_on_a_host_is_refused(jobs_env):
     name = jobs_env.name("twice")
     code, first = jobs_env.json("run", "--detach", name, "sleep 300", "-H", "127.0.1.[1-3]")
