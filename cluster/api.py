@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from . import checks, gpu, kill, logs, service, status, system, transfer
 from . import jobs as jobs_op
-from .errors import ParameterError
+from .errors import InputError, ParameterError
 from .gpu_health import HealthLimits, parse_limits
 from .hosts import Host
 from .inventory import Inventory, load_inventory
@@ -334,22 +334,43 @@ class Cluster:
                                         on_progress=on_progress)
 
     def stop_pd(self, *, hosts: Targets = None, role: Targets = None, deployment: str | None = None,
-                grace: float = serving_stop.DEFAULT_GRACE_S, sweep: str = "user",
+                grace: float = serving_stop.DEFAULT_GRACE_S, sweep: str = serving_stop.DEFAULT_SWEEP,
                 keep_router: bool = False) -> serving_stop.StopResult:
         """Stop the recorded deployment, or what start-pd started on the selected hosts."""
         targets = self.hosts(hosts, role) if (hosts or role) else None
-        return serving_stop.stop_pd(self.engine, serving_records.load_manifest(deployment),
-                                    hosts=targets, run_dir=self.serving_config().run_dir,
-                                    grace=grace, sweep=sweep, keep_router=keep_router,
-                                    fanout=self.settings.fanout, deployment=deployment)
+        manifest, problem = self._manifest_for(deployment, targets)
+        result = serving_stop.stop_pd(self.engine, manifest, hosts=targets,
+                                      run_dir=self.serving_config().run_dir, grace=grace, sweep=sweep,
+                                      keep_router=keep_router, fanout=self.settings.fanout,
+                                      deployment=deployment)
+        if problem:
+            result.report.extra["manifest_error"] = problem
+        return result
 
     def pd_status(self, *, hosts: Targets = None, role: Targets = None,
-                  deployment: str | None = None) -> serving_status.StatusResult:
-        """Health of every server of the recorded deployment (or of the selected hosts)."""
+                  deployment: str | None = None, prune: bool = False) -> serving_status.StatusResult:
+        """Health of every server of the recorded deployment (or of the selected hosts);
+        ``prune`` removes the stale per-host records found."""
         targets = self.hosts(hosts, role) if (hosts or role) else None
-        return serving_status.pd_status(self.engine, serving_records.load_manifest(deployment),
-                                        hosts=targets, run_dir=self.serving_config().run_dir,
-                                        fanout=self.settings.fanout, deployment=deployment)
+        manifest, problem = self._manifest_for(deployment, targets)
+        result = serving_status.pd_status(self.engine, manifest, hosts=targets,
+                                          run_dir=self.serving_config().run_dir,
+                                          fanout=self.settings.fanout, deployment=deployment, prune=prune)
+        if problem:
+            result.report.extra["manifest_error"] = problem
+        return result
+
+    @staticmethod
+    def _manifest_for(deployment: str | None, targets: Sequence[Host] | None
+                      ) -> tuple[serving_records.Manifest | None, str | None]:
+        """The recorded deployment; with hosts named, a corrupt manifest is set aside (the
+        hosts' own records still work) and its error returned, else it raises."""
+        try:
+            return serving_records.load_manifest(deployment), None
+        except InputError as exc:
+            if targets is None:
+                raise
+            return None, str(exc)
 
     def _recorded(self, deployment: str | None) -> serving_records.Manifest:
         manifest = serving_records.load_manifest(deployment)

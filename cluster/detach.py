@@ -14,7 +14,7 @@ knows what the process is. The discipline, in one place:
   then start ``setsid`` a small ``sh`` wrapper (pgid = its pid) that writes the pid file
   itself before running the command, so an interrupt of the launching shell at any
   instant leaves the process findable; then the record is rewritten ``running`` with
-  the pid. The launching shell ignores INT/TERM/HUP/PIPE while it works.
+  the pid. The launching shell catches INT/TERM/HUP/PIPE while it works (and goes on).
 * **Identity** (:class:`Identity`): process group id (= the wrapper's pid), the leader's
   start time (field 22 of ``/proc/PID/stat``, clock ticks since boot: never the same for
   two processes of one pid) and the run id, carried by every process of the run as the
@@ -237,7 +237,8 @@ def launch_lines(job: Job, *, checks: Sequence[str] = (), prelude: Sequence[str]
     log, lock, record = shell.path(job.log), shell.path(job.lock_path), shell.path(job.record_path)
     lines = [functions(job.marker_env), *run_dir_lines(job.run_dir),
              # An interrupted controller closes the channel: finish writing what was started.
-             "trap '' INT TERM HUP PIPE",
+             # Caught (not ignored: an ignored signal would stay ignored in the process).
+             "trap 'interrupted=1' INT TERM HUP PIPE",
              f"exec 9>>{lock}",
              "if command -v flock >/dev/null 2>&1 && ! flock -n 9; then "
              f"echo {shell.quote(f'another launch holds the slot lock {job.lock_path}')} >&2; "
@@ -251,9 +252,7 @@ def launch_lines(job: Job, *, checks: Sequence[str] = (), prelude: Sequence[str]
     lines.append(f"export {job.marker_env}={job.run_id}")
     lines.append(f"rm -f {shell.path(job.pid_path)} {shell.path(job.exit_path)}")
     argv = shell.display_argv(job.argv) if display else shell.join(job.argv)
-    # The ignored signals would be inherited across exec: restored in the forked subshell.
-    lines.append(f"( trap - INT TERM HUP PIPE; exec setsid sh -c {shell.quote(_wrapper(job))} detached "
-                 f"{argv} >> {log} 2>&1 < /dev/null 9>&- ) &")
+    lines.append(f"setsid nohup sh -c {shell.quote(_wrapper(job))} detached {argv} >> {log} 2>&1 < /dev/null 9>&- &")
     pidfile = shell.path(job.pid_path)
     lines += [
         "trap - EXIT",

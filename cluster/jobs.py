@@ -261,10 +261,11 @@ def host_of(target: str) -> Host:
 
 
 def controller_dir() -> Path:
-    """``<state dir>/jobs``: ``$CLUSTER_STATE_DIR``, else start-pd's default state dir."""
-    from .serving.records import DEFAULT_STATE_DIR, STATE_DIR_ENV
+    """``<state dir>/jobs``: under start-pd's state dir (``$CLUSTER_STATE_DIR``, else
+    ``~/.cluster/deployments``)."""
+    from .serving.records import state_dir
 
-    return Path(os.environ.get(STATE_DIR_ENV) or DEFAULT_STATE_DIR).expanduser() / CONTROLLER_SUBDIR
+    return state_dir() / CONTROLLER_SUBDIR
 
 
 def job_file(name: str) -> Path:
@@ -325,17 +326,17 @@ def update_job(name: str, change: Callable[[Job | None], Job | None]) -> Job | N
 
 
 def check_state_dir() -> Path:
-    """The controller's jobs dir, created and writable, else `InputError` (exit 2):
+    """The controller's jobs dir, created and proven writable, else `InputError` (exit 2):
     checked before launching, so a job never runs unrecorded."""
+    from .serving.records import ensure_state_dir
+
+    ensure_state_dir()
     directory = controller_dir()
-    probe = directory / f".probe.{os.getpid()}"
     try:
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        probe.write_text("")
-        probe.unlink()
+        directory.mkdir(mode=0o700, exist_ok=True)
     except OSError as exc:
-        raise InputError(f"cannot write job records in {directory}: {exc.strerror} "
-                         "(set CLUSTER_STATE_DIR to a writable directory)") from None
+        raise InputError(f"cannot create {directory}: {exc.strerror} (set CLUSTER_STATE_DIR to a "
+                         "writable directory)") from None
     return directory
 
 

@@ -10,6 +10,7 @@ import sys
 import time
 
 import pytest
+from helpers import process_alive
 
 from cluster import detach
 from cluster.detach import Identity, Job
@@ -28,14 +29,6 @@ def job(tmp_path, slot="srv-127.0.0.1-30000", run_id="20260101-000000-ab12", arg
 def start_time(pid: int) -> int:
     with open(f"/proc/{pid}/stat") as f:
         return int(f.read().rsplit(")", 1)[1].split()[19])
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def launch(j: Job, shell: str = "sh", **kwargs) -> Identity:
@@ -109,7 +102,7 @@ def test_pid_reuse_is_refused_and_the_unrelated_process_survives(tmp_path):
         unknown = Identity(other.pid, None, "20260101-000000-ab12")
         out = run(detach.stop_script([unknown], 1, MARKER))
         assert detach.parse_stop(out.stdout)[other.pid].verdict == detach.REUSED
-        assert alive(other.pid) and other.poll() is None
+        assert process_alive(other.pid) and other.poll() is None
         check = run(detach.functions(MARKER) + "\n" + "\n".join(detach.check_lines([recorded])))
         assert detach.parse_verdicts(check.stdout) == {other.pid: detach.REUSED}
     finally:
@@ -127,7 +120,7 @@ def test_verified_stop_then_status(tmp_path, reap):
     stopped = detach.parse_stop(out.stdout)[ident.pgid]
     assert out.returncode == 0 and stopped.verdict == detach.OK and stopped.was_running
     assert ident.pgid in stopped.pids and len(stopped.pids) >= 3 and stopped.how == "term"
-    assert not any(alive(p) for p in stopped.pids)
+    assert not any(process_alive(p) for p in stopped.pids)
     found = detach.parse_status(run(detach.status_script(j.run_dir, marker_env=MARKER)).stdout)
     assert [f.state for f in found] == [detach.VANISHED]
     # stopping again: gone, nothing signalled
@@ -141,11 +134,11 @@ def test_orphans_of_a_dead_leader_are_found_by_their_marker(tmp_path, reap):
     ident = launch(j)
     reap.append(ident.pgid)
     deadline = time.monotonic() + 10
-    while alive(ident.pgid) and time.monotonic() < deadline:
+    while process_alive(ident.pgid) and time.monotonic() < deadline:
         time.sleep(0.05)
     out = detach.parse_stop(run(detach.stop_script([ident], 5, MARKER)).stdout)[ident.pgid]
     assert out.verdict == detach.OK and out.pids and ident.pgid not in out.pids
-    assert not any(alive(p) for p in out.pids)
+    assert not any(process_alive(p) for p in out.pids)
 
 
 def test_exit_code_and_not_started(tmp_path):

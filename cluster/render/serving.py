@@ -102,8 +102,11 @@ def start_notes(result: StartResult) -> list[str]:
     if result.stage == "preflight":
         notes.append("Nothing was started on any host.")
     elif result.stage in ("launch", "wait", "router"):
-        notes.append("The servers that started are left running: inspect them with "
-                     "`inv pd-status` / `inv logs`, stop them with `inv stop-pd`.")
+        if any(o.data.pid for o in result.report if o.data is not None):
+            notes.append("The servers that started are left running: inspect them with "
+                         "`inv pd-status` / `inv logs`, stop them with `inv stop-pd`.")
+        else:
+            notes.append("No server started.")
     dirs = sorted({str(PurePosixPath(o.data.log_path).parent) for o in result.report if o.data.log_path})
     if dirs and result.stage != "preflight":
         notes.append(f"Logs (and pid files) on each host in {', '.join(dirs)}")
@@ -210,6 +213,8 @@ def stop_row(outcome: Outcome) -> list[Any]:
     stopped = ", ".join(stop.servers) or "nothing recorded"
     if stop.servers and not stop.stopped_pids:
         stopped += " (not running)"
+    if stop.pid_reused:
+        stopped += f" (pid {_pids(stop.pid_reused)} reused by another process: not signalled)"
     notes = failure_text(outcome)
     if how:
         notes = Text(how + (f" in {stop.seconds} s" if stop.seconds is not None else ""), style="dim") \
