@@ -12,6 +12,7 @@ a failing test leaves is killed by pid and its files removed at the end.
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import signal
@@ -243,6 +244,32 @@ def test_a_job_that_ignores_sigterm_is_killed_after_the_grace(jobs_env):
     row = doc["hosts"][0]
     assert row["result"] == "stopped" and row["how"] == "kill" and row["survivors"] == []
     assert marked(doc["hosts"][0]["run_id"]) == {}
+
+
+def test_ctrl_c_during_the_start_leaves_every_process_findable(jobs_env):
+    """SIGINT to `run --detach` as soon as the controller's record exists (before the
+    launches): whatever started is listed by `inv jobs` and stopped by `inv stop`."""
+    name = jobs_env.name("interrupted")
+    record = jobs_env.state / "jobs" / f"{name}.json"
+    proc = subprocess.Popen([*CLI, "run", "--detach", name, "sleep 300", "--roles-file", str(jobs_env.roles)],
+                            cwd=REPO, env={**os.environ, **jobs_env.env()},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert wait_for(record.exists, step=0.005)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode in (0, 130) and b"Traceback" not in err
+    run_id = json.loads(record.read_text())["hosts"][0]["run_id"]
+    jobs_env.run_ids.append(run_id)
+
+    def settled():  # launches the interrupt did not stop finish on their hosts
+        doc = jobs_env.json("jobs", "--job", name)[1]
+        return doc if all(r["state"] != "starting" for r in doc["hosts"]) else None
+
+    doc = wait_for(settled)
+    listed = {r["host"] for r in doc["hosts"] if r["state"] == "running"}
+    assert set(marked(run_id).values()) <= listed
+    assert jobs_env.json("stop", "--job", name, "--grace", "5")[0] == 0
+    assert marked(run_id) == {}
 
 
 def test_the_same_name_twice_on_a_host_is_refused(jobs_env):
