@@ -15,10 +15,11 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from . import checks, gpu, kill, logs, service, status, system, transfer
+from . import checks, gpu, kill, logs, options, service, status, system, transfer
 from . import jobs as jobs_op
 from .errors import InputError, ParameterError
 from .gpu_health import HealthLimits, parse_limits
+from .hostkeys import check_known_hosts_path
 from .hosts import Host
 from .inventory import Inventory, load_inventory
 from .logs import LogSource
@@ -60,6 +61,7 @@ class Cluster:
     def engine(self) -> Engine:
         """The shared SSH engine (created on first use)."""
         if self._engine is None:
+            check_known_hosts_path(self.settings.known_hosts)  # a local problem: exit 2 up front
             self._engine = Engine(self.settings)
         return self._engine
 
@@ -157,7 +159,7 @@ class Cluster:
             return self._job_log_sources(job, hosts, role, file, deployment)
         if file is not None:
             return logs.file_sources(self.hosts(hosts, role), file)
-        manifest = serving_records.load_manifest(deployment)
+        manifest = serving_records.load_manifest(_deployment(deployment))
         if manifest is None:
             raise ParameterError("file", f"no recorded deployment "
                                          f"({serving_records.manifest_file(deployment)} not found): "
@@ -242,7 +244,7 @@ class Cluster:
         if name is not None:
             name = jobs_op.check_name(name, "name")
         recorded = ([j for j in [jobs_op.load_job(name)] if j] if name else jobs_op.list_jobs())
-        targets = self.hosts(hosts, role) if (hosts or role) else None
+        targets = self._targets(hosts, role)
         report = jobs_op.status(self.engine, recorded, targets, name=name,
                                 fanout=self.settings.fanout, on_done=on_done)
         return _described(report, "jobs", jobs_view.jobs_fields)
@@ -253,7 +255,7 @@ class Cluster:
         checked gone; then the name is free on those hosts (logs kept). ``.data``:
         `cluster.jobs.JobStop`."""
         name = jobs_op.check_name(name, "name")
-        targets = self.hosts(hosts, role) if (hosts or role) else None
+        targets = self._targets(hosts, role)
         report = jobs_op.stop(self.engine, jobs_op.load_job(name), name, targets, grace=grace,
                               fanout=self.settings.fanout, on_done=on_done)
         return _described(report, "stop", jobs_view.stop_fields)
@@ -266,7 +268,7 @@ class Cluster:
         if recorded is None:
             raise ParameterError("job", f"{{name}}: no job {job} recorded ({jobs_op.job_file(job)} "
                                         "not found): `inv jobs` lists the jobs")
-        targets = self.hosts(hosts, role) if (hosts or role) else None
+        targets = self._targets(hosts, role)
         sources = jobs_op.log_sources(recorded, targets)
         if not sources:
             raise ParameterError("hosts", f"job {job} has no process on the selected hosts ({{name}})")
@@ -303,10 +305,10 @@ class Cluster:
         the roles ``prefill`` / ``decode``. ``overrides`` are `ServingConfig.with_overrides`
         keys (model_path, tp_size, engine...). Raises `InputError` on bad input."""
         config = self.serving_config(**overrides)
-        prefill_hosts = self.hosts(prefill) if prefill else self.inventory.role_hosts("prefill")
-        decode_hosts = self.hosts(decode) if decode else self.inventory.role_hosts("decode")
+        prefill_hosts = self.hosts(prefill) if prefill is not None else self.inventory.role_hosts("prefill")
+        decode_hosts = self.hosts(decode) if decode is not None else self.inventory.role_hosts("decode")
         return plan_start(config, prefill_hosts, decode_hosts, router=router,
-                          deployment=deployment, run_id=run_id)
+                          deployment=_deployment(deployment), run_id=run_id)
 
     def start_pd(self, plan: StartPlan, *, wait: bool = True,
                  timeout: float = serving_start.DEFAULT_TIMEOUT_S, restart: bool = False,
@@ -327,7 +329,7 @@ class Cluster:
         rank of each), or with no selection those whose process is gone; others are left
         alone. Recorded specs, a new run id; the router is made to list them again."""
         manifest = self._recorded(deployment)
-        targets = self.hosts(hosts, role) if (hosts or role) else None
+        targets = self._targets(hosts, role)
         return serving_start.restart_pd(self.engine, manifest, hosts=targets,
                                         secrets=self._secret_values(), wait=wait, timeout=timeout,
                                         grace=grace, fanout=self.settings.fanout,
@@ -337,7 +339,8 @@ class Cluster:
                 grace: float = serving_stop.DEFAULT_GRACE_S, sweep: str = serving_stop.DEFAULT_SWEEP,
                 keep_router: bool = False) -> serving_stop.StopResult:
         """Stop the recorded deployment, or what start-pd started on the selected hosts."""
-        targets = self.hosts(hosts, role) if (hosts or role) else None
+        targets = self._targets(hosts, role)
+        deployment = _deployment(deployment)
         manifest, problem = self._manifest_for(deployment, targets)
         result = serving_stop.stop_pd(self.engine, manifest, hosts=targets,
                                       run_dir=self.serving_config().run_dir, grace=grace, sweep=sweep,
@@ -351,7 +354,8 @@ class Cluster:
                   deployment: str | None = None, prune: bool = False) -> serving_status.StatusResult:
         """Health of every server of the recorded deployment (or of the selected hosts);
         ``prune`` removes the stale per-host records found."""
-        targets = self.hosts(hosts, role) if (hosts or role) else None
+        targets = self._targets(hosts, role)
+        deployment = _deployment(deployment)
         manifest, problem = self._manifest_for(deployment, targets)
         result = serving_status.pd_status(self.engine, manifest, hosts=targets,
                                           run_dir=self.serving_config().run_dir,
@@ -372,7 +376,13 @@ class Cluster:
                 raise
             return None, str(exc)
 
+    def _targets(self, hosts: Targets, role: Targets) -> list[Host] | None:
+        """The selected hosts, or None when neither was given (an empty -H "" is an
+        error, never "everything": `Inventory.select`)."""
+        return None if hosts is None and role is None else self.hosts(hosts, role)
+
     def _recorded(self, deployment: str | None) -> serving_records.Manifest:
+        deployment = _deployment(deployment)
         manifest = serving_records.load_manifest(deployment)
         if manifest is None:
             raise ParameterError("deployment", f"no recorded deployment "
@@ -410,3 +420,8 @@ def _described(report: Report, task: str,
         report.fields = fields
     return report
 
+
+def _deployment(name: str | None) -> str | None:
+    """A deployment name as given (None: the default one), checked: it names a file and
+    reaches remote command lines (`cluster.options.name`)."""
+    return None if name is None else options.name(name, "deployment")

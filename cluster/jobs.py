@@ -30,11 +30,10 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import detach, shell
-from .errors import InputError, ParameterError
+from . import detach, options, shell
+from .errors import InputError, ParameterError, quoted
 from .hosts import Host, parse_hosts
 from .logs import LogSource
-from .options import seconds
 from .result import Failure, Outcome, Report, build_report
 
 if TYPE_CHECKING:
@@ -42,8 +41,7 @@ if TYPE_CHECKING:
 
 # Names: a letter or digit first (never an option, never a hidden file), then the
 # characters of a portable file name; short enough for a file name with the host in it.
-NAME_MAX = 64
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_FIRST = re.compile(r"[A-Za-z0-9]")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _SEP = "--"  # between the name and the host in a slot
 
@@ -76,20 +74,17 @@ _LOGIN_SHELL = 'exec "${SHELL:-/bin/sh}" -c "$1"'
 
 
 def check_name(name: Any, parameter: str = "name") -> str:
-    """A job name: 1-64 of ``[A-Za-z0-9._-]``, starting with a letter or digit.
+    """A job name: a name as `cluster.options.name` checks it (1-64 of ``[A-Za-z0-9._-]``),
+    starting with a letter or digit (never an option, never a hidden file).
 
     Refused before any connection (`ParameterError`, exit 2): a name becomes part of a
-    file name on every host, so no ``/``, no leading ``-`` or ``.``, no spaces or quotes.
+    file name on every host, so no ``/``, spaces, quotes or shell characters.
     """
-    text = "" if name is None else str(name)
-    if not text:
+    if name is None or str(name) == "":
         raise ParameterError(parameter, "{name}: a job name is required")
-    if len(text) > NAME_MAX:
-        raise ParameterError(parameter, f"{{name}}: a job name has at most {NAME_MAX} characters, "
-                                        f"got {len(text)}")
-    if not _NAME.match(text):
-        raise ParameterError(parameter, f"{{name}}: bad job name {text!r}: use letters, digits, "
-                                        "'.', '_' and '-', starting with a letter or digit")
+    text = options.name(name, parameter)
+    if not _FIRST.match(text):
+        raise ParameterError(parameter, f"{{name}}: a job name starts with a letter or digit, got {quoted(text)}")
     return text
 
 
@@ -104,7 +99,7 @@ def check_command(command: Any) -> str:
 
 
 def check_grace(value: Any) -> float:
-    return seconds(value, "grace", minimum=0.0, maximum=3600.0, allow_minimum=True)
+    return options.seconds(value, "grace", minimum=0.0, maximum=3600.0, allow_minimum=True)
 
 
 # --------------------------------------------------------------------------- records
@@ -288,7 +283,14 @@ def list_jobs() -> list[Job]:
     """Every recorded job, by name. A broken record is an `InputError` naming its file."""
     directory = controller_dir()
     names = sorted(p.stem for p in directory.glob("*.json")) if directory.is_dir() else []
-    return [job for name in names if _NAME.match(name) for job in [load_job(name)] if job]
+    return [job for name in names if _is_name(name) for job in [load_job(name)] if job]
+
+
+def _is_name(text: str) -> bool:
+    try:
+        return check_name(text) == text
+    except ParameterError:
+        return False
 
 
 def save_job(job: Job) -> Path:

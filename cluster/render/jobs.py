@@ -16,7 +16,7 @@ from rich.text import Text
 
 from ..jobs import EXITED, RUNNING, STARTING, VANISHED, JobHost, JobStop
 from ..result import Outcome, Report
-from .core import duration
+from .core import counted, duration
 from .fold import EXPANDED_VIEW, FAILED, OK, WARN, BaseView, ViewOptions, failure_cell, to_cell, view_table
 from .table import Cell, Column, Span, TextTable, host_column
 from .text import shown
@@ -123,7 +123,7 @@ def jobs_summary(report: Report, elapsed: float | None = None) -> Text:
     hosts = {str(o.host) for o in report}
     if not report.outcomes:
         return Text("no jobs recorded (start one with `inv run --detach NAME CMD`)", style="dim")
-    text = Text(f"{len(names)} job{'s' if len(names) != 1 else ''} on {_hosts(len(hosts))}: ")
+    text = Text(f"{counted(len(names), 'job')} on {counted(len(hosts), 'host')}: ")
     counts: dict[str, int] = {}
     for outcome in report:
         counts[state_text(outcome.data, outcome).plain] = counts.get(
@@ -168,10 +168,6 @@ class StartView(BaseView):
         return [cells]
 
 
-def _hosts(count: int) -> str:
-    return f"{count} host{'s' if count != 1 else ''}"
-
-
 def _log_pattern(outcomes: list[Outcome]) -> str:
     """The log path with the host part shown as ``<host>`` (it differs per host)."""
     entry: JobHost = outcomes[0].data
@@ -184,7 +180,7 @@ def start_table(report: Report, options: ViewOptions = EXPANDED_VIEW) -> TextTab
 
 def start_summary(report: Report, elapsed: float) -> Text:
     name = report.extra.get("job", "?")
-    text = Text(f"job {name}: started on {len(report.ok)} of {_hosts(len(report))}",
+    text = Text(f"job {name}: started on {len(report.ok)} of {counted(len(report), 'host')}",
                 style="green" if report.all_ok else "bold red")
     text.append(f" in {elapsed:.1f} s", style="dim")
     if report.ok:
@@ -248,7 +244,7 @@ def stop_summary(report: Report, elapsed: float) -> Text:
     stops = [o.data for o in report if o.data is not None]
     stopped = sum(1 for s in stops if s.result == "stopped")
     text = Text(f"job {name}: ")
-    text.append(f"{len(report.ok)} of {_hosts(len(report))} done", style="green" if report.all_ok else "bold red")
+    text.append(f"{len(report.ok)} of {counted(len(report), 'host')} done", style="green" if report.all_ok else "bold red")
     text.append(f" ({stopped} stopped, {len(stops) - stopped} had ended); name released where done, "
                 "logs kept")
     text.append(f" in {elapsed:.1f} s", style="dim")
