@@ -469,15 +469,19 @@ def _each_record(run_dir: str, pattern: str, marker_env: str, body: Sequence[str
     ]) + "\n"
 
 
-def status_script(run_dir: str, pattern: str = "*", marker_env: str = "CLUSTER_RUN_ID") -> str:
+def status_script(run_dir: str, pattern: str = "*", marker_env: str = "CLUSTER_RUN_ID",
+                  extra: Sequence[str] = ()) -> str:
     """Shell text reporting every record ``<run_dir>/<pattern>@*.json`` with the state of
     its process, verified (parse: :func:`parse_status`). ``pattern`` is a glob over slot
-    names (``[A-Za-z0-9._*?-]`` and brackets only)."""
+    names (``[A-Za-z0-9._*?-]`` and brackets only). ``extra``: the caller's lines run
+    per record after its block (``$f`` the record, ``$b`` its base, ``$state``); their
+    output lines belong to that record's block (:func:`parse_status` skips them)."""
     return _each_record(run_dir, pattern, marker_env, [
         'echo "@@record $f"',
         'printf "json %s\\n" "$(tr -d "\\n" < "$f" 2>/dev/null)"',
         'if [ -n "$pidline" ]; then echo "pid $pidline"; fi',
         'echo "state $state"',
+        *extra,
     ])
 
 

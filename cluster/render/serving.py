@@ -21,6 +21,7 @@ from ..result import Outcome, Report
 from ..serving.records import ServerRecord
 from ..serving.start import RestartResult, StartResult
 from ..serving.stop import HostStop
+from .core import duration as _seconds
 from .core import failure_text, host_table
 from .fold import EXPANDED_VIEW, FAILED, OK, WARN, BaseView, ViewOptions, host_name, to_cell, view_table
 from .table import Cell, Column, host_column
@@ -38,19 +39,6 @@ def _status_text(status: str, outcome: Outcome | None = None) -> Text:
         return Text(outcome.error.kind if generic else status, style="bold red")
     style = "green" if status in GOOD else "yellow" if status in BUSY else "dim" if status in QUIET else "red"
     return Text(status, style=style)
-
-
-def _seconds(value: float | int | None) -> str:
-    if value is None:
-        return "—"
-    value = float(value)
-    if value < 120:
-        return f"{value:.1f} s"
-    minutes, secs = divmod(int(value), 60)
-    if minutes < 120:
-        return f"{minutes}m{secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
 
 
 def _role(row: ServerRecord | None) -> str:
