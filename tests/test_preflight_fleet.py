@@ -178,7 +178,7 @@ def test_sim_up_defects_rehearses_a_preflight_failure(sim_dir):
     base = f"127.0.{random.randint(100, 199)}."
     env = {**os.environ, "COLUMNS": "200"}
     env.pop("CLUSTER_ROLES", None)
-    up = subprocess.run([sys.executable, "-m", "cluster_cli", "sim-up", "--hosts", "8", "--defects", "all",
+    up = subprocess.run([sys.executable, "-m", "cluster_cli", "sim-up", "--count", "8", "--defects", "all",
                          "--state-dir", str(sim_dir), "--base", base, "--json"],
                         capture_output=True, text=True, env=env, cwd=REPO, timeout=180)
     assert up.returncode == 0, up.stderr
@@ -194,7 +194,7 @@ def test_sim_up_defects_rehearses_a_preflight_failure(sim_dir):
 def test_bad_defects_exit_2_before_anything_starts(sim_dir):
     for value, says in (("nic,bogus", "unknown defect 'bogus'"), ("127.0.99.1=nic", "not a host"),
                         ("all", "7 defects need 8 hosts")):
-        proc = subprocess.run([sys.executable, "-m", "cluster_cli", "sim-up", "--hosts", "3", "--defects", value,
+        proc = subprocess.run([sys.executable, "-m", "cluster_cli", "sim-up", "--count", "3", "--defects", value,
                                "--state-dir", str(sim_dir)], capture_output=True, text=True, cwd=REPO, timeout=60)
         assert proc.returncode == 2 and says in proc.stderr, proc.stderr
         assert not (sim_dir / "state.json").exists()

@@ -331,7 +331,7 @@ if full:
         except OSError:
             print("disk", label, "-", d)
     try:
-        print("load", os.getloadavg()[0], os.cpu_count())
+        print("load", "%.2f" % os.getloadavg()[0], os.cpu_count())
     except OSError:
         pass
     names = [os.environ.get(v, "") for v in ("NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME")]

@@ -182,7 +182,7 @@ def parse_defects(text: str, addresses: list[str]) -> dict[str, str]:
             spare = [a for a in free if a not in chosen]
             if not spare:
                 raise ValueError(f"{len(items)} defects need {len(items) + 1} hosts (one stays clean): "
-                                 "raise --hosts")
+                                 "raise --count")
             address = spare[0]
         if address in chosen:
             raise ValueError(f"{address} already has the defect {chosen[address]} (one per host)")
