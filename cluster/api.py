@@ -326,6 +326,10 @@ class Cluster:
         another listener); with ``restart``, busy GPUs are expected and not checked."""
         refused = None
         if preflight:
+            # Bad input is exit 2 before any host is contacted, the checks' round trip included.
+            serving_start.check_timeout(timeout)
+            serving_stop.check_grace(grace)
+            serving_records.ensure_state_dir()
             checked = preflight_run.preflight(self.engine, plan, fast=True, fanout=self.settings.fanout,
                                               keep_open=True)
             ignore = (preflight_checks.PORTS,) + ((preflight_checks.GPU_FREE,) if restart else ())
