@@ -150,10 +150,11 @@ def test_start_pd_refuses_a_failing_fast_check_and_starts_nothing_anywhere(rehea
     rehearsal.break_(busy, "gpu-busy")
     code, doc = rehearsal.cli_json("start-pd", "--timeout", "60")
     assert code == 1 and doc["stage"] == "preflight"
-    refused = [e for e in doc["hosts"] if not e["ok"]]
-    assert [(e["host"], e["error"]["kind"]) for e in refused] == [(busy, "gpu-busy")]
-    assert "gpu.free" in refused[0]["error"]["message"]
-    assert all(e["status"] == "not started" for e in doc["hosts"] if e["ok"])
+    kinds = {e["host"]: e["error"]["kind"] for e in doc["hosts"]}
+    assert kinds.pop(busy) == "gpu-busy" and set(kinds.values()) == {"not-started"}, kinds
+    refused = next(e for e in doc["hosts"] if e["host"] == busy)
+    assert "gpu.free" in refused["error"]["message"] and refused["status"] == "failed"
+    assert all(e["status"] == "not started" for e in doc["hosts"] if e["host"] != busy)
     run_ids = {doc["run_id"]}
     assert processes_of(run_ids, {rehearsal.prefill_port, rehearsal.decode_port}) == {}
     assert not list(rehearsal.run_dir.glob("*.log")) and not list(rehearsal.run_dir.glob("*.pid"))
