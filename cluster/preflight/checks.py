@@ -14,7 +14,7 @@ Formats (captured fixtures in tests/fixtures/preflight/):
   ``clock`` (epoch seconds), the model manifest, the versions and the peers; ``xidsource
   kmsg|journalctl|none`` and ``xid LINE`` for kernel log lines ``NVRM: Xid (PCI:0000:3b:00):
   79, pid=..., GPU has fallen off the bus.`` (NVIDIA's "Xid Errors" document); ``PORT
-  free|busy`` (:func:`cluster.serving.scripts.ports_free_command`).
+  free|busy`` (LISTEN sockets in /proc/net/tcp{,6}, :func:`cluster.serving.scripts.listen_keys`).
 
 Every parser takes text and never raises: unexpected output becomes a ``fail`` or ``warn``
 naming what was seen.

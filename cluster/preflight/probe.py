@@ -30,7 +30,7 @@ from ..hosts import Host, parse_host
 from ..serving import engines
 from ..serving.config import DECODE, PREFILL
 from ..serving.plan import ROUTER, StartPlan
-from ..serving.scripts import ports_free_command, server_env
+from ..serving.scripts import listen_keys, server_env
 
 ROOT_ENV = "CLUSTER_PREFLIGHT_ROOT"
 PEER_TIMEOUT_S = 3.0
@@ -173,7 +173,7 @@ _XID_JOURNAL = (
 # ("PRI,SEQ,TS,FLAGS;MESSAGE", Documentation/ABI/testing/dev-kmsg), where the Xid lines
 # read "NVRM: Xid (PCI:0000:3b:00): 79, pid=..., GPU has fallen off the bus.".
 _PY_PROBE = r"""import os, sys, time
-A = {"mod": [], "disk": [], "ib": [], "peer": [], "model": [""]}
+A = {"mod": [], "disk": [], "ib": [], "peer": [], "model": [""], "port": [], "listen": []}
 for tok in sys.argv[2:]:
     k, _, v = tok.partition("=")
     A.setdefault(k, []).append(v)
@@ -391,6 +391,27 @@ if full:
         for item in A["peer"]:
             h, _, p = item.rpartition(",")
             print("peer", h, p, res.get(item, "error:no-answer"))
+if A["port"]:
+    # LISTEN sockets (state 0A) in /proc/net/tcp{,6} (proc(5)) at the bind address or a
+    # wildcard: the keys come from cluster.serving.scripts.listen_keys.
+    want = dict(k.rsplit("=", 1) for k in A["listen"])
+    busy = set()
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(name) as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            w = row.split()
+            if len(w) > 3 and w[3] == "0A":
+                key = w[1]
+                port = want.get(key) or want.get("*:" + key.split(":")[-1])
+                if port:
+                    busy.add(port)
+    for port in A["port"]:
+        print(port, "busy" if port in busy else "free")
+if full:
     print("clock", repr(time.time()))
 """
 
@@ -433,15 +454,15 @@ def env_script(plan: HostPlan, *, fast: bool = False, deep: bool = False) -> str
                  "else out='python -'; fi; printf '%s\\n' \"$out\"")
     if plan.serves and not fast:
         lines.append(_XID_JOURNAL)
-    if plan.ports:
-        lines.append(ports_free_command(plan.ports, plan.bind))
     return "\n".join(lines) + "\n"
 
 
 def probe_args(plan: HostPlan, *, fast: bool = False, deep: bool = False) -> list[str]:
     """:data:`_PY_PROBE`'s arguments: the flags ``full serves deep`` as ``0``/``1``, then
     ``mod=MODULE,DIST``, ``model=PATH``, ``disk=LABEL,ROOTED,PATH``, ``ib=DEV``,
-    ``peer=HOST,PORT``, ``t=SECONDS`` (no json: its import costs more than the parsing)."""
+    ``peer=HOST,PORT``, ``t=SECONDS``, ``port=PORT`` and ``listen=KEY`` (the port scan,
+    :func:`cluster.serving.scripts.listen_keys`) — no json: its import costs more than
+    the parsing."""
     flags = "".join("1" if f else "0" for f in (not fast, plan.serves, deep))
     args = [flags, f"t={PEER_TIMEOUT_S:g}", *(f"mod={m},{d}" for m, d in plan.modules)]
     if plan.model_path and plan.serves:
@@ -452,6 +473,8 @@ def probe_args(plan: HostPlan, *, fast: bool = False, deep: bool = False) -> lis
     args += [f"ib={d}" for d in plan.ib_devices]
     if not fast:
         args += [f"peer={h},{p}" for h, p in plan.peers]
+    args += [f"port={p}" for p in plan.ports]
+    args += [f"listen={k}" for k in listen_keys(plan.bind, plan.ports)] if plan.ports else []
     return args
 
 
