@@ -154,15 +154,6 @@ def sections(plan: HostPlan, *, fast: bool = False, deep: bool = False) -> list[
     return parts + [(ENV, env_script(plan, fast=fast, deep=deep))]
 
 
-# The kernel log when /dev/kmsg is not readable (kernel.dmesg_restrict=1 and no
-# CAP_SYSLOG): the journal, if this user may read it.
-_XID_JOURNAL = (
-    'case $out in *"xidsource none"*) if [ -n "$(journalctl -k -b -q --no-pager -n 1 2>/dev/null)" ]; then '
-    "echo 'xidsource journalctl'; journalctl -k -b -q --no-pager 2>/dev/null | grep 'NVRM: Xid' | "
-    "tail -n 20 | sed 's/^/xid /'; fi;; esac"
-)
-
-
 # Everything else, in one interpreter, from files (the module docstring). Its output lines
 # are the tags :func:`cluster.preflight.checks.parse_env` reads. Formats read: the
 # ``NAME-VERSION.dist-info`` directory names (PEP 376/427); /proc/driver/nvidia/version
@@ -280,7 +271,19 @@ if full and serves:
         fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
     except OSError:
         fd = None
-    print("xidsource", "none" if fd is None else "kmsg")
+    journal = False
+    for j in ("/run/log/journal", "/var/log/journal") if fd is None else ():
+        try:
+            journal = journal or any(os.access(os.path.join(j, sub, "system.journal"), os.R_OK)
+                                     for sub in os.listdir(j))
+        except OSError:
+            pass
+    if journal:
+        # /dev/kmsg refused (kernel.dmesg_restrict=1): the journal, when this user may read it.
+        print("xidsource journalctl", flush=True)
+        os.system("journalctl -k -b -q --no-pager 2>/dev/null | grep 'NVRM: Xid' | tail -n 20 | sed 's/^/xid /'")
+    else:
+        print("xidsource", "none" if fd is None else "kmsg")
     xids = []
     while fd is not None:
         try:
@@ -425,8 +428,8 @@ def env_script(plan: HostPlan, *, fast: bool = False, deep: bool = False) -> str
     Output lines: ``envfile RC|missing``, ``envout TEXT``, ``cmd NAME PATH|-``, ``addr IF
     ADDRESS``, then the probe's: ``python``, ``module``, ``torch``, ``cuda``, ``driver``,
     ``pcie``, ``xidsource``, ``xid``, ``shm``, ``memlock``, ``disk``, ``load``, ``ifname``,
-    ``nic``, ``ib``, ``model``, ``peer``, ``clock``; the journal's Xid lines when /dev/kmsg
-    was not readable; then ``PORT free|busy`` per planned port. Contains the env in clear:
+    ``nic``, ``ib``, ``model``, ``peer``, ``PORT free|busy``, ``clock`` (the journal's Xid
+    lines when /dev/kmsg was not readable and the journal is). Contains the env in clear:
     run it on stdin, never print it.
     """
     lines = ['R="${%s:-}"' % ROOT_ENV]
@@ -449,11 +452,9 @@ def env_script(plan: HostPlan, *, fast: bool = False, deep: bool = False) -> str
         lines.append('if [ -z "$R" ] && [ -n "${NCCL_SOCKET_IFNAME-}${GLOO_SOCKET_IFNAME-}" ]; then '
                      "ip -o addr show 2>/dev/null | awk '{sub(/@.*/, \"\", $2); print \"addr\", $2, $4}'; fi")
     python = shell.quote(plan.python)
-    lines.append(f"if command -v {python} >/dev/null 2>&1; then out=$({python} -c {shell.quote(_PY_PROBE)} "
-                 f"{shell.join(probe_args(plan, fast=fast, deep=deep))} < /dev/null 2>&1); "
-                 "else out='python -'; fi; printf '%s\\n' \"$out\"")
-    if plan.serves and not fast:
-        lines.append(_XID_JOURNAL)
+    lines.append(f"if command -v {python} >/dev/null 2>&1; then {python} -c {shell.quote(_PY_PROBE)} "
+                 f"{shell.join(probe_args(plan, fast=fast, deep=deep))} < /dev/null 2>&1; "
+                 "else echo 'python -'; fi")
     return "\n".join(lines) + "\n"
 
 
