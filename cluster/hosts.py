@@ -91,8 +91,12 @@ def split_items(expression: str) -> list[str]:
 
 
 def expand_item(item: str) -> list[str]:
-    """Expand the ranges of one item, keeping ``user@`` and ``:port`` around them."""
-    if "[" not in item:
+    """Expand the ranges of one item, keeping ``user@`` and ``:port`` around them.
+
+    A bracketed IPv6 address (``[::1]``, ``user@[::1]:2222``) is one host, not a
+    range: it is recognised before anything reaches NodeSet.
+    """
+    if "[" not in item or _BRACKETED_V6.match(item):
         return [item]
     user, at, rest = item.partition("@") if "@" in item.split("[", 1)[0] else ("", "", item)
     name, port = rest, ""

@@ -303,7 +303,13 @@ class Fleet:
         """The ``ssh:`` section of this fleet's roles files."""
         return {"user": self.user, "port": self.port, "key_filename": str(self.key_file),
                 "known_hosts": str(self.known_hosts), "host_key_policy": "accept-new",
-                "connect_timeout": 5}
+                "connect_timeout": 5, "ssh_config": str(self.ssh_config)}
+
+    @property
+    def ssh_config(self) -> Path:
+        """The client ssh_config of this fleet's roles files: empty, so the machine's
+        /etc/ssh/ssh_config (e.g. Debian's HashKnownHosts yes) does not leak into tests."""
+        return self.workdir / "ssh_config"
 
     def kill_user_processes(self, everything: bool = False) -> list[int]:
         """SIGKILL the login user's processes left by tests (servers started in sessions).
@@ -330,6 +336,7 @@ class Fleet:
         (keys / "authorized_keys").write_text(client_public + "\n")
         (keys / "denied_authorized_keys").write_text(new_public_key() + "\n")
         self.known_hosts.write_text("")
+        self.ssh_config.write_text("")
         login = pwd.getpwnam(self.user)
         homes = [self.sftp_home(a) for a in self.addresses] if self.sftp_home_per_host else []
         for address in self._all_addresses():

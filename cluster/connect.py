@@ -1,0 +1,223 @@
+"""How a connection reaches its host: directly, through a ProxyCommand, or through jump hosts.
+
+Jump hosts work like OpenSSH's ControlMaster: ONE authenticated connection
+per jump chain (`JumpPool`), shared by every target behind it, each target a
+``direct-tcpip`` channel on it. N hosts behind one bastion make one bastion
+login, so a stock bastion (``MaxStartups 10:30:100``) never drops targets at
+the default fanout. A hop is checked like a target (same keys, timeouts,
+host-key store with a `HostKeyTarget` from its own ssh_config) and a failing
+hop raises `HopError` naming it, for every target behind it.
+
+A ProxyCommand runs as ssh runs it (``$SHELL -c "exec CMD"`` after ``%``
+token expansion, `expand_tokens`); its stderr is kept and shown when the
+connection fails (`ProxyCommandError`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pwd
+import re
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import paramiko
+from paramiko.proxy import ProxyCommand
+
+from .sshconfig import HostConfig
+
+# A failed hop is remembered this long: every target behind it in the same round gets
+# the hop's failure at once instead of retrying the login (a later round retries).
+HOP_FAILURE_TTL_S = 5.0
+
+
+class HopError(paramiko.SSHException):
+    """A jump host failed: ``hop`` names it, ``cause`` is its own exception (classified like a target's)."""
+
+    def __init__(self, hop: str, cause: BaseException) -> None:
+        super().__init__(f"jump host {hop}: {cause}")
+        self.hop, self.cause = hop, cause
+
+
+class ChannelOpenError(paramiko.SSHException):
+    """The jump host could not open a channel to the target (kind ``unreachable``)."""
+
+    def __init__(self, hop: str, target: str, reason: str) -> None:
+        super().__init__(f"jump host {hop} cannot reach {target}: {reason}")
+        self.hop, self.target, self.reason = hop, target, reason
+
+
+class ProxyCommandError(paramiko.SSHException):
+    """The ProxyCommand did not carry a connection (kind ``unreachable``); ``stderr`` is its own output."""
+
+    def __init__(self, command: str, detail: str, stderr: str) -> None:
+        last = [line for line in stderr.strip().splitlines() if line.strip()]
+        shown = f": {last[-1][:200]}" if last else ""
+        super().__init__(f"ProxyCommand `{command}` {detail}{shown}")
+        self.command, self.detail, self.stderr = command, detail, stderr
+
+
+@dataclass(frozen=True)
+class JumpSpec:
+    """One ProxyJump entry: ``[user@]host[:port]`` or ``ssh://[user@]host[:port]``."""
+
+    host: str
+    user: str | None = None
+    port: int | None = None
+
+    def __str__(self) -> str:
+        text = f"{self.user}@{self.host}" if self.user else self.host
+        return f"{text}:{self.port}" if self.port else text
+
+
+_JUMP = re.compile(r"^(?:ssh://)?(?:(?P<user>[^@]+)@)?(?:\[(?P<v6>[^\]]+)\]|(?P<name>[^:]+))(?::(?P<port>\d+))?$")
+
+
+def parse_proxy_jump(text: str | None) -> list[JumpSpec]:
+    """ProxyJump's comma-separated hops, first hop first; ``none``/empty: no jump."""
+    if not text or text.strip().lower() == "none":
+        return []
+    hops = []
+    for item in text.split(","):
+        match = _JUMP.match(item.strip())
+        if not match:
+            raise ValueError(f"bad ProxyJump entry {item.strip()!r}: expected [user@]host[:port]")
+        port = match.group("port")
+        hops.append(JumpSpec(match.group("v6") or match.group("name"), match.group("user"),
+                             int(port) if port else None))
+    return hops
+
+
+def expand_tokens(text: str, config: HostConfig) -> str:
+    """OpenSSH's ``%`` tokens of ProxyCommand (``%h %p %r %n %%`` and the rest of ssh_config(5))."""
+    local = socket.gethostname()
+    try:
+        entry = pwd.getpwuid(os.getuid())
+        local_user, home = entry.pw_name, entry.pw_dir
+    except KeyError:
+        local_user, home = os.environ.get("USER", ""), os.environ.get("HOME", "")
+    connection_hash = hashlib.sha1(f"{local}{config.hostname}{config.port}{config.user}{config.proxy_jump or ''}"
+                                   .encode()).hexdigest()
+    tokens = {
+        "%": "%", "h": config.hostname, "p": str(config.port), "r": config.user, "n": config.alias,
+        "l": local, "L": local.split(".")[0], "u": local_user, "d": os.environ.get("HOME") or home,
+        "i": str(os.getuid()), "k": config.host_key_alias or config.hostname, "C": connection_hash,
+        "j": config.proxy_jump or "",
+    }
+
+    def swap(match: re.Match) -> str:
+        return tokens.get(match.group(1), match.group(0))
+
+    return re.sub(r"%(.)", swap, text)
+
+
+class ShellProxy(ProxyCommand):
+    """paramiko's ProxyCommand, run through the shell as ssh does, stderr kept in a file."""
+
+    def __init__(self, command: str) -> None:  # not super().__init__: that spawns without a shell
+        self.cmd = [command]  # paramiko joins it into its own error messages
+        self.command_text = command
+        self._stderr = tempfile.TemporaryFile()
+        shell = os.environ.get("SHELL") or "/bin/sh"
+        self.process = subprocess.Popen([shell, "-c", f"exec {command}"], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, stderr=self._stderr, bufsize=0,
+                                        start_new_session=True)
+        self.timeout = None
+
+    def stderr_text(self) -> str:
+        try:
+            self._stderr.seek(0)
+            return self._stderr.read().decode("utf-8", "replace")
+        except (OSError, ValueError):
+            return ""
+
+    def failure(self, exc: BaseException) -> ProxyCommandError:
+        try:
+            code = self.process.wait(timeout=0.5)
+            detail = f"exited {code}"
+        except subprocess.TimeoutExpired:
+            detail = f"failed ({exc})"
+        return ProxyCommandError(self.command_text, detail, self.stderr_text())
+
+    def close(self) -> None:
+        super().close()
+        self._stderr.close()
+
+
+class JumpPool:
+    """One authenticated transport per jump chain, shared by every target behind it.
+
+    ``connect_hop(config, sock, name)`` is the engine's way of logging in to a
+    hop over ``sock`` (None: a direct TCP connection) and returns its
+    authenticated transport.
+    """
+
+    def __init__(self, connect_hop: Callable[[HostConfig, object | None], paramiko.Transport]) -> None:
+        self._connect_hop = connect_hop
+        self._transports: dict[tuple, paramiko.Transport] = {}
+        self._failures: dict[tuple, tuple[float, HopError]] = {}
+        self._locks: dict[tuple, threading.Lock] = {}
+        self._lock = threading.Lock()
+
+    def transport(self, chain: tuple[HostConfig, ...]) -> paramiko.Transport:
+        """The authenticated transport of the last hop of ``chain`` (opening the chain once)."""
+        key = tuple((c.hostname, c.port, c.user, c.proxy_command) for c in chain)
+        with self._lock:
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:
+            live = self._transports.get(key)
+            if live is not None and live.is_active():
+                return live
+            failed = self._failures.get(key)
+            if failed and time.monotonic() - failed[0] < HOP_FAILURE_TTL_S:
+                raise failed[1]
+            sock = self.transport(chain[:-1]) if len(chain) > 1 else None
+            hop = chain[-1]
+            try:
+                if sock is not None:
+                    sock = open_channel(sock, hop_name(chain[-2]), hop.hostname, hop.port, None)
+                transport = self._connect_hop(hop, sock)
+            except HopError as exc:
+                self._failures[key] = (time.monotonic(), exc)
+                raise
+            except Exception as exc:  # classified by the caller, named after this hop
+                error = HopError(hop_name(hop), exc)
+                self._failures[key] = (time.monotonic(), error)
+                raise error from None
+            self._failures.pop(key, None)
+            self._transports[key] = transport
+            return transport
+
+    def close(self) -> None:
+        with self._lock:
+            transports, self._transports = list(self._transports.values()), {}
+            self._failures = {}
+        for transport in transports:
+            transport.close()
+
+
+def hop_name(config: HostConfig) -> str:
+    """How a failure names a jump host: its alias, and the address when that differs."""
+    if config.alias != config.hostname:
+        return f"{config.alias} ({config.hostname}:{config.port})"
+    return f"{config.hostname}:{config.port}" if config.port != 22 else config.hostname
+
+
+def open_channel(transport: paramiko.Transport, hop: str, hostname: str, port: int,
+                 timeout: float | None) -> paramiko.Channel:
+    """A ``direct-tcpip`` channel from the hop to ``hostname:port``."""
+    try:
+        return transport.open_channel("direct-tcpip", dest_addr=(hostname, port), src_addr=("", 0),
+                                      timeout=timeout)
+    except paramiko.ChannelException as exc:
+        raise ChannelOpenError(hop, f"{hostname}:{port}", exc.text or f"code {exc.code}") from None
+    except paramiko.SSHException as exc:
+        if not transport.is_active():
+            raise HopError(hop, exc) from None
+        raise ChannelOpenError(hop, f"{hostname}:{port}", str(exc) or "channel not opened") from None
