@@ -876,7 +876,10 @@ class Engine:
             raise InputError(f"ProxyJump: more than 8 nested jump hosts at {jump!r}")
         hops = [self.resolver.resolve(s.host, s.user, s.port) for s in specs]
         first = hops[0]
-        before = self.jump_chain(first.proxy_jump, depth + 1) if first.proxy_jump else ()
+        # A jump host's own ProxyJump counts, unless it names the jump host itself (a `Host *` line).
+        own = [(j.host, j.port) for j in parse_proxy_jump(first.proxy_jump)] if first.proxy_jump else []
+        loops = (specs[0].host, specs[0].port) in own or (first.hostname, first.port) in own
+        before = self.jump_chain(first.proxy_jump, depth + 1) if own and not loops else ()
         return before + tuple(hops)
 
     def _login_hop(self, config: HostConfig, sock: Any) -> paramiko.Transport:

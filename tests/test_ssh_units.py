@@ -140,4 +140,5 @@ def test_auth_failure_lists_what_was_tried_and_hints_ssh_add(tmp_path):
     offered, skipped = ring.candidates([], (str(tmp_path / "enc"),), (), "none", False)
     error = ring.strategy("ubuntu", offered, skipped).failure()
     assert isinstance(error, paramiko.AuthenticationException)
-    assert "encrypted, not in agent" in str(error) and error.hint.startswith(f"unlock the key in ssh-agent: `ssh-add {tmp_path / 'enc'}`")
+    assert "encrypted, not in agent" in str(error)
+    assert error.hint.startswith(f"unlock the key in ssh-agent: `ssh-add {tmp_path / 'enc'}`")

@@ -1,0 +1,220 @@
+"""Connecting like ssh, with the OpenSSH client as the oracle.
+
+For each setup one ssh_config file is written; ``ssh -F FILE -o BatchMode=yes
+ALIAS true`` decides, and the library (`check`, ``ssh.ssh_config`` = the same
+file, nothing else set in the roles settings) must decide the same: connects,
+or refuses with the matching kind. The operator side runs with an empty HOME
+and no agent (``clean_env``) unless a test starts its own ``ssh-agent``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+from cluster.checks import check
+from cluster.hosts import Host
+from cluster.inventory import SSHSettings
+from cluster.ssh import Engine
+
+BASTION, SECOND = "127.0.1.1", "127.0.1.3"
+
+
+def write_config(tmp_path: Path, fleet, body: str, key: Path | None = None) -> Path:
+    """``body`` first (first value wins), then what every host shares."""
+    known = tmp_path / "known_hosts"
+    known.touch()
+    config = tmp_path / "ssh_config"
+    config.write_text(body + f"""
+Host *
+  User {fleet.user}
+  Port {fleet.port}
+  IdentityFile {key or fleet.key_file}
+  IdentitiesOnly yes
+  UserKnownHostsFile {known}
+  GlobalKnownHostsFile /dev/null
+  StrictHostKeyChecking accept-new
+  ConnectTimeout 10
+""")
+    return config
+
+
+def oracle(config: Path, alias: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(["ssh", "-F", str(config), "-o", "BatchMode=yes", alias, "true"],
+                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+                          env={**os.environ, **(env or {})})
+
+
+def library(config: Path, *aliases: str, **settings):
+    with Engine(SSHSettings(ssh_config=str(config), **settings)) as engine:
+        return check(engine, [Host(a) for a in aliases])
+
+
+def same_decision(config: Path, alias: str, kind: str | None = None, env: dict | None = None):
+    """Both connect (kind None) or both refuse, the library with ``kind``; returns the library's outcome."""
+    ssh = oracle(config, alias, env)
+    outcome = library(config, alias)[0]
+    assert (ssh.returncode == 0) == (kind is None), ssh.stderr
+    assert outcome.ok == (kind is None), outcome.error
+    if kind:
+        assert outcome.error.kind == kind, outcome.error
+        assert "Traceback" not in outcome.error.message
+    return outcome
+
+
+def logins(fleet, address: str) -> int:
+    return fleet.connection_count(address)
+
+
+def test_gcloud_style_alias(fleet, tmp_path, clean_env):
+    config = write_config(tmp_path, fleet, "Host compute.1234\n  HostName 127.0.1.2\n  HostKeyAlias compute.1234\n")
+    outcome = same_decision(config, "compute.1234")
+    assert outcome.data.hostname == socket.gethostname()  # uname -n of the host (this machine)
+    assert (tmp_path / "known_hosts").read_text().count("compute.1234 ") >= 1
+
+
+def test_proxy_jump_one_hop_is_one_bastion_login(fleet, tmp_path, clean_env):
+    body = "".join(f"Host behind-{n}\n  HostName 127.0.1.{n}\n" for n in range(2, 9))
+    config = write_config(tmp_path, fleet, body + f"Host behind-*\n  ProxyJump {BASTION}\n")
+    same_decision(config, "behind-2")
+    before = logins(fleet, BASTION)
+    report = library(config, *[f"behind-{n}" for n in range(2, 9)])
+    assert [o.ok for o in report] == [True] * 7, [o.error for o in report]
+    assert logins(fleet, BASTION) - before == 1
+
+
+def test_proxy_jump_two_hops(fleet, tmp_path, clean_env):
+    config = write_config(tmp_path, fleet, f"Host far\n  HostName 127.0.1.4\n  ProxyJump {BASTION},{SECOND}\n")
+    before = logins(fleet, SECOND)
+    same_decision(config, "far")
+    assert logins(fleet, SECOND) - before == 2  # one login by ssh, one by the library
+
+
+def test_proxy_jump_none_connects_directly(fleet, tmp_path, clean_env):
+    refused = fleet.special["refused"]
+    config = write_config(tmp_path, fleet, f"Host direct\n  HostName 127.0.1.5\n  ProxyJump none\n"
+                                           f"Host {refused}\n  ProxyJump none\n"
+                                           f"Host *\n  ProxyJump {refused}\n")
+    same_decision(config, "direct")
+    same_decision(config, "127.0.1.6", kind="unreachable")  # through the refused jump host
+
+
+def test_bastion_rejecting_the_key_is_auth_naming_the_bastion(fleet, tmp_path, clean_env):
+    denied = fleet.special["denied"]
+    config = write_config(tmp_path, fleet, f"Host inside\n  HostName 127.0.1.2\n  ProxyJump {denied}\n")
+    outcome = same_decision(config, "inside", kind="auth")
+    assert f"jump host {denied}" in outcome.error.message and "not inside" in outcome.error.hint
+
+
+def test_failing_hop_is_reported_for_every_target_behind_it(fleet, tmp_path, clean_env):
+    refused = fleet.special["refused"]
+    config = write_config(tmp_path, fleet, f"Host t*\n  HostName 127.0.1.2\n  ProxyJump {refused}\n")
+    report = library(config, "t1", "t2", "t3")
+    assert {o.error.kind for o in report} == {"unreachable"}
+    assert all(f"jump host {refused}" in o.error.message for o in report)
+
+
+def test_tarpit_bastion_is_a_timeout_of_the_hop(fleet, tmp_path, clean_env):
+    tarpit = fleet.special["tarpit"]
+    config = write_config(tmp_path, fleet, f"Host t\n  HostName 127.0.1.2\n  ProxyJump {tarpit}\n"
+                                           f"Host {tarpit}\n  ConnectTimeout 1\n")
+    outcome = same_decision(config, "t", kind="timeout")
+    assert f"jump host {tarpit}" in outcome.error.message
+
+
+def test_proxy_command_with_tokens(fleet, tmp_path, clean_env):
+    seen = tmp_path / "seen"
+    config = write_config(tmp_path, fleet, f"""Host pc-alias
+  HostName 127.0.1.7
+  ProxyCommand sh -c 'echo %n %h %p >> {seen}; exec ssh -F {tmp_path / "ssh_config"} -W %h:%p {BASTION}'
+""")
+    same_decision(config, "pc-alias")
+    assert seen.read_text().splitlines() == [f"pc-alias 127.0.1.7 {fleet.port}"] * 2
+
+
+def test_failing_proxy_command_shows_its_stderr(fleet, tmp_path, clean_env):
+    config = write_config(tmp_path, fleet, "Host broken\n  HostName 127.0.1.2\n"
+                                           "  ProxyCommand sh -c 'echo proxy-said-no >&2; exit 3'\n")
+    outcome = same_decision(config, "broken", kind="unreachable")
+    assert "proxy-said-no" in outcome.error.message
+
+
+def test_connect_timeout_from_ssh_config_against_a_tarpit(fleet, tmp_path, clean_env):
+    config = write_config(tmp_path, fleet, f"Host slow\n  HostName {fleet.special['tarpit']}\n  ConnectTimeout 1\n")
+    outcome = same_decision(config, "slow", kind="timeout")
+    assert "within 1 s" in outcome.error.message  # ssh_config's value, not the 10 s default
+    with Engine(SSHSettings(ssh_config=str(config), connect_timeout=2)) as engine:  # roles.yaml wins when set
+        assert "within 2 s" in check(engine, [Host("slow")])[0].error.message
+
+
+def test_include_and_match(fleet, tmp_path, clean_env):
+    extra = tmp_path / "conf.d"
+    extra.mkdir()
+    (extra / "gpu.conf").write_text("Host inc-gpu\n  HostName 127.0.1.8\n")
+    config = write_config(tmp_path, fleet, f"Include {extra}/*.conf\nMatch host matched\n  HostName 127.0.1.2\n")
+    same_decision(config, "inc-gpu")
+    same_decision(config, "matched")
+
+
+def test_several_identity_files_until_one_works(fleet, tmp_path, clean_env):
+    for name in ("other1", "other2"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / name)], check=True)
+    config = write_config(tmp_path, fleet, f"Host keys\n  HostName 127.0.1.2\n  IdentityFile {tmp_path / 'other1'}\n"
+                                           f"  IdentityFile {tmp_path / 'other2'}\n")
+    same_decision(config, "keys")
+
+
+def encrypted_copy(fleet, tmp_path: Path) -> Path:
+    key = tmp_path / "enc_key"
+    shutil.copy(fleet.key_file, key)
+    shutil.copy(str(fleet.key_file) + ".pub", str(key) + ".pub")
+    key.chmod(0o600)
+    subprocess.run(["ssh-keygen", "-q", "-p", "-N", "secret", "-P", "", "-f", str(key)], check=True)
+    return key
+
+
+def test_encrypted_key_without_agent_is_auth_with_ssh_add_hint(fleet, tmp_path, clean_env):
+    key = encrypted_copy(fleet, tmp_path)
+    config = write_config(tmp_path, fleet, "Host enc\n  HostName 127.0.1.2\n", key=key)
+    outcome = same_decision(config, "enc", kind="auth")
+    assert "encrypted, not in agent" in outcome.error.message and f"ssh-add {key}" in outcome.error.hint
+
+
+def test_agent_holding_the_encrypted_key(fleet, tmp_path, clean_env, monkeypatch):
+    key = encrypted_copy(fleet, tmp_path)
+    sock = tmp_path / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            if sock.exists():
+                break
+            subprocess.run(["sleep", "0.05"])
+        env = {"SSH_AUTH_SOCK": str(sock)}
+        subprocess.run(["ssh-add", "-q", str(fleet.key_file)], env={**os.environ, **env}, check=True)
+        monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
+        config = write_config(tmp_path, fleet, "Host agent\n  HostName 127.0.1.2\n", key=key)
+        same_decision(config, "agent", env=env)
+    finally:
+        agent.terminate()
+        agent.wait()
+
+
+def test_forty_hosts_behind_one_bastion_is_one_login(fleet, tmp_path, clean_env):
+    body = "".join(f"Host n{i}\n  HostName 127.0.1.{2 + i % 7}\n" for i in range(40))
+    config = write_config(tmp_path, fleet, body + f"Host n*\n  ProxyJump {BASTION}\n")
+    before = logins(fleet, BASTION)
+    report = library(config, *[f"n{i}" for i in range(40)])
+    assert sum(o.ok for o in report) == 40, [o.error for o in report if not o.ok][:3]
+    assert logins(fleet, BASTION) - before == 1
+
+
+def test_roles_proxy_jump_overrides_ssh_config(fleet, tmp_path, clean_env):
+    config = write_config(tmp_path, fleet, f"Host rj\n  HostName 127.0.1.2\n  ProxyJump {fleet.special['refused']}\n")
+    before = logins(fleet, BASTION)
+    report = library(config, "rj", proxy_jump=BASTION)
+    assert report[0].ok, report[0].error
+    assert logins(fleet, BASTION) - before == 1
+    assert library(config, "rj", proxy_jump="none")[0].ok  # direct
