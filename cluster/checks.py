@@ -17,6 +17,7 @@ from .hosts import Host
 from .inventory import GCE_KEY, SSHSettings
 from .keys import ENCRYPTED, IN_AGENT, MISSING, KeyRing
 from .result import Report, build_report
+from .shell import framed, unframed
 from .ssh import Engine, HostSession, load_private_key
 from .sshconfig import DEFAULT_IDENTITIES
 
@@ -43,11 +44,11 @@ def _check_one(session: HostSession) -> Any:
         session.open()
         connect_ms = (time.monotonic() - started) * 1000
     mark = time.monotonic()
-    result = session.run(CHECK_COMMAND, timeout=session.connect_timeout)
+    result = session.run(framed(CHECK_COMMAND), timeout=session.connect_timeout)
     command_ms = (time.monotonic() - mark) * 1000
     if not result.ok:
         return result
-    return CheckInfo(result.stdout.strip(), connect_ms, command_ms)
+    return CheckInfo(unframed(result.stdout).strip(), connect_ms, command_ms)
 
 
 def check(engine: Engine, hosts: Sequence[Host], *, fanout: int | None = None,

@@ -15,10 +15,16 @@ import socket
 import subprocess
 from pathlib import Path
 
+import pytest
+from helpers import set_gpu_state
+
+from cluster import gpu
 from cluster.checks import check
 from cluster.hosts import Host
 from cluster.inventory import SSHSettings
+from cluster.probe import run_probe
 from cluster.ssh import Engine
+from cluster.testing import Fleet
 
 BASTION, SECOND = "127.0.1.1", "127.0.1.3"
 
@@ -218,3 +224,39 @@ def test_roles_proxy_jump_overrides_ssh_config(fleet, tmp_path, clean_env):
     assert report[0].ok, report[0].error
     assert logins(fleet, BASTION) - before == 1
     assert library(config, "rj", proxy_jump="none")[0].ok  # direct
+
+
+# ---------------------------------------------------------------------------
+# A login shell that prints banners: ~/.bashrc (bash reads it under sshd even for `bash -c`),
+# in a home of its own (SetEnv HOME) so the shared test user's home stays clean
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def noisy_fleet(fleet_dir):
+    workdir = fleet_dir("noisy")
+    home = workdir / "noisy-home"
+    home.mkdir()
+    home.chmod(0o755)
+    bashrc = home / ".bashrc"
+    bashrc.write_text("echo 'Welcome to gpu-node (managed by ops)'\ntrap 'echo logout-banner' EXIT\n")
+    bashrc.chmod(0o644)
+    with Fleet(workdir, count=1, base="127.0.122.", specials=False, session_env={"HOME": str(home)}) as noisy:
+        set_gpu_state(noisy, noisy.addresses[0], "h100-idle")
+        yield noisy
+
+
+def test_noisy_shell_keeps_probes_and_check_clean_and_run_untouched(noisy_fleet, tmp_path, clean_env):
+    address = noisy_fleet.addresses[0]
+    settings = SSHSettings(**{**noisy_fleet.ssh_settings(), "known_hosts": str(tmp_path / "kh")})
+    with Engine(settings) as engine:
+        host = Host(address)
+        assert check(engine, [host])[0].data.hostname == socket.gethostname()
+        outcome = run_probe(engine, [host], gpu.probe())[0]
+        assert outcome.ok, outcome.error
+        assert len(outcome.data.gpus) == 8 and "Welcome" not in outcome.stdout
+        ran = engine.run([host], "echo payload")
+        stdout = next(iter(ran.values())).stdout
+    ssh = subprocess.run([*noisy_fleet.ssh_command(address), "echo payload"], capture_output=True, text=True,
+                         timeout=60, stdin=subprocess.DEVNULL)
+    assert stdout == ssh.stdout and "Welcome to gpu-node" in stdout and "logout-banner" in stdout

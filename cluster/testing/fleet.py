@@ -110,7 +110,7 @@ class Fleet:
                  port: int | None = None, specials: bool = True, hosts_per_sshd: int = 1, *,
                  special_base: str = "127.0.2.", sshd_path: Path = SSHD,
                  start_timeout: float = 30.0, die_with_parent: bool = True,
-                 sftp_home_per_host: bool = False) -> None:
+                 sftp_home_per_host: bool = False, session_env: dict[str, str] | None = None) -> None:
         self.workdir = Path(workdir).resolve()
         self.count, self.base, self.start_at = count, base, start
         self.port, self._fixed_port = port, port is not None
@@ -121,6 +121,7 @@ class Fleet:
         if sftp_home_per_host and self.hosts_per_sshd != 1:
             raise FleetError("sftp_home_per_host needs one sshd per host (hosts_per_sshd=1)")
         self.sftp_home_per_host = sftp_home_per_host
+        self.extra_env = dict(session_env or {})  # e.g. HOME: a home whose ~/.bashrc prints banners
         self.user = ""
         self.addresses = address_range(base, start, count)
         self.special = special_addresses(special_base) if specials else {}
@@ -410,7 +411,7 @@ class Fleet:
     def _session_env(self, address: str) -> dict[str, str]:
         root = self.host_dir(address)
         return {"PATH": f"{root / 'bin'}:/usr/local/bin:/usr/bin:/bin",
-                "CLUSTER_SIM_HOST": address, "CLUSTER_SIM_ROOT": str(root)}
+                "CLUSTER_SIM_HOST": address, "CLUSTER_SIM_ROOT": str(root), **self.extra_env}
 
     def _seed_known_hosts(self) -> None:
         """Record a key that is *not* badkey's real one, so connecting to it is a changed key."""
