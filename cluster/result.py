@@ -314,9 +314,10 @@ def _ssh_protocol_failure(exc: BaseException, connect_timeout: float | None) -> 
     text = str(exc)
     lowered = text.lower()
     if "banner" in lowered or "timeout" in lowered or "timed out" in lowered:
+        limit = f" within {connect_timeout:g} s" if connect_timeout else ""
         return Failure(
             TIMEOUT,
-            f"SSH handshake did not complete: {text}",
+            f"SSH handshake did not complete{limit}: {text}",
             "the port answers but no SSH banner came (overloaded sshd, or not an SSH "
             "server on that port)",
         )

@@ -242,6 +242,7 @@ class HostSession:
         self.engine = engine
         self._connection: Connection | None = None
         self._port: int | None = None
+        self._timeout: float | None = None  # kept after release(): failures name it
         self.elapsed = 0.0
 
     def __repr__(self) -> str:
@@ -253,6 +254,7 @@ class HostSession:
         if self._connection is None:
             self._connection = self.engine.make_connection(self.host)
             self._port = int(self._connection.port)
+            self._timeout = float(self._connection.connect_timeout)
         return self._connection
 
     @property
@@ -270,9 +272,7 @@ class HostSession:
     @property
     def connect_timeout(self) -> float:
         """This host's connect timeout (roles/CLI, else its ConnectTimeout, else the default)."""
-        if self._connection is not None:
-            return float(self._connection.connect_timeout)
-        return self.engine.settings.timeout_or_default
+        return self._timeout if self._timeout is not None else self.engine.settings.timeout_or_default
 
     @property
     def is_connected(self) -> bool:
