@@ -143,11 +143,22 @@ class ShellProxy(ProxyCommand):
             detail = f"exited {code}"
         except subprocess.TimeoutExpired:
             detail = f"failed ({exc})"
-        return ProxyCommandError(self.command_text, detail, self.stderr_text())
+        error = ProxyCommandError(self.command_text, detail, self.stderr_text())
+        self.close()
+        return error
 
     def close(self) -> None:
-        super().close()
-        self._stderr.close()
+        """Stop the command and release its pipes (paramiko's close only signals it)."""
+        if self.process.poll() is None:
+            super().close()
+            try:
+                self.process.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        for stream in (self.process.stdin, self.process.stdout, self._stderr):
+            if stream is not None and not stream.closed:
+                stream.close()
 
 
 class JumpPool:

@@ -208,13 +208,25 @@ def test_agent_holding_the_encrypted_key(fleet, tmp_path, clean_env, monkeypatch
         agent.wait()
 
 
-def test_forty_hosts_behind_one_bastion_is_one_login(fleet, tmp_path, clean_env):
+@pytest.fixture(scope="module")
+def stock_bastion(fleet_dir):
+    """A bastion with sshd's stock MaxStartups (10:30:100): logins beyond 10 at once get dropped."""
+    with Fleet(fleet_dir("bastion"), count=1, base="127.0.126.", specials=False,
+               sshd_options=["MaxStartups 10:30:100"]) as bastion:
+        yield bastion
+
+
+def test_forty_hosts_behind_one_stock_bastion_is_one_login(fleet, stock_bastion, tmp_path, clean_env):
+    gate = stock_bastion.addresses[0]
     body = "".join(f"Host n{i}\n  HostName 127.0.1.{2 + i % 7}\n" for i in range(40))
-    config = write_config(tmp_path, fleet, body + f"Host n*\n  ProxyJump {BASTION}\n")
-    before = logins(fleet, BASTION)
-    report = library(config, *[f"n{i}" for i in range(40)])
+    config = write_config(tmp_path, fleet, body + f"Host n*\n  ProxyJump {gate}\n"
+                                                  f"Host {gate}\n  Port {stock_bastion.port}\n"
+                                                  f"  IdentityFile {stock_bastion.key_file}\n")
+    same_decision(config, "n0")
+    before = logins(stock_bastion, gate)
+    report = library(config, *[f"n{i}" for i in range(40)])  # default fanout: 64
     assert sum(o.ok for o in report) == 40, [o.error for o in report if not o.ok][:3]
-    assert logins(fleet, BASTION) - before == 1
+    assert logins(stock_bastion, gate) - before == 1
 
 
 def test_roles_proxy_jump_overrides_ssh_config(fleet, tmp_path, clean_env):

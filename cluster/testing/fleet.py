@@ -110,7 +110,8 @@ class Fleet:
                  port: int | None = None, specials: bool = True, hosts_per_sshd: int = 1, *,
                  special_base: str = "127.0.2.", sshd_path: Path = SSHD,
                  start_timeout: float = 30.0, die_with_parent: bool = True,
-                 sftp_home_per_host: bool = False, session_env: dict[str, str] | None = None) -> None:
+                 sftp_home_per_host: bool = False, session_env: dict[str, str] | None = None,
+                 sshd_options: Iterable[str] = ()) -> None:
         self.workdir = Path(workdir).resolve()
         self.count, self.base, self.start_at = count, base, start
         self.port, self._fixed_port = port, port is not None
@@ -122,6 +123,7 @@ class Fleet:
             raise FleetError("sftp_home_per_host needs one sshd per host (hosts_per_sshd=1)")
         self.sftp_home_per_host = sftp_home_per_host
         self.extra_env = dict(session_env or {})  # e.g. HOME: a home whose ~/.bashrc prints banners
+        self.sshd_options = list(sshd_options)  # first in sshd_config: they win (e.g. stock MaxStartups)
         self.user = ""
         self.addresses = address_range(base, start, count)
         self.special = special_addresses(special_base) if specials else {}
@@ -403,7 +405,7 @@ class Fleet:
         envs = {a: self._session_env(a) for a in server.addresses}
         sftp_dir = self.sftp_home(server.addresses[0]) if self.sftp_home_per_host else None
         config = sshd_config(server.addresses, self.port, host_key, authorized, envs,
-                             sshd_version(self.sshd_path), sftp_dir=sftp_dir)
+                             sshd_version(self.sshd_path), sftp_dir=sftp_dir, first=self.sshd_options)
         config_path = server.directory / "sshd_config"
         config_path.write_text(config)
         return [str(self.sshd_path), "-D", "-f", str(config_path), "-E", str(server.log)]
@@ -450,7 +452,7 @@ def known_hosts_name(address: str, port: int) -> str:
 
 def sshd_config(addresses: list[str], port: int, host_key: Path, authorized_keys: Path,
                 envs: dict[str, dict[str, str]], version: tuple[int, int] = (9, 2),
-                sftp_dir: Path | None = None) -> str:
+                sftp_dir: Path | None = None, first: Iterable[str] = ()) -> str:
     """The sshd_config text for one sshd serving ``addresses`` with a per-address environment.
 
     ``sftp_dir``: the SFTP server's start directory (``internal-sftp -d``)
@@ -462,7 +464,7 @@ def sshd_config(addresses: list[str], port: int, host_key: Path, authorized_keys
             v for env in envs.values() for v in env.values()]:
         if '"' in value or "\n" in value:
             raise FleetError(f"path not usable in sshd_config: {value!r}")
-    lines = [f"ListenAddress {a}:{port}" for a in addresses] + [
+    lines = list(first) + [f"ListenAddress {a}:{port}" for a in addresses] + [
         f"HostKey {host_key}",
         "PidFile none",
         "StrictModes no",
