@@ -213,6 +213,68 @@ class JumpPool:
             transport.close()
 
 
+class Keepalive:
+    """ServerAliveInterval / ServerAliveCountMax for every connection of an engine, on one thread.
+
+    OpenSSH sends ``keepalive@openssh.com`` with want-reply after ``interval`` s
+    without traffic and drops the connection when ``count_max`` go
+    unanswered. paramiko's own keepalive asks for no reply, so a dead peer
+    stays undetected; here any packet read (`LeanPacketizer.last_read`) counts
+    as an answer, and a connection that stays silent is closed: the command
+    on it fails as a lost connection instead of hanging until its timeout.
+    """
+
+    def __init__(self) -> None:
+        self._watched: dict[paramiko.Transport, list] = {}  # transport -> [interval, count_max, missed]
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, transport: paramiko.Transport, interval: int, count_max: int) -> None:
+        if interval <= 0:
+            return
+        with self._lock:
+            self._watched[transport] = [interval, max(1, count_max), 0, time.monotonic()]
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, daemon=True, name="cluster-keepalive")
+                self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            time.sleep(0.5)
+            with self._lock:
+                for transport in [t for t in self._watched if not t.is_active()]:
+                    del self._watched[transport]
+                if not self._watched:
+                    self._thread = None
+                    return
+                items = list(self._watched.items())
+            for transport, state in items:
+                self._tick(transport, state)
+
+    def _tick(self, transport: paramiko.Transport, state: list) -> None:
+        interval, count_max, missed, sent = state
+        now = time.monotonic()
+        heard = getattr(transport.packetizer, "last_read", None) or 0.0
+        if heard > sent:
+            state[2], state[3] = 0, max(heard, sent)
+            return
+        if now - state[3] < interval:
+            return
+        if missed >= count_max:
+            transport.close()  # "Timeout, server not responding" in ssh
+            return
+        message = paramiko.Message()
+        message.add_byte(paramiko.common.cMSG_GLOBAL_REQUEST)
+        message.add_string("keepalive@openssh.com")
+        message.add_boolean(True)
+        try:
+            transport._send_user_message(message)
+        except (OSError, EOFError, paramiko.SSHException):
+            transport.close()
+            return
+        state[2], state[3] = missed + 1, now
+
+
 def hop_name(config: HostConfig) -> str:
     """How a failure names a jump host: its alias, and the address when that differs."""
     if config.alias != config.hostname:

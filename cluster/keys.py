@@ -120,6 +120,14 @@ class KeyRing:
                 skipped.append(f"{loaded.path} (unreadable: {loaded.detail})")
         return offered, skipped
 
+    def close(self) -> None:
+        """Close the agent connections (the key lists are read again on next use)."""
+        with self._lock:
+            agents, self._agents = list(self._agents.values()), {}
+        for keys in agents:
+            if keys:
+                keys[0].agent._close()
+
     def strategy(self, user: str, offered: list[Candidate], skipped: list[str]) -> KeyAuth:
         return KeyAuth(user, offered, skipped)
 

@@ -40,7 +40,7 @@ from invoke import Context
 from invoke.exceptions import CommandTimedOut
 from invoke.runners import Result as LocalResult
 
-from .connect import JumpPool, ShellProxy, expand_tokens, hop_name, open_channel, parse_proxy_jump
+from .connect import JumpPool, Keepalive, ShellProxy, expand_tokens, hop_name, open_channel, parse_proxy_jump
 from .errors import InputError
 from .hostkeys import ACCEPT_NEW, STRICT_HOST_KEY_CHECKING, HostKeyError, HostKeyStore, HostKeyTarget, peer_address
 from .hosts import Host
@@ -96,8 +96,11 @@ class LeanPacketizer(paramiko.Packetizer):
         self._quickack = quickack if isinstance(sock, socket.socket) else None
         self._sock = sock
 
+    last_read = 0.0  # monotonic time of the latest packet (keepalive: the peer is alive)
+
     def read_message(self) -> tuple[int, paramiko.Message]:
         message = super().read_message()
+        self.last_read = time.monotonic()
         if self._quickack is not None:
             try:
                 self._sock.setsockopt(socket.IPPROTO_TCP, self._quickack, 1)
@@ -387,6 +390,8 @@ class HostSession:
             self.connection.open()
             transport = self.connection.client.get_transport()
         channel = transport.open_session(timeout=self.connect_timeout)
+        if self.connection.forward_agent:  # ForwardAgent yes: this command may use our agent
+            paramiko.agent.AgentRequestHandler(channel)
         channel.exec_command(command)
         if stdin:
             channel.sendall(stdin.encode())
@@ -937,6 +942,7 @@ class Engine:
         for session in sessions:
             session.close()
         self.jumps.close()
+        self.keys.close()
 
     def __enter__(self) -> Engine:
         return self
@@ -994,7 +1000,9 @@ class Route:
         return exc
 
 
+KEEPALIVE = Keepalive()  # one thread for every connection of the process that asks for keepalives
+
+
 def start_keepalive(transport: paramiko.Transport, config: HostConfig) -> None:
-    """ServerAliveInterval: paramiko's keepalive packets (``keepalive@openssh.com``-style global requests)."""
-    if config.server_alive_interval > 0:
-        transport.set_keepalive(config.server_alive_interval)
+    """ServerAliveInterval / ServerAliveCountMax as ssh does them (`connect.Keepalive`)."""
+    KEEPALIVE.watch(transport, config.server_alive_interval, config.server_alive_count_max)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 from pathlib import Path
@@ -272,3 +273,55 @@ def test_noisy_shell_keeps_probes_and_check_clean_and_run_untouched(noisy_fleet,
     ssh = subprocess.run([*noisy_fleet.ssh_command(address), "echo payload"], capture_output=True, text=True,
                          timeout=60, stdin=subprocess.DEVNULL)
     assert stdout == ssh.stdout and "Welcome to gpu-node" in stdout and "logout-banner" in stdout
+
+
+def start_agent(tmp_path: Path, *keys: Path) -> tuple[subprocess.Popen, Path]:
+    sock = tmp_path / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
+    for _ in range(200):
+        if sock.exists():
+            break
+        subprocess.run(["sleep", "0.05"])
+    for key in keys:
+        subprocess.run(["ssh-add", "-q", str(key)], env={**os.environ, "SSH_AUTH_SOCK": str(sock)}, check=True)
+    return agent, sock
+
+
+def test_forward_agent_on_the_engines_channels(fleet, tmp_path, clean_env, monkeypatch):
+    agent, sock = start_agent(tmp_path, fleet.key_file)
+    try:
+        monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
+        config = write_config(tmp_path, fleet, "Host fwd\n  HostName 127.0.1.2\n  ForwardAgent yes\n"
+                                               "Host nofwd\n  HostName 127.0.1.2\n")
+        listing = subprocess.run(["ssh", "-F", str(config), "-o", "BatchMode=yes", "fwd", "ssh-add -l"],
+                                 capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        assert listing.returncode == 0 and "ED25519" in listing.stdout, listing
+        with Engine(SSHSettings(ssh_config=str(config))) as engine:
+            results = {s.host.hostname: r for s, r in engine.run([Host("fwd"), Host("nofwd")], "ssh-add -l").items()}
+        assert results["fwd"].exited == 0 and results["fwd"].stdout == listing.stdout
+        assert results["nofwd"].exited == 2  # no agent there: as with ssh without -A
+    finally:
+        agent.terminate()
+        agent.wait()
+
+
+def test_server_alive_detects_a_silent_peer(fleet, tmp_path, clean_env):
+    config = write_config(tmp_path, fleet, "Host quiet\n  HostName 127.0.1.6\n  ServerAliveInterval 1\n"
+                                           "  ServerAliveCountMax 2\n")
+    with Engine(SSHSettings(ssh_config=str(config))) as engine:
+        session = engine.session(Host("quiet"))
+        assert session.run("true").exited == 0  # sshd's per-user child exists from here on
+        frozen = fleet.session_pids("127.0.1.6")
+        assert frozen
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)  # the peer stops answering, the TCP connection stays up
+        try:
+            failure = engine.run([Host("quiet")], "sleep 1", timeout=60, keep_open=True)
+        finally:
+            for pid in frozen:
+                os.kill(pid, signal.SIGCONT)
+    value = next(iter(failure.values()))
+    # Closed by the keepalive after 2 unanswered probes, while waiting for the channel (without
+    # keepalives: "Timeout opening channel." after the 10 s connect timeout).
+    assert isinstance(value, Exception) and str(value) in ("Unable to open channel.", "SSH session not active")
+    assert not session.connection.client.get_transport().is_active()
