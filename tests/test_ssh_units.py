@@ -142,3 +142,15 @@ def test_auth_failure_lists_what_was_tried_and_hints_ssh_add(tmp_path):
     assert isinstance(error, paramiko.AuthenticationException)
     assert "encrypted, not in agent" in str(error)
     assert error.hint.startswith(f"unlock the key in ssh-agent: `ssh-add {tmp_path / 'enc'}`")
+
+
+def test_ensure_key_reports_encrypted_files_and_agent_keys(clean_env):
+    from cluster.checks import ensure_key
+
+    _keygen(clean_env / ".ssh" / "id_ed25519", "secret")
+    report = ensure_key(SSHSettings(), gcloud="")
+    assert not report.ok and f"ssh-add {clean_env / '.ssh' / 'id_ed25519'}" in report.description
+    assert report.keys == [f"{clean_env / '.ssh' / 'id_ed25519'}: encrypted, not in agent"]
+    _keygen(clean_env / ".ssh" / "id_rsa")
+    report = ensure_key(SSHSettings(), gcloud="")
+    assert report.ok and report.to_json()["keys"][0].startswith(f"{clean_env / '.ssh' / 'id_rsa'}: ok (ssh-ed25519 ")
