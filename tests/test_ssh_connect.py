@@ -10,6 +10,7 @@ and no agent (``clean_env``) unless a test starts its own ``ssh-agent``.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -21,7 +22,7 @@ from helpers import set_gpu_state
 
 from cluster import gpu
 from cluster.checks import check
-from cluster.hosts import Host
+from cluster.hosts import Host, parse_hosts
 from cluster.inventory import SSHSettings
 from cluster.probe import run_probe
 from cluster.ssh import Engine
@@ -325,3 +326,46 @@ def test_server_alive_detects_a_silent_peer(fleet, tmp_path, clean_env):
     # keepalives: "Timeout opening channel." after the 10 s connect timeout).
     assert isinstance(value, Exception) and str(value) in ("Unable to open channel.", "SSH session not active")
     assert not session.connection.client.get_transport().is_active()
+
+
+# ---------------------------------------------------------------------------
+# IPv6 host forms against an sshd on ::1
+# ---------------------------------------------------------------------------
+
+
+def _port_free_on(*addresses: str) -> int:
+    for port in random.sample(range(20000, 32000), 50):
+        try:
+            for address in addresses:
+                family = socket.AF_INET6 if ":" in address else socket.AF_INET
+                with socket.socket(family) as probe:
+                    probe.bind((address, port))
+            return port
+        except OSError:
+            continue
+    raise AssertionError("no free port")
+
+
+@pytest.fixture(scope="module")
+def v6_fleet(fleet_dir):
+    port = _port_free_on("127.0.128.1", "::1")
+    with Fleet(fleet_dir("v6"), count=1, base="127.0.128.", port=port, specials=False,
+               sshd_options=[f"ListenAddress [::1]:{port}"]) as v6:
+        yield v6
+
+
+@pytest.mark.parametrize("form", ["[::1]:{port}", "{user}@[::1]:{port}", "[::1]", "::1"])
+def test_ipv6_host_forms_connect_like_ssh(v6_fleet, tmp_path, clean_env, form):
+    expression = form.format(port=v6_fleet.port, user=v6_fleet.user)
+    hosts = parse_hosts(expression)
+    assert [h.hostname for h in hosts] == ["::1"]
+    settings = SSHSettings(**{**v6_fleet.ssh_settings(), "known_hosts": str(tmp_path / "kh")})
+    with Engine(settings) as engine:
+        outcome = check(engine, hosts)[0]
+    ssh = subprocess.run(["ssh", "-F", "/dev/null", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=accept-new",
+                          "-o", f"UserKnownHostsFile={tmp_path / 'kh-ssh'}", "-i", str(v6_fleet.key_file),
+                          "-p", str(v6_fleet.port), "-l", v6_fleet.user, "::1", "true"],
+                         capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert ssh.returncode == 0, ssh.stderr
+    assert outcome.ok, outcome.error
+    assert outcome.data.hostname == socket.gethostname()
