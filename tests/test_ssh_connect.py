@@ -9,7 +9,9 @@ and no agent (``clean_env``) unless a test starts its own ``ssh-agent``.
 
 from __future__ import annotations
 
+import json
 import os
+import pwd
 import random
 import shutil
 import signal
@@ -18,7 +20,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import set_gpu_state
+from helpers import run_cli, set_gpu_state
 
 from cluster import gpu
 from cluster.checks import check
@@ -369,3 +371,84 @@ def test_ipv6_host_forms_connect_like_ssh(v6_fleet, tmp_path, clean_env, form):
     assert ssh.returncode == 0, ssh.stderr
     assert outcome.ok, outcome.error
     assert outcome.data.hostname == socket.gethostname()
+
+
+# ---------------------------------------------------------------------------
+# CertificateFile: a user certificate signed by a CA the sshd trusts
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ca_fleet(fleet_dir):
+    workdir = fleet_dir("userca")
+    ca = workdir / "user_ca"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(ca)], check=True)
+    (workdir / "user_ca.pub").chmod(0o644)
+    with Fleet(workdir, count=1, base="127.0.129.", specials=False,
+               sshd_options=[f"TrustedUserCAKeys {ca}.pub"]) as certified:
+        yield certified, ca
+
+
+def test_certificate_file_at_another_path(ca_fleet, tmp_path, clean_env):
+    certified, ca = ca_fleet
+    key = tmp_path / "not_authorized"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    cert = tmp_path / "elsewhere" / "my-cert.pub"
+    cert.parent.mkdir()
+    subprocess.run(["ssh-keygen", "-q", "-s", str(ca), "-I", "me", "-n", certified.user, str(key) + ".pub"], check=True)
+    (tmp_path / "not_authorized-cert.pub").rename(cert)
+    address = certified.addresses[0]
+    body = f"Host withcert\n  HostName {address}\n  CertificateFile {cert}\nHost nocert\n  HostName {address}\n"
+    config = write_config(tmp_path, certified, body, key=key)
+    same_decision(config, "withcert")
+    same_decision(config, "nocert", kind="auth")  # the plain key is in no authorized_keys
+
+
+# ---------------------------------------------------------------------------
+# Default key files (~/.ssh/id_*): ssh reads them from the passwd home, so the
+# oracle runs in a mount namespace where that home is the test's HOME
+# ---------------------------------------------------------------------------
+
+
+def oracle_in_home(home: Path, config: Path, alias: str) -> subprocess.CompletedProcess:
+    passwd_home = pwd.getpwuid(os.getuid()).pw_dir
+    script = f'mount --bind "$1" "{passwd_home}" && exec ssh -F "$2" -o BatchMode=yes "$3" true'
+    return subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", str(home), str(config), alias],
+                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+
+
+def test_several_default_keys_in_openssh_order(fleet, tmp_path, clean_env):
+    if os.geteuid() != 0 or subprocess.run(["unshare", "-m", "true"]).returncode != 0:
+        pytest.skip("needs root and mount namespaces for the oracle's home")
+    ssh_dir = clean_env / ".ssh"
+    for name, passphrase in (("id_rsa", ""), ("id_ecdsa", "secret")):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", passphrase, "-f", str(ssh_dir / name)], check=True)
+    shutil.copy(fleet.key_file, ssh_dir / "id_ed25519")
+    (ssh_dir / "id_ed25519").chmod(0o600)
+    known = tmp_path / "known_hosts"
+    config = tmp_path / "ssh_config"
+    config.write_text(f"Host dflt\n  HostName 127.0.1.3\n  User {fleet.user}\n  Port {fleet.port}\n"
+                      f"  UserKnownHostsFile {known}\n  StrictHostKeyChecking accept-new\n")
+    assert oracle_in_home(clean_env, config, "dflt").returncode == 0
+    assert library(config, "dflt")[0].ok
+    (ssh_dir / "id_ed25519").unlink()
+    refused = oracle_in_home(clean_env, config, "dflt")
+    outcome = library(config, "dflt")[0]
+    assert refused.returncode != 0 and outcome.error.kind == "auth"
+    assert f"{ssh_dir / 'id_rsa'}; {ssh_dir / 'id_ecdsa'} (encrypted, not in agent)" in outcome.error.message
+
+
+def test_cli_reports_every_first_contact_failure_without_a_traceback(fleet, tmp_path, clean_env):
+    key = encrypted_copy(fleet, tmp_path)
+    body = ("Host enc\n  HostName 127.0.1.2\n"
+            f"Host viadenied\n  HostName 127.0.1.2\n  ProxyJump {fleet.special['denied']}\n"
+            "Host badproxy\n  HostName 127.0.1.2\n  ProxyCommand sh -c 'echo nope >&2; exit 1'\n"
+            f"Host good\n  HostName 127.0.1.2\n  IdentityFile {fleet.key_file}\n")
+    config = write_config(tmp_path, fleet, body, key=key)  # every host: the encrypted key only
+    roles = tmp_path / "roles.yaml"
+    roles.write_text(f"ssh:\n  ssh_config: {config}\nroles:\n  all: enc,viadenied,badproxy,good\n")
+    for task in (["check"], ["run", "true"]):
+        code, out, err = run_cli(*task, "--roles-file", str(roles), "--json", env={"HOME": str(clean_env)})
+        assert code == 1 and "Traceback" not in out + err, err
+        kinds = {h["host"]: (h["error"] or {}).get("kind") for h in json.loads(out)["hosts"]}
+        assert kinds == {"enc": "auth", "viadenied": "auth", "badproxy": "unreachable", "good": None}
