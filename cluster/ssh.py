@@ -307,14 +307,18 @@ class HostSession:
     def handshake(self) -> paramiko.PKey:
         """Key exchange and host-key check (`HostKeyStore.verify`), no authentication.
 
-        Returns the server's host key (keyscan). Direct TCP connections to the
-        host's HostName and port.
+        Returns the server's host key (keyscan). Reaches the host as a
+        connection does: directly, or through its jump hosts / ProxyCommand.
         """
         cxn = self.connection
         hostname, port = cxn.host, int(cxn.port)
         timeout = self.connect_timeout
-        sock = socket.create_connection((hostname, port), timeout=timeout)
-        target = self.engine.host_key_target(hostname, port, peer_address(sock), config=cxn.host_config)
+        if isinstance(cxn.gateway, Route):  # behind a jump host or proxy: reach it the same way
+            sock, address = cxn.gateway.open(), None
+        else:
+            sock = socket.create_connection((hostname, port), timeout=timeout)
+            address = peer_address(sock)
+        target = self.engine.host_key_target(hostname, port, address, config=cxn.host_config)
         transport = HopTransport(self.engine.host_keys, target)(sock)
         try:
             transport.banner_timeout = timeout

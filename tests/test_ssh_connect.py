@@ -23,7 +23,7 @@ import pytest
 from helpers import run_cli, set_gpu_state
 
 from cluster import gpu
-from cluster.checks import check
+from cluster.checks import check, keyscan
 from cluster.hosts import Host, parse_hosts
 from cluster.inventory import SSHSettings
 from cluster.probe import run_probe
@@ -452,3 +452,13 @@ def test_cli_reports_every_first_contact_failure_without_a_traceback(fleet, tmp_
         assert code == 1 and "Traceback" not in out + err, err
         kinds = {h["host"]: (h["error"] or {}).get("kind") for h in json.loads(out)["hosts"]}
         assert kinds == {"enc": "auth", "viadenied": "auth", "badproxy": "unreachable", "good": None}
+
+
+def test_keyscan_behind_a_bastion_records_the_target_key(fleet, tmp_path, clean_env):
+    config = write_config(tmp_path, fleet, f"Host scanned\n  HostName 127.0.1.5\n  ProxyJump {BASTION}\n")
+    with Engine(SSHSettings(ssh_config=str(config))) as engine:
+        report = keyscan(engine, [Host("scanned")])
+    assert report[0].ok, report[0].error
+    recorded = (tmp_path / "known_hosts").read_text()
+    assert fleet.host_key_line("127.0.1.5").split(" ", 1)[1].strip() in recorded
+    same_decision(config, "scanned")  # ssh accepts what keyscan recorded (and records nothing new)
