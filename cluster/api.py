@@ -12,17 +12,21 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from . import checks, gpu, kill, logs, service, status, system, transfer
-from .errors import ParameterError
+from . import checks, gpu, kill, logs, options, service, status, system, transfer
+from . import jobs as jobs_op
+from .errors import InputError, ParameterError
 from .gpu_health import HealthLimits, parse_limits
+from .hostkeys import check_known_hosts_path
 from .hosts import Host
 from .inventory import Inventory, load_inventory
+from .logs import LogSource
 from .probe import Probe, run_probe
 from .render import basic as basic_view
 from .render import gpu as gpu_view
+from .render import jobs as jobs_view
 from .render import kill as kill_view
 from .render import logs as logs_view
 from .render import system as system_view
@@ -37,6 +41,7 @@ from .ssh import Engine, HostSession
 
 Targets = str | Iterable[str] | None
 OnDone = Callable[[HostSession, Any], None]
+OnEvent = Callable[[logs.FollowEvent], None]  # named here: in Cluster's body `logs` is the method
 
 
 class Cluster:
@@ -56,6 +61,8 @@ class Cluster:
     def engine(self) -> Engine:
         """The shared SSH engine (created on first use)."""
         if self._engine is None:
+            if self.settings.known_hosts:  # unset: each host's UserKnownHostsFile (ssh_config)
+                check_known_hosts_path(self.settings.known_hosts)  # a local problem: exit 2 up front
             self._engine = Engine(self.settings)
         return self._engine
 
@@ -65,12 +72,17 @@ class Cluster:
 
     # -- commands and probes ---------------------------------------------------------------
     def run(self, command: str, *, hosts: Targets = None, role: Targets = None,
-            timeout: float | None = None, on_done: OnDone | None = None) -> Report:
-        """Run a shell command on every selected host (``inv run``)."""
+            timeout: float | None = None, on_done: OnDone | None = None,
+            on_output: Callable[[Host, str, bytes], None] | None = None) -> Report:
+        """Run a shell command on every selected host (``inv run``).
+
+        ``on_output(host, stream, chunk)`` ("out" / "err", bytes) receives the output as
+        it arrives, from the hosts' threads; the report then holds stderr only.
+        """
         limit = status.check_timeout(timeout)
         targets = self.hosts(hosts, role)
-        report = build_report(self.engine.run(targets, command, timeout=limit, on_done=on_done),
-                              self.engine)
+        report = build_report(self.engine.run(targets, command, timeout=limit, on_done=on_done,
+                                              on_output=on_output), self.engine)
         return _described(report, "run", basic_view.run_fields)
 
     def call(self, fn: Callable[[HostSession], Any], *, hosts: Targets = None,
@@ -140,12 +152,15 @@ class Cluster:
 
     # -- logs and kill ---------------------------------------------------------------------
     def log_sources(self, *, hosts: Targets = None, role: Targets = None, file: str | None = None,
-                    deployment: str | None = None) -> list[logs.LogSource]:
-        """Which files `logs` reads where: ``file`` on every selected host, else the server
-        logs of the recorded deployment (``role`` may name its roles: prefill, decode)."""
+                    deployment: str | None = None, job: str | None = None) -> list[logs.LogSource]:
+        """Which files `logs` reads where: ``file`` on every selected host, the log of
+        detached ``job`` on its hosts, else the server logs of the recorded deployment
+        (``role`` may name its roles: prefill, decode)."""
+        if job is not None:
+            return self._job_log_sources(job, hosts, role, file, deployment)
         if file is not None:
             return logs.file_sources(self.hosts(hosts, role), file)
-        manifest = serving_records.load_manifest(deployment)
+        manifest = serving_records.load_manifest(_deployment(deployment))
         if manifest is None:
             raise ParameterError("file", f"no recorded deployment "
                                          f"({serving_records.manifest_file(deployment)} not found): "
@@ -158,36 +173,36 @@ class Cluster:
 
     def logs(self, *, hosts: Targets = None, role: Targets = None, file: str | None = None,
              lines: int | None = logs.DEFAULT_LINES, grep: str | None = None,
-             deployment: str | None = None, timeout: float | None = logs.READ_TIMEOUT_S,
+             deployment: str | None = None, job: str | None = None, timeout: float | None = logs.READ_TIMEOUT_S,
              on_done: OnDone | None = None) -> Report:
         """The last ``lines`` lines (None: all) of each host's log (``.data``: `cluster.logs.LogText`)."""
         count, pattern = logs.check_lines(lines), logs.check_grep(grep)
-        sources = self.log_sources(hosts=hosts, role=role, file=file, deployment=deployment)
+        sources = self.log_sources(hosts=hosts, role=role, file=file, deployment=deployment, job=job)
         report = logs.read_logs(self.engine, sources, count, pattern,
                                 timeout=status.check_timeout(timeout), on_done=on_done)
         return _described(report, "logs", logs_view.logs_fields)
 
     def save_logs(self, directory: str | os.PathLike[str], *, hosts: Targets = None,
                   role: Targets = None, file: str | None = None, lines: int | None = None,
-                  grep: str | None = None, deployment: str | None = None,
+                  grep: str | None = None, deployment: str | None = None, job: str | None = None,
                   timeout: float | None = None, on_done: OnDone | None = None) -> Report:
         """Each host's log (all of it, or its last ``lines``) into ``directory/<host>.log``."""
         count, pattern = logs.check_lines(lines), logs.check_grep(grep)
-        sources = self.log_sources(hosts=hosts, role=role, file=file, deployment=deployment)
+        sources = self.log_sources(hosts=hosts, role=role, file=file, deployment=deployment, job=job)
         report = logs.save_logs(self.engine, sources, directory, count, pattern,
                                 timeout=status.check_timeout(timeout), on_done=on_done)
         report = _described(report, "logs", logs_view.logs_fields)
         report.extra["saved_to"] = str(directory)
         return report
 
-    def follow_logs(self, on_event: Callable[[logs.FollowEvent], None], *, hosts: Targets = None,
+    def follow_logs(self, on_event: OnEvent, *, hosts: Targets = None,
                     role: Targets = None, file: str | None = None, lines: int = 10,
-                    grep: str | None = None, deployment: str | None = None,
+                    grep: str | None = None, deployment: str | None = None, job: str | None = None,
                     stop: threading.Event | None = None, duration: float | None = None) -> Report:
         """Stream new lines of every host's log to ``on_event`` until ``stop`` is set,
         ``duration`` passes or Ctrl-C (see `cluster.logs.follow_logs`)."""
         count, pattern = logs.check_lines(lines), logs.check_grep(grep)
-        sources = self.log_sources(hosts=hosts, role=role, file=file, deployment=deployment)
+        sources = self.log_sources(hosts=hosts, role=role, file=file, deployment=deployment, job=job)
         report = logs.follow_logs(self.engine, sources, on_event, 10 if count is None else count,
                                   pattern, stop=stop, duration=duration)
         return _described(report, "logs", logs_view.logs_fields)
@@ -209,6 +224,56 @@ class Cluster:
         report = _described(report, "kill", kill_view.kill_fields)
         report.extra.update(pattern=pattern, signal=sig, dry_run=bool(dry_run))
         return report
+
+    # -- detached jobs (cluster.jobs) ------------------------------------------------------
+    def start_job(self, name: str, command: str, *, hosts: Targets = None, role: Targets = None,
+                  on_done: OnDone | None = None) -> Report:
+        """Start ``command`` detached on every selected host as job ``name`` and return at
+        once (``inv run --detach``); ``.data``: `cluster.jobs.JobHost` (pid, log path).
+        A host where the name is still held fails as ``job-exists``."""
+        name, command = jobs_op.check_name(name), jobs_op.check_command(command)
+        report = jobs_op.start(self.engine, self.hosts(hosts, role), name, command,
+                               fanout=self.settings.fanout, on_done=on_done)
+        return _described(report, "run", jobs_view.jobs_fields)
+
+    def jobs(self, name: str | None = None, *, hosts: Targets = None, role: Targets = None,
+             on_done: OnDone | None = None) -> Report:
+        """The recorded jobs (or job ``name``) on their hosts: one outcome per job and host,
+        ``.data.state`` running / exited (``.exit_code``) / vanished (``inv jobs``). With
+        ``hosts``/``role``: those hosts only, and jobs found there that this controller
+        did not record."""
+        if name is not None:
+            name = jobs_op.check_name(name, "name")
+        recorded = ([j for j in [jobs_op.load_job(name)] if j] if name else jobs_op.list_jobs())
+        targets = self._targets(hosts, role)
+        report = jobs_op.status(self.engine, recorded, targets, name=name,
+                                fanout=self.settings.fanout, on_done=on_done)
+        return _described(report, "jobs", jobs_view.jobs_fields)
+
+    def stop_job(self, name: str, *, hosts: Targets = None, role: Targets = None,
+                 grace: float = jobs_op.DEFAULT_GRACE_S, on_done: OnDone | None = None) -> Report:
+        """Stop job ``name`` (``inv stop --job``): verified TERM, ``grace`` seconds, KILL,
+        checked gone; then the name is free on those hosts (logs kept). ``.data``:
+        `cluster.jobs.JobStop`."""
+        name = jobs_op.check_name(name, "name")
+        targets = self._targets(hosts, role)
+        report = jobs_op.stop(self.engine, jobs_op.load_job(name), name, targets, grace=grace,
+                              fanout=self.settings.fanout, on_done=on_done)
+        return _described(report, "stop", jobs_view.stop_fields)
+
+    def _job_log_sources(self, job: str, hosts: Targets, role: Targets, file: str | None,
+                         deployment: str | None) -> list[LogSource]:
+        if file is not None or deployment is not None:
+            raise ParameterError("job", "{name} reads the job's own log: leave out file and deployment")
+        recorded = jobs_op.load_job(jobs_op.check_name(job, "job"))
+        if recorded is None:
+            raise ParameterError("job", f"{{name}}: no job {job} recorded ({jobs_op.job_file(job)} "
+                                        "not found): `inv jobs` lists the jobs")
+        targets = self._targets(hosts, role)
+        sources = jobs_op.log_sources(recorded, targets)
+        if not sources:
+            raise ParameterError("hosts", f"job {job} has no process on the selected hosts ({{name}})")
+        return sources
 
     # -- files (cluster.transfer) ----------------------------------------------------------
     def put(self, local: str, remote: str, *, hosts: Targets = None, role: Targets = None,
@@ -241,10 +306,10 @@ class Cluster:
         the roles ``prefill`` / ``decode``. ``overrides`` are `ServingConfig.with_overrides`
         keys (model_path, tp_size, engine...). Raises `InputError` on bad input."""
         config = self.serving_config(**overrides)
-        prefill_hosts = self.hosts(prefill) if prefill else self.inventory.role_hosts("prefill")
-        decode_hosts = self.hosts(decode) if decode else self.inventory.role_hosts("decode")
+        prefill_hosts = self.hosts(prefill) if prefill is not None else self.inventory.role_hosts("prefill")
+        decode_hosts = self.hosts(decode) if decode is not None else self.inventory.role_hosts("decode")
         return plan_start(config, prefill_hosts, decode_hosts, router=router,
-                          deployment=deployment, run_id=run_id)
+                          deployment=_deployment(deployment), run_id=run_id)
 
     def start_pd(self, plan: StartPlan, *, wait: bool = True,
                  timeout: float = serving_start.DEFAULT_TIMEOUT_S, restart: bool = False,
@@ -265,31 +330,63 @@ class Cluster:
         rank of each), or with no selection those whose process is gone; others are left
         alone. Recorded specs, a new run id; the router is made to list them again."""
         manifest = self._recorded(deployment)
-        targets = self.hosts(hosts, role) if (hosts or role) else None
-        return serving_start.restart_pd(self.engine, manifest, hosts=targets,
+        targets = self._targets(hosts, role)
+        config = self.serving_config()
+        arguments = {"prefill": config.prefill.extra_args, "decode": config.decode.extra_args,
+                     "router": config.router.extra_args}
+        return serving_start.restart_pd(self.engine, manifest, hosts=targets, arguments=arguments,
                                         secrets=self._secret_values(), wait=wait, timeout=timeout,
                                         grace=grace, fanout=self.settings.fanout,
                                         on_progress=on_progress)
 
     def stop_pd(self, *, hosts: Targets = None, role: Targets = None, deployment: str | None = None,
-                grace: float = serving_stop.DEFAULT_GRACE_S, sweep: str = "user",
+                grace: float = serving_stop.DEFAULT_GRACE_S, sweep: str = serving_stop.DEFAULT_SWEEP,
                 keep_router: bool = False) -> serving_stop.StopResult:
         """Stop the recorded deployment, or what start-pd started on the selected hosts."""
-        targets = self.hosts(hosts, role) if (hosts or role) else None
-        return serving_stop.stop_pd(self.engine, serving_records.load_manifest(deployment),
-                                    hosts=targets, run_dir=self.serving_config().run_dir,
-                                    grace=grace, sweep=sweep, keep_router=keep_router,
-                                    fanout=self.settings.fanout, deployment=deployment)
+        targets = self._targets(hosts, role)
+        deployment = _deployment(deployment)
+        manifest, problem = self._manifest_for(deployment, targets)
+        result = serving_stop.stop_pd(self.engine, manifest, hosts=targets,
+                                      run_dir=self.serving_config().run_dir, grace=grace, sweep=sweep,
+                                      keep_router=keep_router, fanout=self.settings.fanout,
+                                      deployment=deployment)
+        if problem:
+            result.report.extra["manifest_error"] = problem
+        return result
 
     def pd_status(self, *, hosts: Targets = None, role: Targets = None,
-                  deployment: str | None = None) -> serving_status.StatusResult:
-        """Health of every server of the recorded deployment (or of the selected hosts)."""
-        targets = self.hosts(hosts, role) if (hosts or role) else None
-        return serving_status.pd_status(self.engine, serving_records.load_manifest(deployment),
-                                        hosts=targets, run_dir=self.serving_config().run_dir,
-                                        fanout=self.settings.fanout, deployment=deployment)
+                  deployment: str | None = None, prune: bool = False) -> serving_status.StatusResult:
+        """Health of every server of the recorded deployment (or of the selected hosts);
+        ``prune`` removes the stale per-host records found."""
+        targets = self._targets(hosts, role)
+        deployment = _deployment(deployment)
+        manifest, problem = self._manifest_for(deployment, targets)
+        result = serving_status.pd_status(self.engine, manifest, hosts=targets,
+                                          run_dir=self.serving_config().run_dir,
+                                          fanout=self.settings.fanout, deployment=deployment, prune=prune)
+        if problem:
+            result.report.extra["manifest_error"] = problem
+        return result
+
+    @staticmethod
+    def _manifest_for(deployment: str | None, targets: Sequence[Host] | None
+                      ) -> tuple[serving_records.Manifest | None, str | None]:
+        """The recorded deployment; with hosts named, a corrupt manifest is set aside (the
+        hosts' own records still work) and its error returned, else it raises."""
+        try:
+            return serving_records.load_manifest(deployment), None
+        except InputError as exc:
+            if targets is None:
+                raise
+            return None, str(exc)
+
+    def _targets(self, hosts: Targets, role: Targets) -> list[Host] | None:
+        """The selected hosts, or None when neither was given (an empty -H "" is an
+        error, never "everything": `Inventory.select`)."""
+        return None if hosts is None and role is None else self.hosts(hosts, role)
 
     def _recorded(self, deployment: str | None) -> serving_records.Manifest:
+        deployment = _deployment(deployment)
         manifest = serving_records.load_manifest(deployment)
         if manifest is None:
             raise ParameterError("deployment", f"no recorded deployment "
@@ -327,3 +424,8 @@ def _described(report: Report, task: str,
         report.fields = fields
     return report
 
+
+def _deployment(name: str | None) -> str | None:
+    """A deployment name as given (None: the default one), checked: it names a file and
+    reaches remote command lines (`cluster.options.name`)."""
+    return None if name is None else options.name(name, "deployment")

@@ -37,6 +37,7 @@ import os
 import pwd
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -92,7 +93,7 @@ class SimState:
     started_at: float
 
     @classmethod
-    def load(cls, state_dir: str | os.PathLike) -> "SimState | None":
+    def load(cls, state_dir: str | os.PathLike[str]) -> "SimState | None":
         """The recorded state, or None when there is none (or it is unreadable)."""
         try:
             doc = json.loads((Path(state_dir) / STATE_FILE).read_text())
@@ -156,6 +157,37 @@ def check_count(value: Any, option: str, low: int, high: int) -> int:
     if not text.isdigit() or not low <= int(text) <= high:
         raise InputError(f"{option} must be a whole number {low}-{high}, got {value!r}")
     return int(text)
+
+
+def listening_ports(addresses: list[str], tables: tuple[str, ...] = ("/proc/net/tcp",)) -> dict[str, list[int]]:
+    """TCP ports something listens on at exactly these IPv4 addresses (not the wildcard),
+    from the kernel's socket table: another rehearsal cluster, or anything else."""
+    wanted = {socket.inet_aton(a)[::-1].hex().upper(): a for a in addresses}
+    found: dict[str, set[int]] = {}
+    for table in tables:
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 3 and fields[3] == "0A":  # LISTEN
+                hex_address, _, hex_port = fields[1].partition(":")
+                if hex_address in wanted:
+                    found.setdefault(wanted[hex_address], set()).add(int(hex_port, 16))
+    return {address: sorted(found[address]) for address in addresses if address in found}
+
+
+def check_addresses_free(addresses: list[str]) -> None:
+    """`InputError` when something already listens on one of the addresses sim-up wants
+    (two rehearsal clusters on the same addresses would answer for each other)."""
+    busy = listening_ports(addresses)
+    if busy:
+        address, ports = next(iter(busy.items()))
+        raise InputError(f"{address} is in use (listening on port {', '.join(map(str, ports[:5]))}"
+                         f"{' and ' + str(len(busy) - 1) + ' more addresses' if len(busy) > 1 else ''}): "
+                         "another rehearsal cluster? Stop it with `inv sim-down --state-dir DIR`, "
+                         "or pick other addresses with --base (e.g. 127.0.6.)")
 
 
 def check_base(base: str) -> str:
@@ -223,7 +255,7 @@ def serving_section(standin: Path, run_dir: Path, gpus: int, load_seconds: float
 # --------------------------------------------------------------------------- up / down
 
 
-def up(state_dir: str | os.PathLike = DEFAULT_STATE_DIR, hosts: int = DEFAULT_HOSTS,
+def up(state_dir: str | os.PathLike[str] = DEFAULT_STATE_DIR, hosts: int = DEFAULT_HOSTS,
        gpus: int = DEFAULT_GPUS, base: str = DEFAULT_BASE,
        load_seconds: float = DEFAULT_LOAD_SECONDS, timeout: float = START_TIMEOUT_S) -> SimState:
     """Start the rehearsal cluster in ``state_dir`` and wait until every sshd listens.
@@ -232,7 +264,7 @@ def up(state_dir: str | os.PathLike = DEFAULT_STATE_DIR, hosts: int = DEFAULT_HO
     one is already running there or the start fails (with the supervisor's log).
     """
     check_sshd()
-    hosts = check_count(hosts, "--hosts", 1, MAX_HOSTS)
+    hosts = check_count(hosts, "--count", 1, MAX_HOSTS)
     gpus = check_count(gpus, "--gpus", 1, MAX_GPUS)
     base = check_base(base)
     directory = Path(state_dir).expanduser().resolve()
@@ -242,6 +274,7 @@ def up(state_dir: str | os.PathLike = DEFAULT_STATE_DIR, hosts: int = DEFAULT_HO
                        f"({len(current.addresses)} hosts {current.folded}, supervisor pid "
                        f"{current.supervisor_pid}): `inv sim-down` first")
     down(directory)  # leftovers of a crashed one (no-op when there are none)
+    check_addresses_free(address_range(base, 1, hosts))
     directory.mkdir(parents=True, exist_ok=True)
     log = directory / SUPERVISOR_LOG
     argv = [sys.executable, "-m", "cluster.testing.sim", "serve", str(directory),
@@ -271,7 +304,7 @@ def up(state_dir: str | os.PathLike = DEFAULT_STATE_DIR, hosts: int = DEFAULT_HO
     raise SimError(f"the rehearsal cluster did not start (log {log}):\n  {tail}")
 
 
-def status(state_dir: str | os.PathLike = DEFAULT_STATE_DIR) -> SimState | None:
+def status(state_dir: str | os.PathLike[str] = DEFAULT_STATE_DIR) -> SimState | None:
     """The running rehearsal cluster of ``state_dir``, or None (none, or its supervisor is gone)."""
     state = SimState.load(Path(state_dir).expanduser())
     if state is None or not _is_supervisor(state.supervisor_pid, state.state_dir):
@@ -279,7 +312,7 @@ def status(state_dir: str | os.PathLike = DEFAULT_STATE_DIR) -> SimState | None:
     return state
 
 
-def down(state_dir: str | os.PathLike = DEFAULT_STATE_DIR, timeout: float = 20.0) -> DownResult:
+def down(state_dir: str | os.PathLike[str] = DEFAULT_STATE_DIR, timeout: float = 20.0) -> DownResult:
     """Stop the rehearsal cluster of ``state_dir`` and remove its files. Idempotent.
 
     Only pids recorded in ``state.json`` are signalled, and only while their command
@@ -376,7 +409,7 @@ def _read(path: Path) -> str:
 # --------------------------------------------------------------------------- supervisor
 
 
-def serve(state_dir: str | os.PathLike, hosts: int, gpus: int, base: str,
+def serve(state_dir: str | os.PathLike[str], hosts: int, gpus: int, base: str,
           load_seconds: float) -> int:
     """The supervisor: start the fleet, write ``state.json``, wait for SIGTERM, stop the fleet."""
     directory = Path(state_dir).resolve()
