@@ -933,6 +933,7 @@ class Engine:
             session.close()
         self.jumps.close()
         self.keys.close()
+        self.resolver.close()  # its temporary wrapper config (rebuilt if the engine is used again)
 
     def __enter__(self) -> Engine:
         return self

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 
 import paramiko
@@ -154,3 +155,14 @@ def test_ensure_key_reports_encrypted_files_and_agent_keys(clean_env):
     _keygen(clean_env / ".ssh" / "id_rsa")
     report = ensure_key(SSHSettings(), gcloud="")
     assert report.ok and report.to_json()["keys"][0].startswith(f"{clean_env / '.ssh' / 'id_rsa'}: ok (ssh-ed25519 ")
+
+
+def test_home_config_is_read_from_home_when_home_is_not_the_passwd_home(clean_env):
+    (clean_env / ".ssh" / "config").write_text("Host fromhome\n  HostName 10.8.0.81\n  User ubuntu\n")
+    resolver = Resolver()
+    config = resolver.resolve("fromhome")
+    assert (config.hostname, config.user) == ("10.8.0.81", "ubuntu")
+    assert all(path.startswith(str(clean_env)) for path in config.user_known_hosts)  # ~ is $HOME
+    wrapper = resolver._wrapper
+    resolver.close()
+    assert wrapper and not os.path.exists(wrapper)
