@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from invoke import Exit
 
-from cluster.checks import ensure_key as ensure_key_op
-from cluster.render import basic
-from cluster.render import core as render
+from cluster.lazy import lazy
 from cluster.result import Outcome, Report
 
 from .common import VIEW_HELP, cluster_task, emit, host_task, opened, view_options
+
+checks = lazy("cluster.checks")
+basic = lazy("cluster.render.basic")
+render = lazy("cluster.render.core")
 
 
 @cluster_task
@@ -80,7 +82,7 @@ def _policy(policy):
 def ensure_key(c, roles_file=None, json=False):
     """Show the SSH key in use; create ~/.ssh/google_compute_engine with gcloud if missing."""
     with opened(roles_file) as cluster:
-        report = ensure_key_op(cluster.settings)
+        report = checks.ensure_key(cluster.settings)
     if json:
         render.print_json({"task": "ensure-key", **report.to_json()})
     else:
