@@ -11,6 +11,11 @@ median of the per-repetition ratios (paired), then, from one ``python -X importt
 run per command, how many modules it loads, which heavy ones (paramiko, fabric, rich,
 cluster.serving) and the project modules' import time.
 
+Bytecode caches: invoke switches writing them off (``--write-pyc``); cluster_cli undoes that,
+so the warm-up runs leave this checkout's caches, as its first runs do for a user. An older
+checkout without that fix compiles its modules on every start; ``--compile`` writes every
+tree's caches first, to compare import structures alone.
+
 Commands: ``base`` = ``python -c 'import invoke.program'``; ``list`` = ``python -m invoke
 --list``; ``help`` = ``python -m invoke run --help``; ``run-local`` = ``python -m invoke run
 true -H local``. ``--ref DIR`` adds the same inv commands on another checkout
@@ -41,13 +46,14 @@ COMMANDS = {
 
 
 def environment(cwd: Path) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(cwd)}
+    """``cwd`` first on the path; bytecode caching as in a user's shell (this benchmark's own
+    sandbox may set PYTHONDONTWRITEBYTECODE; a user's shell does not)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    return {**env, "PYTHONPATH": str(cwd)}
 
 
 def compile_tree(tree: Path) -> None:
-    """Write the checkout's bytecode caches, as an install does: invoke turns writing them off
-    (its --write-pyc), so without this every project module would be compiled on every start
-    (docs/performance.md "Start-up"), whichever import structure the tree has."""
+    """Write a checkout's bytecode caches, as ``pip install`` (not ``-e``) does."""
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(tree / "cluster"),
                     str(tree / "cluster_cli")], check=True, stdout=subprocess.DEVNULL)
 
@@ -86,6 +92,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=40, help="runs per command (default 40)")
     parser.add_argument("--ref", metavar="DIR", help="another checkout: its inv commands too")
+    parser.add_argument("--compile", action="store_true",
+                        help="write every tree's bytecode caches first (as a non-editable install); "
+                             "default: what the warm-up runs leave, as in an editable checkout")
     args = parser.parse_args()
     trees = {"": ROOT}
     if args.ref:
@@ -93,8 +102,9 @@ def main() -> int:
     plan = [("base", ROOT)] + [(f"{label}{name}", tree) for label, tree in trees.items()
                                for name in COMMANDS if name != "base"]
     argvs = {label: [sys.executable, *COMMANDS[label.removeprefix("ref ")]] for label, _ in plan}
-    for tree in trees.values():
-        compile_tree(tree)
+    if args.compile:
+        for tree in trees.values():
+            compile_tree(tree)
     for label, tree in plan:  # warm the page cache before timing
         timed(argvs[label], tree)
     samples: dict[str, list[tuple[float, float]]] = {label: [] for label, _ in plan}

@@ -6,6 +6,8 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -102,3 +104,24 @@ def test_put_help_states_the_library_idle_timeout():
 
     for helps in (transfer_tasks.PUT_HELP, transfer_tasks.GET_HELP):
         assert f"(default {transfer.IDLE_TIMEOUT_S:g})" in helps["timeout"], helps["timeout"]
+
+
+def test_inv_caches_the_bytecode_of_the_modules_it_loads(tmp_path):
+    # invoke switches bytecode writing off; without caches every start compiles every module.
+    for package in ("cluster", "cluster_cli"):
+        shutil.copytree(REPO / package, tmp_path / package,
+                        ignore=shutil.ignore_patterns("__pycache__", "testing"))
+    shutil.copy(REPO / "tasks.py", tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    done = subprocess.run([sys.executable, "-m", "invoke", "run", "true", "-H", "local"], cwd=tmp_path,
+                          env={**env, "PYTHONPATH": str(tmp_path)}, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    cached = {p.name.split(".")[0] for p in tmp_path.glob("cluster*/__pycache__/*.pyc")}
+    assert {"core_tasks", "common", "api", "ssh"} <= cached, sorted(cached)
+    # ... and PYTHONDONTWRITEBYTECODE still turns it off.
+    shutil.rmtree(tmp_path / "cluster" / "__pycache__")
+    subprocess.run([sys.executable, "-m", "invoke", "--list"], cwd=tmp_path, check=True,
+                   env={**env, "PYTHONPATH": str(tmp_path), "PYTHONDONTWRITEBYTECODE": "1"},
+                   capture_output=True, timeout=120)
+    assert not (tmp_path / "cluster" / "__pycache__").exists()
