@@ -125,3 +125,18 @@ def test_inv_caches_the_bytecode_of_the_modules_it_loads(tmp_path):
                    env={**env, "PYTHONPATH": str(tmp_path), "PYTHONDONTWRITEBYTECODE": "1"},
                    capture_output=True, timeout=120)
     assert not (tmp_path / "cluster" / "__pycache__").exists()
+
+
+def test_garbage_left_at_exit_is_still_finalized():
+    # cluster_cli shortens the exit (gc.freeze); what is garbage then must still be finalized.
+    code = ("import cluster_cli\n"
+            "class Noisy:\n"
+            "    def __del__(self):\n"
+            "        print('finalized', flush=True)\n"
+            "a, b = Noisy(), Noisy()\n"
+            "a.other, b.other = b, a\n"
+            "del a, b\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("finalized") == 2, done.stdout
