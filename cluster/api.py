@@ -25,28 +25,42 @@ from .probe import Probe, run_probe
 from .result import Outcome, Report, build_report
 from .ssh import Engine, HostSession
 
+# Loaded by the first call that needs them: `inv run` loads no serving or table code
+# (cluster/lazy.py); the type checker sees the modules themselves. The modules imported
+# above give the methods' default values.
 if TYPE_CHECKING:
+    from . import checks, system
+    from .render import basic as basic_view
+    from .render import gpu as gpu_view
+    from .render import kill as kill_view
+    from .render import logs as logs_view
+    from .render import system as system_view
+    from .serving import config as serving_config
+    from .serving import plan as serving_plan
+    from .serving import records as serving_records
+    from .serving import start as serving_start
+    from .serving import status as serving_status
+    from .serving import stop as serving_stop
     from .serving.config import ServingConfig
     from .serving.plan import StartPlan
-
-# Loaded by the first call that needs them: `inv run` loads no serving or table code
-# (cluster/lazy.py). The modules above give the methods' default values.
-checks = lazy("cluster.checks")
-system = lazy("cluster.system")
-basic_view = lazy("cluster.render.basic")
-gpu_view = lazy("cluster.render.gpu")
-kill_view = lazy("cluster.render.kill")
-logs_view = lazy("cluster.render.logs")
-system_view = lazy("cluster.render.system")
-serving_config = lazy("cluster.serving.config")
-serving_plan = lazy("cluster.serving.plan")
-serving_records = lazy("cluster.serving.records")
-serving_start = lazy("cluster.serving.start")
-serving_status = lazy("cluster.serving.status")
-serving_stop = lazy("cluster.serving.stop")
+else:
+    checks = lazy("cluster.checks")
+    system = lazy("cluster.system")
+    basic_view = lazy("cluster.render.basic")
+    gpu_view = lazy("cluster.render.gpu")
+    kill_view = lazy("cluster.render.kill")
+    logs_view = lazy("cluster.render.logs")
+    system_view = lazy("cluster.render.system")
+    serving_config = lazy("cluster.serving.config")
+    serving_plan = lazy("cluster.serving.plan")
+    serving_records = lazy("cluster.serving.records")
+    serving_start = lazy("cluster.serving.start")
+    serving_status = lazy("cluster.serving.status")
+    serving_stop = lazy("cluster.serving.stop")
 
 Targets = str | Iterable[str] | None
 OnDone = Callable[[HostSession, Any], None]
+OnEvent = Callable[[logs.FollowEvent], None]  # named here: in Cluster's body `logs` is the method
 
 
 class Cluster:
@@ -75,12 +89,17 @@ class Cluster:
 
     # -- commands and probes ---------------------------------------------------------------
     def run(self, command: str, *, hosts: Targets = None, role: Targets = None,
-            timeout: float | None = None, on_done: OnDone | None = None) -> Report:
-        """Run a shell command on every selected host (``inv run``)."""
+            timeout: float | None = None, on_done: OnDone | None = None,
+            on_output: Callable[[Host, str, bytes], None] | None = None) -> Report:
+        """Run a shell command on every selected host (``inv run``).
+
+        ``on_output(host, stream, chunk)`` ("out" / "err", bytes) receives the output as
+        it arrives, from the hosts' threads; the report then holds stderr only.
+        """
         limit = status.check_timeout(timeout)
         targets = self.hosts(hosts, role)
-        report = build_report(self.engine.run(targets, command, timeout=limit, on_done=on_done),
-                              self.engine)
+        report = build_report(self.engine.run(targets, command, timeout=limit, on_done=on_done,
+                                              on_output=on_output), self.engine)
         return _described(report, "run", basic_view.run_fields)
 
     def call(self, fn: Callable[[HostSession], Any], *, hosts: Targets = None,
@@ -190,7 +209,7 @@ class Cluster:
         report.extra["saved_to"] = str(directory)
         return report
 
-    def follow_logs(self, on_event: Callable[[logs.FollowEvent], None], *, hosts: Targets = None,
+    def follow_logs(self, on_event: OnEvent, *, hosts: Targets = None,
                     role: Targets = None, file: str | None = None, lines: int = 10,
                     grep: str | None = None, deployment: str | None = None,
                     stop: threading.Event | None = None, duration: float | None = None) -> Report:

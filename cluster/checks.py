@@ -76,6 +76,7 @@ def _scan_one(session: HostSession) -> KeyInfo:
         return KeyInfo("local", "-", "-", "local")
     session.handshake()  # raises HostKeyError when the store refuses the key
     verdict = session.engine.host_keys.last_verdict()  # this thread's: the handshake's
+    assert verdict is not None  # a handshake that returned has passed `HostKeyStore.check`
     return KeyInfo(verdict.name, verdict.key_type, verdict.fingerprint, verdict.status)
 
 

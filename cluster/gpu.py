@@ -104,7 +104,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from . import gpu_health
 from .gpu_health import DEFAULT_LIMITS, HealthLimits, HealthWarning, judge
@@ -439,7 +439,7 @@ def parse(stdout: str, limits: HealthLimits = DEFAULT_LIMITS) -> GpuStatus:
         gpu.warnings = judge(gpu, limits)
     by_uuid = {g.uuid: g.index for g in status.gpus if g.uuid}
     for proc in status.processes:
-        proc.gpu_index = by_uuid.get(proc.gpu_uuid)
+        proc.gpu_index = by_uuid.get(proc.gpu_uuid) if proc.gpu_uuid else None
     return status
 
 
@@ -640,7 +640,7 @@ def summarize(status: GpuStatus) -> GpuSummary:
     )
 
 
-def _sum_known(values) -> float | None:
+def _sum_known(values: Iterable[float | None]) -> float | None:
     known = [v for v in values if v is not None]
     return round(sum(known), 2) if known else None
 

@@ -43,7 +43,7 @@ come from roles.yaml's ``gpu:`` section (`parse_limits`)::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from .errors import InventoryError
 
@@ -108,7 +108,7 @@ class HealthWarning:
         return where + _PHRASES[self.kind](self)
 
 
-_PHRASES = {
+_PHRASES: dict[str, Callable[[HealthWarning], str]] = {
     ECC: lambda w: f"{w.value} uncorrected ECC error{'s' if w.value != 1 else ''}",
     REMAPPED_ROWS: lambda w: "row remapping pending (needs a GPU reset)",
     RETIRED_PAGES: lambda w: "page retirement pending (needs a reboot)",

@@ -163,13 +163,13 @@ def match_pattern(text: str, pattern: str) -> bool:
     return glob_regex(pattern).fullmatch(text) is not None
 
 
-def glob_regex(*patterns: str) -> re.Pattern:
+def glob_regex(*patterns: str) -> re.Pattern[str]:
     """One compiled regex that fully matches any of OpenSSH's glob ``patterns``."""
     return _compiled(patterns)
 
 
 @functools.lru_cache(maxsize=4096)
-def _compiled(patterns: tuple[str, ...]) -> re.Pattern:
+def _compiled(patterns: tuple[str, ...]) -> re.Pattern[str]:
     sources = ("".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in p) for p in patterns)
     return re.compile("|".join(f"(?:{source})" for source in sources), re.DOTALL)
 
@@ -196,10 +196,10 @@ class _Reader:
         return chunk
 
     def uint32(self) -> int:
-        return struct.unpack(">I", self._take(4))[0]
+        return int.from_bytes(self._take(4), "big")
 
     def uint64(self) -> int:
-        return struct.unpack(">Q", self._take(8))[0]
+        return int.from_bytes(self._take(8), "big")
 
     def string(self) -> bytes:
         return self._take(self.uint32())

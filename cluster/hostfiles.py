@@ -134,7 +134,9 @@ class RemoteFiles:
         self.session = session
         self.sftp = sftp
         self.timeout = timeout
-        self.request_size = request_size(sftp.get_channel().get_transport().remote_version)
+        channel = sftp.get_channel()
+        assert channel is not None  # an open SFTPClient has its channel
+        self.request_size = request_size(channel.get_transport().remote_version)
 
     def alive(self) -> bool:
         """Whether the SFTP channel and its connection still stand (else: connection lost)."""
@@ -173,7 +175,7 @@ class RemoteFiles:
         """A new file for writing; fails if ``path`` exists (never follows a planted link)."""
         return PipelinedWriter(self.sftp.open(path, "wbx"), self.request_size)
 
-    def open_read(self, path: str, size: int) -> IO[bytes]:
+    def open_read(self, path: str, size: int) -> paramiko.SFTPFile:
         handle = self.sftp.open(path, "rb")
         handle.MAX_REQUEST_SIZE = self.request_size
         if size > SFTP_MAX_PACKET:
@@ -244,9 +246,10 @@ class PipelinedWriter:
             self.handle.close()
             return
         self._closing = True
-        pending = self.handle._reqs  # paramiko: numbers of the writes not yet answered
+        # paramiko privates (absent from its stubs): the numbers of the writes not yet answered
+        pending = self.handle._reqs  # type: ignore[attr-defined]
         while pending:
-            self.handle.sftp._read_response(pending.popleft())  # raises on a refused write
+            self.handle.sftp._read_response(pending.popleft())  # type: ignore[attr-defined]  # raises on a refused write
         size = self.handle.stat().st_size
         if size != self.written:
             raise OSError(f"the file holds {size} bytes after {self.written} were written")
@@ -367,11 +370,9 @@ def parse_sha256sum(text: str) -> dict[str, str]:
         digest, sep, rest = line.partition(" ")
         if not sep or len(digest) != 64 or not _is_hex(digest) or rest[:1] not in (" ", "*"):
             continue
-        name = rest[1:]
-        if escaped:
-            name = _unescape(name)
-            if name is None:
-                continue
+        name = _unescape(rest[1:]) if escaped else rest[1:]
+        if name is None:  # a bad escape
+            continue
         found[name] = digest.lower()
     return found
 

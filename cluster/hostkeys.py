@@ -256,8 +256,8 @@ class _LazyEntry(HostKeyEntry):
     def key(self, value: paramiko.PKey | None) -> None:
         self._key = value
 
-    @property  # type: ignore[override]
-    def valid(self) -> bool:
+    @property
+    def valid(self) -> bool:  # type: ignore[override]  # paramiko's stub: an attribute; computed here
         return self.key is not None
 
 
@@ -368,6 +368,11 @@ def hash_name(name: str) -> str:
 
 _RECENT_LOOKUPS = 1024  # remembered `IndexedHostKeys.matching` answers (cleared when full)
 
+# `IndexedHostKeys` index tables: plain name -> [(position, entry)],
+# [(position, entry, salt, digest)], [(position, entry, _Names)].
+_Tables = tuple[dict[str, list[tuple[int, HostKeyEntry]]], list[tuple[int, HostKeyEntry, bytes, bytes]],
+                list[tuple[int, HostKeyEntry, _Names]]]
+
 
 class IndexedHostKeys(paramiko.HostKeys):
     """``paramiko.HostKeys`` that finds entries through a dict, with OpenSSH's name matching.
@@ -385,17 +390,18 @@ class IndexedHostKeys(paramiko.HostKeys):
     replaced or shrunk list is re-indexed from scratch.
     """
 
+    _entries: list[HostKeyEntry]  # paramiko's (set by HostKeys.__init__), not in its stubs
+
     def __init__(self, filename: str | None = None) -> None:
         # (index, hashed, patterns), published as one object so that readers never
-        # see half of a rebuilt index: plain name -> [(position, entry)],
-        # [(position, entry, salt, digest)], [(position, entry, _Names)].
-        self._tables: tuple[dict, list, list] = ({}, [], [])
+        # see half of a rebuilt index (see `_Tables`).
+        self._tables: _Tables = ({}, [], [])
         # Which list was indexed and how far (a reference, so its id cannot be reused).
-        self._indexed: tuple[list | None, int] = (None, 0)
+        self._indexed: tuple[list[HostKeyEntry] | None, int] = (None, 0)
         self._index_lock = threading.Lock()
         # Recent answers of `matching` for the index state they were computed on: a
         # connection asks twice for its host (algorithm order, then the check).
-        self._recent: tuple[tuple[list | None, int], dict[str, list[HostKeyEntry]]] = ((None, 0), {})
+        self._recent: tuple[tuple[list[HostKeyEntry] | None, int], dict[str, list[HostKeyEntry]]] = ((None, 0), {})
         super().__init__(filename)
 
     def matching(self, name: str) -> list[HostKeyEntry]:
@@ -439,6 +445,7 @@ class IndexedHostKeys(paramiko.HostKeys):
             return
         with self._index_lock:
             indexed, done = self._indexed
+            tables: _Tables
             if indexed is not entries or done > len(entries):
                 tables, done = ({}, [], []), 0  # rebuilt aside, then published at once
             else:
@@ -463,7 +470,7 @@ class IndexedHostKeys(paramiko.HostKeys):
         self._entries.append(HostKeyEntry([hostname], key))
 
 
-def _index_entry(tables: tuple[dict, list, list], position: int, entry: HostKeyEntry) -> None:
+def _index_entry(tables: _Tables, position: int, entry: HostKeyEntry) -> None:
     index, hashed, patterns = tables
     # Our entries keep the name field whole, as ssh matches it; paramiko's own
     # entries (``add``, ``__setitem__``) hold one name per item of ``hostnames``.
@@ -479,7 +486,7 @@ def _index_entry(tables: tuple[dict, list, list], position: int, entry: HostKeyE
             hashed.append((position, entry, *parsed))
 
 
-class _HostMatches(MutableMapping):
+class _HostMatches(MutableMapping[str, paramiko.PKey]):
     """The entries of one host, as key type -> key (paramiko's ``SubDict`` contract).
 
     ``keys()`` returns a list because ``SSHClient.connect`` indexes it.
@@ -714,11 +721,11 @@ class HostKeyStore:
     """Every known_hosts file the engine's hops use, shared by all hops and threads."""
 
     def __init__(self) -> None:
-        self._files: dict[str | os.PathLike, KnownHostsFile] = {}  # by the path given and the full path
+        self._files: dict[str | os.PathLike[str], KnownHostsFile] = {}  # by the path given and the full path
         self._files_lock = threading.Lock()
         self._local = threading.local()
 
-    def file(self, path: str | os.PathLike) -> KnownHostsFile:
+    def file(self, path: str | os.PathLike[str]) -> KnownHostsFile:
         """The (cached) `KnownHostsFile` of ``path`` (``~`` expanded)."""
         known = self._files.get(path)
         if known is None:
@@ -767,8 +774,8 @@ class HostKeyStore:
         def preferred(algorithm: str) -> bool:
             return (_is_cert(algorithm) and has_ca) or _plain_type(algorithm) in recorded
 
-        offered = set(offered)
-        usable = [a for a in OPENSSH_HOST_KEY_ALGORITHMS if a in offered]
+        available = set(offered)
+        usable = [a for a in OPENSSH_HOST_KEY_ALGORITHMS if a in available]
         if not (usable and _plain_type(usable[0]) in recorded):  # else OpenSSH keeps its order
             usable = [a for a in usable if preferred(a)] + [a for a in usable if not preferred(a)]
         return tuple(usable if has_ca else [a for a in usable if not _is_cert(a)])
@@ -819,7 +826,9 @@ class HostKeyStore:
     def _matching(files: list[KnownHostsFile], name: str | None) -> list[_Match]:
         if name is None:
             return []
-        return [(file, entry) for file in files for entry in file.keys.matching(name)]
+        # A file's keys are all parsed lines (`_LazyEntry`); the isinstance is for the type checker.
+        return [(file, entry) for file in files for entry in file.keys.matching(name)
+                if isinstance(entry, _LazyEntry)]
 
     def _decide(self, target: HostKeyTarget, offered: _Offered) -> Verdict | _Record:
         """OpenSSH's ``check_host_key`` on the files as they are now (no writes here)."""
@@ -833,6 +842,7 @@ class HostKeyStore:
             status, found = _status(host_entries, key)
             ip_status, ip_found = _status(ip_entries, key) if ip_entries is not None else (status, found)
             if status == REVOKED_KEY:
+                assert found is not None  # every status but NEW comes with its entry (`_status`)
                 raise _revoked(name, key, found)
             if key.certificate is not None:
                 if status == OK:
@@ -844,11 +854,13 @@ class HostKeyStore:
                 key = key.plain()  # no trusted CA: check the certified key itself, as ssh does
                 continue
             if status == CHANGED:
+                assert found is not None
                 raise _changed(name, key, found, ip_name, ip_status, ip_found)
             if ip_status == CHANGED:
+                assert ip_found is not None
                 raise _ip_changed(name, ip_name, key, ip_found)
             if status == OK:
-                if ip_status == NEW and not target.unrecordable():
+                if ip_status == NEW and ip_name and not target.unrecordable():  # NEW: an address was looked up
                     return _Record(_lines(ip_name, key, target.hash_new), _verdict("known", name, key, found))
                 return _verdict("known", name, key, found)
             quiet = self._known_without_port(files, target, key)
@@ -902,6 +914,7 @@ class _VerifyPolicy(paramiko.MissingHostKeyPolicy):
 
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
         transport, target = client.get_transport(), self.target
+        assert transport is not None  # called during connect, on its transport
         if target.check_host_ip:  # the only check that needs the address connected to
             target = replace(target, address=peer_address(transport.sock))
         self.store.verify(transport, target)
@@ -911,7 +924,8 @@ def peer_address(sock: object) -> str | None:
     """The peer IP of a TCP socket; None for a proxy command or a jump host's channel."""
     if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
         try:
-            return sock.getpeername()[0]
+            address: str = sock.getpeername()[0]  # (host, port[, flow, scope]) for AF_INET/AF_INET6
+            return address
         except OSError:
             return None
     return None

@@ -157,7 +157,8 @@ def fold_names(names: Iterable[str]) -> str:
     from ClusterShell.NodeSet import NodeSet, NodeSetException
     from ClusterShell.RangeSet import RangeSetException
 
-    foldable, others = [], []
+    foldable: list[str] = []
+    others: list[str] = []
     for name in names:
         (others if re.search(r"[@:\[\]]", name) else foldable).append(name)
     parts = []

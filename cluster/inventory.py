@@ -105,7 +105,7 @@ def _split_names(names: str | Iterable[str]) -> list[str]:
     return [n.strip() for n in items if n.strip()]
 
 
-def resolve_roles_path(explicit: str | os.PathLike | None = None) -> tuple[Path, bool]:
+def resolve_roles_path(explicit: str | os.PathLike[str] | None = None) -> tuple[Path, bool]:
     """Return (path, explicitly_named) following --roles-file > $CLUSTER_ROLES > ./roles.yaml."""
     if explicit:
         return Path(explicit).expanduser(), True
@@ -115,7 +115,7 @@ def resolve_roles_path(explicit: str | os.PathLike | None = None) -> tuple[Path,
     return Path(DEFAULT_ROLES_FILE), False
 
 
-def load_inventory(path: str | os.PathLike | None = None) -> Inventory:
+def load_inventory(path: str | os.PathLike[str] | None = None) -> Inventory:
     """Load and validate the roles file; an absent default file gives an empty inventory."""
     roles_path, explicit = resolve_roles_path(path)
     if not roles_path.exists():
@@ -148,7 +148,7 @@ def parse_inventory(text: str, path: Path) -> Inventory:
     return Inventory(path=path, ssh=ssh, roles=roles, sections=sections)
 
 
-_SSH_KEYS = {
+_SSH_KEYS: dict[str, type | tuple[type, ...]] = {
     "user": str,
     "port": int,
     "key_filename": str,

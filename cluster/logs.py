@@ -30,13 +30,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from .command import CommandResult
 from .errors import ParameterError
 from .hosts import Host
 from .options import regex
 from .result import Failure, Outcome, Report, build_report, classify_exception
 from .shell import path as shell_path
 from .shell import quote
-from .ssh import CommandResult, Engine, HostSession
+from .ssh import Engine, HostSession
 
 DEFAULT_LINES = 100
 READ_TIMEOUT_S = 60.0
@@ -246,7 +247,7 @@ def save_file_name(host: Host, taken: set[str]) -> str:
     return name
 
 
-def save_logs(engine: Engine, sources: Sequence[LogSource], directory: str | os.PathLike,
+def save_logs(engine: Engine, sources: Sequence[LogSource], directory: str | os.PathLike[str],
               lines: int | None = None, grep: str | None = None, *,
               timeout: float | None = None,
               on_done: Callable[[HostSession, Any], None] | None = None) -> Report:

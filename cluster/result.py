@@ -194,7 +194,7 @@ def fold_outputs(outcomes: Iterable[Outcome]) -> list[OutputGroup]:
     Like ``clush -b`` only hosts with the same return code are merged. Groups
     come out in order of their first host.
     """
-    groups: dict[tuple, list[Outcome]] = {}
+    groups: dict[tuple[Any, ...], list[Outcome]] = {}
     for outcome in outcomes:
         kind = outcome.error.kind if outcome.error else None
         message = outcome.error.message if outcome.error and outcome.exit_code is None else None
@@ -331,7 +331,9 @@ def exit_failure(exit_code: int, stdout: str, stderr: str) -> Failure:
     """The generic failure for a command that ran and exited non-zero."""
     last = _last_line(stderr) or _last_line(stdout)
     message = f"exit code {exit_code}" + (f": {last}" if last else "")
-    hint = "command not found on the host" if exit_code == 127 else "see stderr above"
+    # No "see stderr above": most tasks show no stderr; the message quotes its last line.
+    hint = ("command not found on the host" if exit_code == 127
+            else "the command itself failed on the host (its last output line is quoted)")
     return Failure(EXIT, message, hint, exit_code=exit_code)
 
 

@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, Any
 from .result import Report, build_report
 
 if TYPE_CHECKING:
+    from .command import CommandResult
     from .hosts import Host
-    from .ssh import CommandResult, Engine, HostSession
+    from .ssh import Engine, HostSession
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 

@@ -10,9 +10,11 @@ What this layer adds to Fabric (see shared/reference/peers.md):
   our host-key policy, a connect timeout that is always set (TCP, banner and
   auth), and a cache of open connections so later rounds (``--watch``,
   ``--follow``, start-pd readiness polls) reuse them without new handshakes.
-* `HostSession`: run one command on one host and capture its output. Remote
-  commands go straight to a paramiko channel (no Invoke runner threads, no
-  pty, stdin closed); ``local`` goes through Invoke's local runner.
+* `HostSession`: run one command on one host and capture or stream its
+  output (`cluster.command.Capture`). Remote commands go straight to a
+  paramiko channel (no Invoke runner threads, no pty, stdin closed); ``local``
+  runs on subprocess pipes (`cluster.localrun`). A command that times out or
+  is interrupted (Ctrl-C) is stopped on its host (`cluster.interrupt`).
 
 No parsing, classification or rendering happens here.
 """
@@ -20,31 +22,27 @@ No parsing, classification or rendering happens here.
 from __future__ import annotations
 
 import functools
-import io
 import logging
 import os
 import queue
-import select
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import paramiko
 from fabric import Config, Connection, ThreadingGroup
 from fabric.group import GroupResult
-from invoke import Context
-from invoke.exceptions import CommandTimedOut
-from invoke.runners import Result as LocalResult
 
+from . import interrupt
+from .command import AFTER_EXIT_S, Capture, CommandResult, Lines, OnOutput, text
 from .errors import InputError
 from .hostkeys import HostKeyStore, HostKeyTarget, fingerprint, peer_address
 from .hosts import Host
 from .inventory import SSHSettings
+from .localrun import run_local
 
 DEFAULT_KEYS = ("~/.ssh/id_ed25519", "~/.ssh/id_ecdsa", "~/.ssh/id_rsa")
 _READ_SIZE = 65536
@@ -60,6 +58,10 @@ class HandshakeTimeout(paramiko.SSHException):
     """TCP connected but the SSH banner/key exchange did not finish in time."""
 
 
+class ConnectionLost(paramiko.SSHException):
+    """The connection died while a command was running (host or sshd went away)."""
+
+
 # -- performance: see docs/performance.md for the profile behind each choice --
 
 # AEAD ciphers first. With aes-gcm the cipher authenticates each packet, so
@@ -70,7 +72,7 @@ class HandshakeTimeout(paramiko.SSHException):
 PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 
 
-class LeanPacketizer(paramiko.Packetizer):
+class LeanPacketizer(paramiko.packet.Packetizer):  # paramiko.Packetizer too, but not in its stubs
     """paramiko's packetizer without a timer thread per handshake, ACKing at once.
 
     * Handshake timeout as a deadline. paramiko starts a ``threading.Timer``
@@ -118,7 +120,7 @@ class LeanPacketizer(paramiko.Packetizer):
             self._handshake_done = True
 
 
-def make_transport(sock: socket.socket, disabled_algorithms: dict | None = None
+def make_transport(sock: socket.socket, disabled_algorithms: dict[str, Iterable[str]] | None = None
                    ) -> paramiko.Transport:
     """The paramiko Transport for one connection (``SSHClient.connect(transport_factory=)``).
 
@@ -147,13 +149,13 @@ class HopTransport:
     def __init__(self, store: HostKeyStore, target: HostKeyTarget) -> None:
         self.store, self.target = store, target
 
-    def __call__(self, sock: socket.socket, disabled_algorithms: dict | None = None) -> paramiko.Transport:
+    def __call__(self, sock: socket.socket, disabled_algorithms: dict[str, Iterable[str]] | None = None) -> paramiko.Transport:
         transport = make_transport(sock, disabled_algorithms)
         self.store.prepare(transport, self.target)
         return transport
 
 
-class LeanConnection(Connection):
+class LeanConnection(Connection):  # type: ignore[misc]  # fabric ships no types: its classes are Any
     """A Fabric ``Connection`` that is cheap to build and never writes the shared config.
 
     Behaviour is Fabric's; two costs of its invoke ``DataProxy`` base go away:
@@ -181,7 +183,7 @@ class LeanConnection(Connection):
 _CONNECTION_ATTRIBUTES = frozenset(dir(LeanConnection))
 
 
-class LeanConfig(Config):
+class LeanConfig(Config):  # type: ignore[misc]  # fabric ships no types
     """The engine's one `fabric.Config`, with cheap misses on two internal names.
 
     Reading a nested section (``config.timeouts``, ``config.connect_kwargs``:
@@ -197,34 +199,6 @@ class LeanConfig(Config):
         return super().__getattr__(key)
 
 
-@dataclass
-class CommandResult:
-    """Captured result of one command on one host (remote or local)."""
-
-    command: str
-    stdout: str
-    stderr: str
-    exited: int
-
-    @property
-    def ok(self) -> bool:
-        return self.exited == 0
-
-    @property
-    def failed(self) -> bool:
-        return not self.ok
-
-
-def _timed_out(command: str, out: bytes, err: bytes, timeout: float) -> CommandTimedOut:
-    result = LocalResult(stdout=_text(out), stderr=_text(err), command=command, exited=-1)
-    return CommandTimedOut(result, timeout)
-
-
-def _text(data: bytes | list[bytes]) -> str:
-    raw = b"".join(data) if isinstance(data, list) else data
-    return raw.decode("utf-8", "replace")
-
-
 class HostSession:
     """One host of an engine: a lazily opened connection plus command helpers.
 
@@ -237,6 +211,10 @@ class HostSession:
         self._connection: Connection | None = None
         self._port: int | None = None
         self.elapsed = 0.0
+        # The command in flight (for Ctrl-C, `BoundedGroup._run_pool`), set by the runner thread.
+        self.running: interrupt.Stoppable | None = None
+        # close() (any thread: Ctrl-C, Engine.close) vs release() (the runner thread).
+        self._closing = threading.Lock()
 
     def __repr__(self) -> str:
         return f"<HostSession {self.host}>"
@@ -277,7 +255,7 @@ class HostSession:
                     f"no SSH banner/handshake within {self.engine.settings.connect_timeout:g} s"
                 ) from None
             raise
-        _relax_polling(self._connection.client.get_transport())
+        _relax_polling(self.connection.client.get_transport())
 
     def handshake(self) -> paramiko.PKey:
         """Key exchange and host-key check (`HostKeyStore.verify`), no authentication.
@@ -300,18 +278,9 @@ class HostSession:
             transport.close()
 
     def close(self) -> None:
-        if self._connection is None:
-            return
-        transport = self._connection.client.get_transport()
-        if transport is not None:
-            _wake_transport_thread(transport)
-        self._connection.close()
-        # paramiko's close() does not wait for the transport thread; joining it
-        # keeps the thread count bounded by the fanout during large runs. (A
-        # transport whose connect failed before the handshake never started.)
-        if (transport is not None and transport.is_alive()
-                and transport is not threading.current_thread()):
-            transport.join(2.0)
+        """Close the connection (kept for reuse: the next command reconnects). Any thread."""
+        with self._closing:
+            _close_connection(self._connection)
 
     def release(self) -> None:
         """Close and forget the connection (the next use builds a new one).
@@ -319,42 +288,68 @@ class HostSession:
         For one-shot calls: a closed paramiko client still holds its transport,
         packetizer and buffers (tens of KiB), so keeping 1,000 of them made
         memory grow with the host count; after ``release`` it grows only with
-        the fanout. Only the thread that used the session may call it.
+        the fanout. Only the thread that used the session may call it; a
+        concurrent `close` (Ctrl-C) finds either the connection or None, never
+        a connection taken away between its check and its use.
         """
-        self.close()
-        self._connection = None
+        with self._closing:
+            connection, self._connection = self._connection, None
+            _close_connection(connection)
 
     # -- commands -----------------------------------------------------------
-    def run(self, command: str, timeout: float | None = None, stdin: str | None = None) -> CommandResult:
+    def run(self, command: str, timeout: float | None = None, stdin: str | None = None,
+            on_output: OnOutput | None = None) -> CommandResult:
         """Run ``command`` and capture stdout/stderr/exit code.
 
         ``stdin`` is sent to the command's standard input, then EOF (without
-        it stdin is closed at once). A non-zero exit is a result, not an
-        exception. Raises on transport errors and `CommandTimedOut` past
-        ``timeout`` seconds.
+        it stdin is closed at once). With ``on_output(stream, chunk)`` the
+        output is handed on as it arrives instead of kept (`Capture`). A
+        non-zero exit is a result, not an exception. Raises on transport
+        errors and `CommandTimedOut` past ``timeout`` seconds, after stopping
+        the command on the host (`cluster.interrupt.stop`).
         """
         if self.host.is_local:
-            return self._run_local(command, timeout, stdin)
-        return self._run_remote(command, timeout, stdin)
+            capture = Capture(on_output)
+            code = self._run_local(command, capture, timeout, stdin)
+            return capture.result(command, code)
+        return self._run_remote(command, timeout, stdin, Capture(on_output))
 
-    def _run_local(self, command: str, timeout: float | None, stdin: str | None) -> CommandResult:
-        in_stream = io.StringIO(stdin) if stdin is not None else False
-        result = self.engine.local_context.run(
-            command, hide=True, warn=True, in_stream=in_stream, timeout=timeout
-        )
-        return CommandResult(command, result.stdout, result.stderr, result.exited)
+    def _run_local(self, command: str, capture: Capture, timeout: float | None, stdin: str | None,
+                   halt: threading.Event | None = None) -> int:
+        return run_local(command, self.host, capture, timeout=timeout, stdin=stdin, halt=halt,
+                         register=self._set_running)
 
-    def _run_remote(self, command: str, timeout: float | None, stdin: str | None) -> CommandResult:
-        channel = self._open_channel(command, stdin)
+    def _set_running(self, command: interrupt.Stoppable | None) -> None:
+        self.running = command
+
+    def _run_remote(self, command: str, timeout: float | None, stdin: str | None, capture: Capture,
+                    halt: threading.Event | None = None) -> CommandResult:
+        """The command behind the pgid wrapper (`cluster.interrupt`), read until it ends."""
+        wrapped, token = interrupt.wrap(command)
+        pids = interrupt.PidLine(token)
+        capture.filter_err = pids.feed
+        channel = self._open_channel(wrapped, stdin)
+        running = interrupt.RemoteCommand(self.host, channel, pids)
+        self.running = running
         deadline = time.monotonic() + timeout if timeout else None
-        out: list[bytes] = []
-        err: list[bytes] = []
         try:
-            _drain(channel, out, err, deadline, command, timeout)
-            code = channel.recv_exit_status()
+            finished = _drain(channel, capture, deadline, halt)
+            if not finished:
+                interrupt.stop([running])
+                if halt is None or not halt.is_set():
+                    raise capture.timed_out(command, timeout)
+            code = channel.recv_exit_status() if finished else -1
+        except BaseException:
+            if not running.finished():  # a transport error or Ctrl-C in this thread
+                interrupt.stop([running])
+            raise
         finally:
+            self.running = None
             channel.close()
-        return CommandResult(command, _text(out), _text(err), code)
+        rest = pids.flush()
+        if rest:
+            capture.err(rest)
+        return capture.result(command, code)
 
     def _open_channel(self, command: str, stdin: str | None = None) -> paramiko.Channel:
         self.open()
@@ -364,7 +359,7 @@ class HostSession:
             self.connection.close()
             self.connection.open()
             transport = self.connection.client.get_transport()
-        channel = transport.open_session(timeout=self.engine.settings.connect_timeout)
+        channel: paramiko.Channel = transport.open_session(timeout=self.engine.settings.connect_timeout)
         channel.exec_command(command)
         if stdin:
             channel.sendall(stdin.encode())
@@ -375,20 +370,38 @@ class HostSession:
                stop: threading.Event | None = None, timeout: float | None = None) -> CommandResult:
         """Run ``command`` and call ``on_line`` for each complete stdout line as it arrives.
 
-        Stops (closing the channel / killing the local process) when ``stop`` is set.
-        Returns the exit code (-1 when stopped) and the captured stderr.
+        When ``stop`` is set the command is stopped on the host (as on Ctrl-C)
+        and the exit code is -1, as when the connection is lost while streaming.
+        Returns the exit code and the captured stderr.
         """
-        stop = stop or threading.Event()
+        lines = Lines(lambda line: on_line(text(line)))
+        capture = Capture(lambda stream, chunk: lines.feed(chunk) if stream == "out" else None)
         if self.host.is_local:
-            return _stream_local(command, on_line, stop, timeout)
-        channel = self._open_channel(command)
-        deadline = time.monotonic() + timeout if timeout else None
-        try:
-            err = _stream_channel(channel, on_line, stop, deadline, command, timeout)
-            code = channel.recv_exit_status() if not stop.is_set() else -1
-        finally:
-            channel.close()
-        return CommandResult(command, "", err, code)
+            code = self._run_local(command, capture, timeout, None, halt=stop)
+            result = capture.result(command, code)
+        else:
+            try:
+                result = self._run_remote(command, timeout, None, capture, halt=stop)
+            except ConnectionLost:
+                result = capture.result(command, -1)
+        if not (stop and stop.is_set()):
+            lines.flush()
+        return result
+
+
+def _close_connection(connection: Connection | None) -> None:
+    if connection is None:
+        return
+    transport = connection.client.get_transport()
+    if transport is not None:
+        _wake_transport_thread(transport)
+    connection.close()
+    # paramiko's close() does not wait for the transport thread; joining it
+    # keeps the thread count bounded by the fanout during large runs. (A
+    # transport whose connect failed before the handshake never started.)
+    if (transport is not None and transport.is_alive()
+            and transport is not threading.current_thread()):
+        transport.join(2.0)
 
 
 # How often an idle transport thread wakes once the handshake is over (paramiko: 0.1 s).
@@ -426,9 +439,13 @@ def _wake_transport_thread(transport: paramiko.Transport) -> None:
             pass  # not connected any more
 
 
-def _drain(channel: paramiko.Channel, out: list[bytes], err: list[bytes],
-           deadline: float | None, command: str, timeout: float | None) -> None:
+def _drain(channel: paramiko.Channel, capture: Capture, deadline: float | None,
+           halt: threading.Event | None = None) -> bool:
     """Read both streams until EOF and the exit status, without busy polling.
+
+    Returns False at the ``deadline`` or when ``halt`` is set (the command is
+    still running). After the exit status, output silent for `AFTER_EXIT_S`
+    ends the read (a background child holding stdout, `cluster.command`).
 
     Waits on one ``threading.Event`` that paramiko sets when either stream
     gets data or closes (``BufferedPipe.set_event``), not on ``select()`` of
@@ -440,25 +457,35 @@ def _drain(channel: paramiko.Channel, out: list[bytes], err: list[bytes],
     ready = threading.Event()
     channel.in_buffer.set_event(ready)
     channel.in_stderr_buffer.set_event(ready)
+    quiet_since = None
     while True:
         got = False
         while channel.recv_ready():
-            out.append(channel.recv(_READ_SIZE))
+            capture.out(channel.recv(_READ_SIZE))
             got = True
         while channel.recv_stderr_ready():
-            err.append(channel.recv_stderr(_READ_SIZE))
+            capture.err(channel.recv_stderr(_READ_SIZE))
             got = True
         if got:
+            quiet_since = None
             continue
-        remaining = None if deadline is None else deadline - time.monotonic()
-        if remaining is not None and remaining <= 0:
-            raise _timed_out(command, b"".join(out), b"".join(err), timeout or 0)
-        if channel.exit_status_ready() and channel.eof_received:
-            # Exit status arrives after EOF; anything still buffered was read above.
-            if not channel.recv_ready() and not channel.recv_stderr_ready():
-                return
+        now = time.monotonic()
+        remaining = None if deadline is None else deadline - now
+        if (remaining is not None and remaining <= 0) or (halt is not None and halt.is_set()):
+            return False
+        # At most 0.5 s: the exit status and a halt are Events of their own, seen on waking.
+        wait = min(remaining, 0.5) if remaining is not None else 0.5
+        if channel.exit_status_ready():
+            if channel.eof_received:
+                # Exit status arrives after EOF; anything still buffered was read above.
+                if not channel.recv_ready() and not channel.recv_stderr_ready():
+                    return True
+                continue
+            quiet_since = quiet_since or now
+            if now - quiet_since >= AFTER_EXIT_S:
+                return True  # exited; a background child holds its stdout open
+            wait = min(wait, AFTER_EXIT_S - (now - quiet_since))
         _check_alive(channel)
-        wait = min(remaining, 1.0) if remaining is not None else 1.0
         if channel.eof_received:
             # Both streams are at EOF (the event stays set from now on):
             # wait for the exit status instead.
@@ -472,72 +499,10 @@ def _check_alive(channel: paramiko.Channel) -> None:
     transport = channel.get_transport()
     closed_early = channel.closed and not channel.exit_status_ready()
     if closed_early or transport is None or not transport.is_active():
-        raise paramiko.SSHException("connection lost while the command was running")
+        raise ConnectionLost("connection lost while the command was running")
 
 
-def _stream_channel(channel: paramiko.Channel, on_line: Callable[[str], None],
-                    stop: threading.Event, deadline: float | None, command: str,
-                    timeout: float | None) -> str:
-    pending = b""
-    err: list[bytes] = []
-    while not stop.is_set():
-        if channel.recv_ready():
-            chunk = channel.recv(_READ_SIZE)
-            if not chunk:
-                break
-            pending = _emit_lines(pending + chunk, on_line)
-            continue
-        if channel.recv_stderr_ready():
-            err.append(channel.recv_stderr(_READ_SIZE))
-            continue
-        if channel.eof_received or channel.closed:
-            break
-        if deadline is not None and time.monotonic() > deadline:
-            raise _timed_out(command, pending, b"".join(err), timeout or 0)
-        select.select([channel], [], [], 0.2)
-    if pending and not stop.is_set():
-        on_line(_text(pending))
-    return _text(err)
-
-
-def _emit_lines(buffer: bytes, on_line: Callable[[str], None]) -> bytes:
-    """Call ``on_line`` for each complete line; return the incomplete tail."""
-    *lines, tail = buffer.split(b"\n")
-    for line in lines:
-        on_line(_text(line))
-    return tail
-
-
-def _stream_local(command: str, on_line: Callable[[str], None], stop: threading.Event,
-                  timeout: float | None) -> CommandResult:
-    proc = subprocess.Popen(["/bin/sh", "-c", command], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + timeout if timeout else None
-    pending = b""
-    assert proc.stdout is not None
-    fd = proc.stdout.fileno()
-    try:
-        while not stop.is_set():
-            if deadline is not None and time.monotonic() > deadline:
-                raise _timed_out(command, pending, b"", timeout or 0)
-            ready, _, _ = select.select([fd], [], [], 0.2)
-            if not ready:
-                continue
-            chunk = os.read(fd, _READ_SIZE)
-            if not chunk:
-                break
-            pending = _emit_lines(pending + chunk, on_line)
-        if pending and not stop.is_set():
-            on_line(_text(pending))
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, 15)
-        proc.wait()
-        err = proc.stderr.read() if proc.stderr else b""
-    return CommandResult(command, "", _text(err), -1 if stop.is_set() else proc.returncode)
-
-
-class BoundedGroup(ThreadingGroup):
+class BoundedGroup(ThreadingGroup):  # type: ignore[misc]  # fabric ships no types
     """A Fabric ``ThreadingGroup`` with at most ``fanout`` hosts in flight.
 
     Members are `HostSession` objects. ``run``/``call`` return a
@@ -577,8 +542,8 @@ class BoundedGroup(ThreadingGroup):
         Here the runners' threads (`WORKERS`, reused across calls) exist
         before any host is connecting.
         """
-        todo: queue.SimpleQueue = queue.SimpleQueue()
-        finished: queue.SimpleQueue = queue.SimpleQueue()
+        todo: queue.SimpleQueue[HostSession | None] = queue.SimpleQueue()
+        finished: queue.SimpleQueue[Any] = queue.SimpleQueue()  # (session, value) pairs, _RUNNER_DONE
         runners = min(self.fanout, len(self))
         for session in self:
             todo.put(session)
@@ -587,6 +552,7 @@ class BoundedGroup(ThreadingGroup):
         WORKERS.start(lambda: _run_hosts(todo, finished, fn), runners,
                       then=lambda: finished.put(_RUNNER_DONE))
         stopped = 0
+        interrupted = False
         try:
             while len(done) < len(self):
                 try:
@@ -602,25 +568,44 @@ class BoundedGroup(ThreadingGroup):
                 done[session] = value
                 if self.on_done:
                     self.on_done(session, value)
+        except KeyboardInterrupt:
+            interrupted = True
+            _drop_queued(todo, runners)
+            raise interrupt.Interrupted(self._stop_running(finished, stopped, runners)) from None
         except BaseException:
-            # Ctrl-C: drop queued hosts and unblock running ones by closing them.
-            _empty(todo)
-            for _ in range(runners):
-                todo.put(None)
+            _drop_queued(todo, runners)
             for session in self:
                 session.close()
             raise
         finally:
             # Hand the threads back idle before returning (the next call reuses them).
-            while stopped < runners:
+            # After Ctrl-C they were given `SETTLE_S`; the stragglers end on their own.
+            while stopped < runners and not interrupted:
                 if finished.get() is _RUNNER_DONE:
                     stopped += 1
+
+    def _stop_running(self, finished: queue.SimpleQueue[Any], stopped: int, runners: int) -> list[Host]:
+        """Ctrl-C: stop every host's command (`cluster.interrupt.stop`), let the runners
+        report, close the connections. The hosts whose command was stopped."""
+        hosts = interrupt.stop([s.running for s in self if s.running is not None])
+        deadline = time.monotonic() + interrupt.SETTLE_S
+        while stopped < runners and (left := deadline - time.monotonic()) > 0:
+            try:
+                if finished.get(timeout=left) is _RUNNER_DONE:
+                    stopped += 1
+            except queue.Empty:
+                break
+        # A runner that opened its channel while the others were being stopped.
+        hosts += interrupt.stop([s.running for s in self if s.running is not None])
+        for session in self:
+            session.close()
+        return hosts
 
 
 _RUNNER_DONE = object()
 
 
-def _run_hosts(todo: queue.SimpleQueue, finished: queue.SimpleQueue,
+def _run_hosts(todo: queue.SimpleQueue[HostSession | None], finished: queue.SimpleQueue[Any],
                fn: Callable[[HostSession], Any]) -> None:
     """One runner of a call: hosts from ``todo`` until its stop mark."""
     while (session := todo.get()) is not None:
@@ -631,12 +616,15 @@ def _run_hosts(todo: queue.SimpleQueue, finished: queue.SimpleQueue,
         finished.put((session, value))
 
 
-def _empty(todo: queue.SimpleQueue) -> None:
+def _drop_queued(todo: queue.SimpleQueue[Any], runners: int) -> None:
+    """Take the hosts not started yet off the queue; one stop mark per runner instead."""
     while True:
         try:
             todo.get_nowait()
         except queue.Empty:
-            return
+            break
+    for _ in range(runners):
+        todo.put(None)
 
 
 # A worker thread idle this long ends (the next call starts a new one).
@@ -660,7 +648,7 @@ class WorkerThreads:
     """
 
     def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], None], Callable[[], None]]] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._idle = 0  # threads not running a job (waiting, or about to)
         self._pending = 0  # jobs queued and not yet taken
@@ -727,7 +715,6 @@ class Engine:
         self.host_keys = HostKeyStore()
         self._sessions: dict[Host, HostSession] = {}
         self._lock = threading.Lock()
-        self._local_context: Context | None = None
 
     def _make_config(self) -> Config:
         overrides: dict[str, Any] = {
@@ -741,12 +728,6 @@ class Engine:
                 raise InputError(f"ssh.ssh_config: file not found: {path}")
             return LeanConfig(overrides=overrides, runtime_ssh_path=str(path))
         return LeanConfig(overrides=overrides)
-
-    @property
-    def local_context(self) -> Context:
-        if self._local_context is None:
-            self._local_context = Context(config=self.config)
-        return self._local_context
 
     @functools.cached_property
     def key_description(self) -> str:
@@ -823,10 +804,15 @@ class Engine:
 
     def run(self, hosts: Sequence[Host], command: str, *, timeout: float | None = None,
             fanout: int | None = None, keep_open: bool = False,
-            on_done: Callable[[HostSession, Any], None] | None = None) -> GroupResult:
-        """Run one command on every host; see `call`."""
-        return self.call(hosts, lambda s: s.run(command, timeout=timeout), fanout=fanout,
-                         keep_open=keep_open, on_done=on_done)
+            on_done: Callable[[HostSession, Any], None] | None = None,
+            on_output: Callable[[Host, str, bytes], None] | None = None) -> GroupResult:
+        """Run one command on every host; see `call`. With ``on_output(host, stream, chunk)``
+        output is handed on as it arrives (from the hosts' threads) instead of kept."""
+        def run_one(session: HostSession) -> CommandResult:
+            consumer = functools.partial(on_output, session.host) if on_output else None
+            return session.run(command, timeout=timeout, on_output=consumer)
+
+        return self.call(hosts, run_one, fanout=fanout, keep_open=keep_open, on_done=on_done)
 
     def close(self) -> None:
         with self._lock:

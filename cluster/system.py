@@ -130,7 +130,8 @@ class VmstatSample:
 
     def get(self, column: str) -> int | None:
         """Value by vmstat column name (``in`` included)."""
-        return getattr(self, _ATTR.get(column, column))
+        value: int | None = getattr(self, _ATTR.get(column, column))
+        return value
 
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {c: self.get(c) for c in KNOWN_COLUMNS if self.get(c) is not None}
@@ -359,7 +360,7 @@ def summarize(status: SystemStatus) -> SystemSummary:
     """Mean of every column over the interval samples (None where vmstat lacks it)."""
 
     def mean(column: str) -> float | None:
-        values = [s.get(column) for s in status.samples if s.get(column) is not None]
+        values = [v for s in status.samples if (v := s.get(column)) is not None]
         return round(sum(values) / len(values), 1) if values else None
 
     swap_used = None

@@ -57,6 +57,8 @@ from .hosts import Host
 from .result import SSH, Failure, Report, build_report
 from .ssh import Engine, HostSession
 
+Files = LocalFiles | RemoteFiles  # either side of a transfer
+
 # Failure kinds of put/get (besides the connection kinds of the contract).
 NO_SUCH_FILE = "no-such-file"
 NO_SUCH_DIR = "no-such-dir"
@@ -349,11 +351,13 @@ def _report(results: Any, engine: Engine) -> Report:
 class _Job:
     """One host's transfer in progress: both sides, the result, the temp files not yet renamed."""
 
-    def __init__(self, session: HostSession, host_files: Any, sending: bool,
+    def __init__(self, session: HostSession, host_files: Files, sending: bool,
                  on_progress: Progress | None, hashes: HashCache | None) -> None:
         self.session = session
         self.host_files = host_files
         controller = LocalFiles(hashes, where="the controller")
+        self.src: Files
+        self.dst: Files
         self.src, self.dst = (controller, host_files) if sending else (host_files, controller)
         self.result = HostTransfer()
         self.temps: list[str] = []  # on self.dst
@@ -474,7 +478,7 @@ def _put_tree(job: _Job, plan: PutPlan, mkdir: bool, force: bool) -> None:
             dst.chmod(path, mode)
 
 
-def _put_target(dst: Any, plan: PutPlan, mkdir: bool) -> str:
+def _put_target(dst: Files, plan: PutPlan, mkdir: bool) -> str:
     """Where the source goes on this host, like cp/scp: into REMOTE if it is a directory."""
     given = dst.resolve(plan.destination)
     into = given.endswith("/")
@@ -494,12 +498,12 @@ def _put_target(dst: Any, plan: PutPlan, mkdir: bool) -> str:
     return _join(_normalized(dst, directory), name)
 
 
-def _normalized(side: Any, path: str, action: str = "reach") -> str:
+def _normalized(side: Files, path: str, action: str = "reach") -> str:
     with _doing(action, side, path, missing=NO_SUCH_DIR):
         return side.normalize(path)
 
 
-def _makedirs(dst: Any, directory: str) -> None:
+def _makedirs(dst: Files, directory: str) -> None:
     """``mkdir -p``: every missing directory on the way to ``directory``."""
     parts = [p for p in directory.split("/") if p not in ("", ".")]
     path = "/" if directory.startswith("/") else ""
@@ -515,7 +519,7 @@ def _makedirs(dst: Any, directory: str) -> None:
                                         "put to a directory, or to a new path"))
 
 
-def _dest_dirs(dst: Any, target: str, plan: PutPlan) -> tuple[dict[str, Attributes], list[tuple[str, int]]]:
+def _dest_dirs(dst: Files, target: str, plan: PutPlan) -> tuple[dict[str, Attributes], list[tuple[str, int]]]:
     """Create the tree's missing directories; return the files already there and the dirs made."""
     existing: dict[str, Attributes] = {}
     created: list[tuple[str, int]] = []
@@ -536,12 +540,12 @@ def _dest_dirs(dst: Any, target: str, plan: PutPlan) -> tuple[dict[str, Attribut
     return existing, created
 
 
-def _existing_file(dst: Any, path: str) -> dict[str, Attributes]:
+def _existing_file(dst: Files, path: str) -> dict[str, Attributes]:
     attrs = _stat(dst, path, "reach")
     return {path: attrs} if attrs is not None else {}
 
 
-def _stat(side: Any, path: str, action: str = "stat") -> Attributes | None:
+def _stat(side: Files, path: str, action: str = "stat") -> Attributes | None:
     with _doing(action, side, path):
         return side.stat(path)
 
@@ -618,7 +622,7 @@ def _get_tree(job: _Job, plan: GetPlan, force: bool) -> None:
             dst.chmod(path, mode)
 
 
-def _walk_remote(src: Any, root: str, not_copied: list[str]
+def _walk_remote(src: Files, root: str, not_copied: list[str]
                  ) -> tuple[list[tuple[str, Attributes]], list[tuple[str, Attributes]]]:
     """Directories and regular files under ``root`` (symlinks and special files are listed apart)."""
     dirs: list[tuple[str, Attributes]] = []
@@ -643,7 +647,7 @@ def _walk_remote(src: Any, root: str, not_copied: list[str]
     return dirs, files
 
 
-def _local_dirs(dst: Any, root: str, dirs: list[tuple[str, Attributes]]) -> list[tuple[str, int]]:
+def _local_dirs(dst: Files, root: str, dirs: list[tuple[str, Attributes]]) -> list[tuple[str, int]]:
     """Make the host's local directories; return the ones created, with their remote modes."""
     with _doing("mkdir", dst, root):
         os.makedirs(posixpath.dirname(root), exist_ok=True)
@@ -712,7 +716,7 @@ def _join(root: str, rel: str) -> str:
     return posixpath.join(root, rel) if rel else root
 
 
-def _size(n: int) -> str:
+def _size(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1000 or unit == "GB":
             return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -730,7 +734,7 @@ _VERBS = {"create": "create a file in", "write": "write", "read": "read", "mkdir
 
 
 @contextmanager
-def _doing(action: str, side: Any, path: str, needed: int = 0,
+def _doing(action: str, side: Files, path: str, needed: int = 0,
            missing: str = NO_SUCH_DIR) -> Iterator[None]:
     """Turn an ``OSError`` of ``action`` on ``path`` into a `TransferError` with kind and hint.
 
@@ -746,7 +750,7 @@ def _doing(action: str, side: Any, path: str, needed: int = 0,
         raise TransferError(file_failure(exc, action, side, path, needed, missing)) from None
 
 
-def file_failure(exc: OSError, action: str, side: Any, path: str, needed: int = 0,
+def file_failure(exc: OSError, action: str, side: Files, path: str, needed: int = 0,
                  missing: str = NO_SUCH_DIR) -> Failure:
     """The `Failure` of an ``OSError`` raised doing ``action`` on ``path``.
 
@@ -794,7 +798,7 @@ def _disk_full(path: str, message: str) -> Failure:
                    "or put to another one")
 
 
-def _permission_hint(action: str, side: Any) -> str:
+def _permission_hint(action: str, side: Files) -> str:
     if action in ("read", "list", "stat"):
         return "the login user cannot read it: fix its permissions, or copy it somewhere " \
                "readable first (inv run 'sudo cp ...')"

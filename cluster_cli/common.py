@@ -117,8 +117,9 @@ def _map_errors(body: Callable, positional: list[str], holder: list[ClusterTask]
             raise Exit(f"error: {exc.naming(flag_of(exc.parameter, flags))}", code=2) from None
         except InputError as exc:
             raise Exit(f"error: {exc}", code=2) from None
-        except KeyboardInterrupt:
-            raise Exit("interrupted", code=130) from None
+        except KeyboardInterrupt as exc:
+            # cluster.interrupt.Interrupted names the hosts whose command was stopped.
+            raise Exit(f"interrupted: {exc}" if str(exc) else "interrupted", code=130) from None
 
     return run
 

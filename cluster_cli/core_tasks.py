@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import time
+
 from invoke import Exit
 
 from cluster.lazy import lazy
 from cluster.result import Outcome, Report
 
-from .common import VIEW_HELP, cluster_task, emit, host_task, opened, view_options
+from .common import VIEW_HELP, cluster_task, emit, finish, host_task, opened, view_options
 
 checks = lazy("cluster.checks")
 basic = lazy("cluster.render.basic")
 render = lazy("cluster.render.core")
+run_output = lazy("cluster.render.output")
 
 
 @cluster_task
@@ -37,17 +40,28 @@ def _hosts_view(inventory, selected):
 
 @cluster_task(positional=["command"], help={
     "command": "Shell command to run on every host (quote it).",
-    "timeout": "Command timeout in seconds (default: none).",
+    "timeout": "Seconds the command may run on each host; past it, it is stopped there "
+               "(kind command-timeout). Default: none.",
+    "stream": "Print 'host: line' as lines arrive (stderr lines marked), then the summary.",
 })
-def run(c, command, hosts=None, role=None, roles_file=None, json=False, fanout=None, timeout=None):
-    """Run a command on every host; identical outputs are folded into one group."""
-    def groups(report):
-        render.output_groups(report, render.stdout_console())
-
-    host_task("run", lambda cluster, tick: cluster.run(command, hosts=hosts, role=role,
-                                                       timeout=timeout, on_done=tick),
-              roles_file=roles_file, fanout=fanout, hosts=hosts, role=role, as_json=json,
-              table=groups)
+def run(c, command, hosts=None, role=None, roles_file=None, json=False, fanout=None, timeout=None,
+        stream=False):
+    """Run a command on every host. Piped: the hosts' stdout unchanged, host after host
+    (status and stderr on stderr); on a terminal: identical outputs folded into one group."""
+    started = time.monotonic()
+    with opened(roles_file, fanout) as cluster:
+        targets = cluster.hosts(hosts, role)
+        writer = None if json else run_output.RunOutput.for_stdout(targets, stream=stream)
+        live = writer is not None and (writer.live is not None or writer.ordered is not None)
+        with render.progress(len(targets), "run", enabled=False if live else None) as tick:
+            report = cluster.run(command, hosts=hosts, role=role, timeout=timeout,
+                                 on_done=writer.on_done(tick) if writer else tick,
+                                 on_output=writer.on_output if writer else None)
+    if writer is None:
+        render.print_json(report.to_dict())
+    else:
+        writer.finish(report, time.monotonic() - started)
+    finish(report)
 
 
 @cluster_task(help=VIEW_HELP)

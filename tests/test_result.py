@@ -127,7 +127,8 @@ def test_report_to_dict_is_the_json_contract():
         "hosts": [{"host": "a", "ok": True, "error": None, "answer": 42},
                   {"host": "u@b:2", "ok": False,
                    "error": {"kind": "exit", "message": "exit code 3: boom",
-                             "hint": "see stderr above", "exit_code": 3}}],
+                             "hint": "the command itself failed on the host (its last output line is "
+                                     "quoted)", "exit_code": 3}}],
         "summary": {"ok": 1, "failed": 1, "answers": 1},
         "note": "x",
     }

@@ -59,7 +59,7 @@ def failure_text(outcome: Outcome) -> Text:
     return text
 
 
-def host_table(columns: Sequence[str | tuple[str, dict]], rows: Iterable[Row],
+def host_table(columns: Sequence[str | tuple[str, dict[str, Any]]], rows: Iterable[Row],
                title: str | None = None) -> Table:
     """A rich table; ``columns`` are names or (name, column kwargs)."""
     table = Table(title=title, title_justify="left", header_style="bold", show_lines=False,

@@ -92,7 +92,10 @@ class HostView(Protocol):
     ``name`` gives the host name the folded range is made of.
     """
 
-    columns: Sequence[Column]
+    @property
+    def columns(self) -> Sequence[Column]:
+        """The table's columns (read-only here, so a view may hold them as a tuple)."""
+
     host_index: int
     fold_warned: bool  # whether warned hosts fold with each other (module rules)
 

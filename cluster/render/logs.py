@@ -19,7 +19,7 @@ from rich.text import Text
 from ..hosts import Host
 from ..logs import FollowEvent, FollowStats, LogText, SavedLog
 from ..result import Outcome, Report, fold_outputs
-from .core import failure_text, host_table, status_cell
+from .core import Row, failure_text, host_table, status_cell
 
 # Host colours for --follow; red is kept for errors.
 PALETTE = ("cyan", "magenta", "green", "yellow", "blue", "bright_cyan", "bright_magenta",
@@ -66,7 +66,7 @@ def saved_view(report: Report, directory: str) -> Group:
     File names are shown relative to the directory (printed once, unwrapped) so
     long paths never get folded inside a table cell.
     """
-    rows = []
+    rows: list[Row] = []
     for outcome in report:
         data: SavedLog | None = outcome.data
         remote = _files([outcome])

@@ -39,7 +39,7 @@ from .fold import (
     view_table,
 )
 from .levels import MEM_THRESHOLDS, UTIL_THRESHOLDS, level_style, load_level, percent, value_range, warning_style
-from .table import Cell, Column, Span, host_column
+from .table import Cell, Column, Span, TextTable, host_column
 from .text import shown
 
 WAIT_THRESHOLDS = (10, 30)
@@ -172,7 +172,9 @@ class SysView(BaseView):
         if sys_data(first) is None:
             return [sys_row(first, FAILED)]
         status = state_cell(first, self.state(first))
-        return [_folded_sys_row([summarize(sys_data(o)) for o in outcomes], status)]
+        # A group whose first host has data holds only hosts with data (`key`).
+        summaries = [summarize(data) for o in outcomes if (data := sys_data(o)) is not None]
+        return [_folded_sys_row(summaries, status)]
 
 
 def _folded_sys_row(summaries: list[SystemSummary], state: Cell) -> list[Cell]:
@@ -194,7 +196,7 @@ def _folded_sys_row(summaries: list[SystemSummary], state: Cell) -> list[Cell]:
             (f"{load} (1 min)", warning_style(levels["load"])), _sys_notes(s)]
 
 
-def sys_table(report: Report, options: ViewOptions = EXPANDED_VIEW):
+def sys_table(report: Report, options: ViewOptions = EXPANDED_VIEW) -> TextTable:
     """Means over the interval samples, memory and load: folded or one row per host."""
     return view_table(SysView(), list(report), options)
 
@@ -313,7 +315,7 @@ class ServiceView(BaseView):
         return rows
 
 
-def service_table(report: Report, options: ViewOptions = EXPANDED_VIEW):
+def service_table(report: Report, options: ViewOptions = EXPANDED_VIEW) -> TextTable:
     return view_table(ServiceView(), list(report), options)
 
 

@@ -35,7 +35,7 @@ from rich.segment import Segment
 from rich.style import Style
 
 Span = tuple[str, str]
-Cell = Union[str, Span, list]
+Cell = Union[str, Span, list[Span]]
 Line = list[Span]
 
 # Narrowest a wrapping column gets (unless its Column says otherwise) before

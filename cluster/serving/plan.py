@@ -54,9 +54,13 @@ def http_url(host: str, port: int, path: str = "") -> str:
 class RunFiles:
     """Per-process files in the run dir, named after ``name`` (host and port in it: NFS homes)."""
 
-    name: str
     run_dir: str
     run_id: str
+
+    @property
+    def name(self) -> str:
+        """``<engine>-<role>-<host>-<port>`` (each spec says how)."""
+        raise NotImplementedError
 
     @property
     def log_path(self) -> str:

@@ -105,8 +105,8 @@ def display_command(item: ProcessSpec | Launch) -> str:
 
 def _public_launch(spec: ProcessSpec) -> Launch:
     """:func:`launch_of` for showing: unrecorded secret values are masked, not refused."""
-    if all(value is not None for _, value in spec.env):
-        return launch_of(spec)
+    if isinstance(spec, RouterSpec) or all(value is not None for _, value in spec.env):
+        return launch_of(spec)  # a router has no env of its own (and no env field to replace)
     filled = tuple((name, shell.MASK if value is None else value) for name, value in spec.env)
     return launch_of(dataclasses.replace(spec, env=filled))
 

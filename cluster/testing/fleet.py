@@ -42,7 +42,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,7 +74,7 @@ class _Server:
     name: str
     addresses: list[str]
     directory: Path
-    proc: subprocess.Popen | None = None
+    proc: subprocess.Popen[bytes] | None = None
 
     @property
     def log(self) -> Path:
@@ -282,7 +282,7 @@ class Fleet:
             paths.append(path)
         return paths
 
-    def write_roles(self, path: Path, roles: dict[str, str | list[str]],
+    def write_roles(self, path: Path, roles: Mapping[str, str | list[str]],
                     extra: dict[str, Any] | None = None) -> Path:
         """Write a roles.yaml for this fleet with the given roles.
 
@@ -366,6 +366,12 @@ class Fleet:
             servers.append(_Server("tarpit", [self.special["tarpit"]], sshd_root / "tarpit"))
         return servers
 
+    def _listen_port(self) -> int:
+        """The port of this start (given, or picked by `start` before launching)."""
+        if self.port is None:
+            raise FleetError("no port yet: the fleet is not started")
+        return self.port
+
     def _launch(self) -> None:
         servers = self._plan()
         self._servers = servers
@@ -382,7 +388,7 @@ class Fleet:
             with open(server.stderr, "wb") as err:
                 server.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
                                                stdout=err, stderr=err)
-        wait_listening(servers, self.port, self.start_timeout)
+        wait_listening(servers, self._listen_port(), self.start_timeout)
         self._server_of = {a: s for s in servers if s.name != "tarpit" for a in s.addresses}
         self._seed_known_hosts()
         self.write_roles(self.roles_file, {"all": fold_names(self.addresses)})
@@ -394,7 +400,7 @@ class Fleet:
             "denied_authorized_keys" if server.name == "denied" else "authorized_keys")
         envs = {a: self._session_env(a) for a in server.addresses}
         sftp_dir = self.sftp_home(server.addresses[0]) if self.sftp_home_per_host else None
-        config = sshd_config(server.addresses, self.port, host_key, authorized, envs,
+        config = sshd_config(server.addresses, self._listen_port(), host_key, authorized, envs,
                              sshd_version(self.sshd_path), sftp_dir=sftp_dir)
         config_path = server.directory / "sshd_config"
         config_path.write_text(config)
@@ -408,7 +414,7 @@ class Fleet:
     def _seed_known_hosts(self) -> None:
         """Record a key that is *not* badkey's real one, so connecting to it is a changed key."""
         if "badkey" in self.special:
-            name = known_hosts_name(self.special["badkey"], self.port)
+            name = known_hosts_name(self.special["badkey"], self._listen_port())
             self._seed = f"{name} {new_public_key()}\n"
         self.known_hosts.write_text(self._seed)
 
@@ -733,7 +739,7 @@ def with_death_signal(argv: list[str]) -> list[str]:
     return [setpriv, "--pdeathsig", "TERM", "--", *argv] if setpriv else argv
 
 
-def _run(argv: list[str]) -> subprocess.CompletedProcess:
+def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
     try:
         return subprocess.run(argv, check=False, capture_output=True, text=True, timeout=30)
     except FileNotFoundError as exc:

@@ -92,7 +92,7 @@ class SimState:
     started_at: float
 
     @classmethod
-    def load(cls, state_dir: str | os.PathLike) -> "SimState | None":
+    def load(cls, state_dir: str | os.PathLike[str]) -> "SimState | None":
         """The recorded state, or None when there is none (or it is unreadable)."""
         try:
             doc = json.loads((Path(state_dir) / STATE_FILE).read_text())
@@ -223,7 +223,7 @@ def serving_section(standin: Path, run_dir: Path, gpus: int, load_seconds: float
 # --------------------------------------------------------------------------- up / down
 
 
-def up(state_dir: str | os.PathLike = DEFAULT_STATE_DIR, hosts: int = DEFAULT_HOSTS,
+def up(state_dir: str | os.PathLike[str] = DEFAULT_STATE_DIR, hosts: int = DEFAULT_HOSTS,
        gpus: int = DEFAULT_GPUS, base: str = DEFAULT_BASE,
        load_seconds: float = DEFAULT_LOAD_SECONDS, timeout: float = START_TIMEOUT_S) -> SimState:
     """Start the rehearsal cluster in ``state_dir`` and wait until every sshd listens.
@@ -271,7 +271,7 @@ def up(state_dir: str | os.PathLike = DEFAULT_STATE_DIR, hosts: int = DEFAULT_HO
     raise SimError(f"the rehearsal cluster did not start (log {log}):\n  {tail}")
 
 
-def status(state_dir: str | os.PathLike = DEFAULT_STATE_DIR) -> SimState | None:
+def status(state_dir: str | os.PathLike[str] = DEFAULT_STATE_DIR) -> SimState | None:
     """The running rehearsal cluster of ``state_dir``, or None (none, or its supervisor is gone)."""
     state = SimState.load(Path(state_dir).expanduser())
     if state is None or not _is_supervisor(state.supervisor_pid, state.state_dir):
@@ -279,7 +279,7 @@ def status(state_dir: str | os.PathLike = DEFAULT_STATE_DIR) -> SimState | None:
     return state
 
 
-def down(state_dir: str | os.PathLike = DEFAULT_STATE_DIR, timeout: float = 20.0) -> DownResult:
+def down(state_dir: str | os.PathLike[str] = DEFAULT_STATE_DIR, timeout: float = 20.0) -> DownResult:
     """Stop the rehearsal cluster of ``state_dir`` and remove its files. Idempotent.
 
     Only pids recorded in ``state.json`` are signalled, and only while their command
@@ -376,7 +376,7 @@ def _read(path: Path) -> str:
 # --------------------------------------------------------------------------- supervisor
 
 
-def serve(state_dir: str | os.PathLike, hosts: int, gpus: int, base: str,
+def serve(state_dir: str | os.PathLike[str], hosts: int, gpus: int, base: str,
           load_seconds: float) -> int:
     """The supervisor: start the fleet, write ``state.json``, wait for SIGTERM, stop the fleet."""
     directory = Path(state_dir).resolve()

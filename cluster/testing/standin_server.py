@@ -234,7 +234,7 @@ class StandIn:
     def __init__(self, opts: Options) -> None:
         self.opts = opts
         self.phase = "loading"  # loading -> ready -> stopping
-        self.children: list[subprocess.Popen] = []
+        self.children: list[subprocess.Popen[bytes]] = []
         self.servers: list[ThreadingHTTPServer] = []
         self.started = time.time()
         # Re-entrant: the SIGTERM handler logs from the main thread, maybe mid-print.
@@ -427,7 +427,7 @@ def child_titles(opts: Options) -> list[str]:
     return titles + [f"VLLM::Worker_TP{r}" for r in ranks]
 
 
-def _spawn_children(opts: Options) -> list[subprocess.Popen]:
+def _spawn_children(opts: Options) -> list[subprocess.Popen[bytes]]:
     titles = child_titles(opts)
     children = []
     for index, title in enumerate(titles):

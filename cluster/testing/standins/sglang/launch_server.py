@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from sglang import load_standin
+from . import load_standin  # the stand-in package (run as `-m sglang.launch_server`)
 
 if __name__ == "__main__":
     sys.exit(load_standin().sglang_main(sys.argv[1:]))
