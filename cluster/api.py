@@ -15,9 +15,10 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from . import gpu, kill, logs, service, status, transfer
+from . import gpu, kill, logs, options, service, status, transfer
 from .errors import ParameterError
 from .gpu_health import HealthLimits, parse_limits
+from .hostkeys import check_known_hosts_path
 from .hosts import Host
 from .inventory import Inventory, load_inventory
 from .lazy import lazy
@@ -80,6 +81,7 @@ class Cluster:
     def engine(self) -> Engine:
         """The shared SSH engine (created on first use)."""
         if self._engine is None:
+            check_known_hosts_path(self.settings.known_hosts)  # a local problem: exit 2 up front
             self._engine = Engine(self.settings)
         return self._engine
 
@@ -174,7 +176,7 @@ class Cluster:
         logs of the recorded deployment (``role`` may name its roles: prefill, decode)."""
         if file is not None:
             return logs.file_sources(self.hosts(hosts, role), file)
-        manifest = serving_records.load_manifest(deployment)
+        manifest = serving_records.load_manifest(_deployment(deployment))
         if manifest is None:
             raise ParameterError("file", f"no recorded deployment "
                                          f"({serving_records.manifest_file(deployment)} not found): "
@@ -270,10 +272,10 @@ class Cluster:
         the roles ``prefill`` / ``decode``. ``overrides`` are `ServingConfig.with_overrides`
         keys (model_path, tp_size, engine...). Raises `InputError` on bad input."""
         config = self.serving_config(**overrides)
-        prefill_hosts = self.hosts(prefill) if prefill else self.inventory.role_hosts("prefill")
-        decode_hosts = self.hosts(decode) if decode else self.inventory.role_hosts("decode")
+        prefill_hosts = self.hosts(prefill) if prefill is not None else self.inventory.role_hosts("prefill")
+        decode_hosts = self.hosts(decode) if decode is not None else self.inventory.role_hosts("decode")
         return serving_plan.plan_start(config, prefill_hosts, decode_hosts, router=router,
-                                       deployment=deployment, run_id=run_id)
+                                       deployment=_deployment(deployment), run_id=run_id)
 
     def start_pd(self, plan: StartPlan, *, wait: bool = True,
                  timeout: float | None = None, restart: bool = False, grace: float | None = None,
@@ -293,7 +295,7 @@ class Cluster:
         rank of each), or with no selection those whose process is gone; others are left
         alone. Recorded specs, a new run id; the router is made to list them again."""
         manifest = self._recorded(deployment)
-        targets = self.hosts(hosts, role) if (hosts or role) else None
+        targets = self._targets(hosts, role)
         return serving_start.restart_pd(self.engine, manifest, hosts=targets,
                                         secrets=self._secret_values(), wait=wait,
                                         timeout=_wait_limit(timeout), grace=_grace(grace), fanout=self.settings.fanout,
@@ -303,7 +305,8 @@ class Cluster:
                 grace: float | None = None, sweep: str = "user",
                 keep_router: bool = False) -> serving_stop.StopResult:
         """Stop the recorded deployment, or what start-pd started on the selected hosts."""
-        targets = self.hosts(hosts, role) if (hosts or role) else None
+        targets = self._targets(hosts, role)
+        deployment = _deployment(deployment)
         return serving_stop.stop_pd(self.engine, serving_records.load_manifest(deployment),
                                     hosts=targets, run_dir=self.serving_config().run_dir,
                                     grace=_grace(grace), sweep=sweep, keep_router=keep_router,
@@ -312,12 +315,19 @@ class Cluster:
     def pd_status(self, *, hosts: Targets = None, role: Targets = None,
                   deployment: str | None = None) -> serving_status.StatusResult:
         """Health of every server of the recorded deployment (or of the selected hosts)."""
-        targets = self.hosts(hosts, role) if (hosts or role) else None
+        targets = self._targets(hosts, role)
+        deployment = _deployment(deployment)
         return serving_status.pd_status(self.engine, serving_records.load_manifest(deployment),
                                         hosts=targets, run_dir=self.serving_config().run_dir,
                                         fanout=self.settings.fanout, deployment=deployment)
 
+    def _targets(self, hosts: Targets, role: Targets) -> list[Host] | None:
+        """The selected hosts, or None when neither was given (an empty -H "" is an
+        error, never "everything": `Inventory.select`)."""
+        return None if hosts is None and role is None else self.hosts(hosts, role)
+
     def _recorded(self, deployment: str | None) -> serving_records.Manifest:
+        deployment = _deployment(deployment)
         manifest = serving_records.load_manifest(deployment)
         if manifest is None:
             raise ParameterError("deployment", f"no recorded deployment "
@@ -354,6 +364,12 @@ def _described(report: Report, task: str,
     if fields is not None:
         report.fields = fields
     return report
+
+
+def _deployment(name: str | None) -> str | None:
+    """A deployment name as given (None: the default one), checked: it names a file and
+    reaches remote command lines (`cluster.options.name`)."""
+    return None if name is None else options.name(name, "deployment")
 
 
 # Defaults resolved on use, not in the signatures: a default read at class definition

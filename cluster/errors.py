@@ -14,6 +14,26 @@ outcome, so one bad host never hides the others.
 
 from __future__ import annotations
 
+import reprlib
+
+# Error messages quote a user's value at most this long: a 5,000-character role name or
+# a YAML alias bomb must not become a megabyte error line.
+QUOTE_LIMIT = 200
+_REPR = reprlib.Repr()
+_REPR.maxstring = QUOTE_LIMIT
+_REPR.maxother = QUOTE_LIMIT
+_REPR.maxlevel = 3
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 8
+
+
+def quoted(value: object) -> str:
+    """``value`` as an error message shows it: its repr (control characters escaped),
+    bounded to about `QUOTE_LIMIT` characters, nested values elided with ``...``."""
+    if isinstance(value, str) and len(value) > QUOTE_LIMIT:
+        return repr(value[:QUOTE_LIMIT]) + f"... ({len(value):,} characters)"
+    text = _REPR.repr(value)
+    return text if len(text) <= QUOTE_LIMIT + 20 else text[:QUOTE_LIMIT] + "..."
+
 
 class ClusterError(Exception):
     """Root of the library's own errors."""

@@ -58,6 +58,7 @@ from pathlib import Path
 import paramiko
 from paramiko.hostkeys import HostKeyEntry
 
+from .errors import InputError
 from .hostcert import CERT_SUFFIX, CertificateFormatError, HostCertificate, glob_regex, parse_certificate
 
 ACCEPT_NEW, STRICT = "accept-new", "strict"
@@ -104,6 +105,26 @@ def policy_from_ssh_config(value: str) -> str:
         return STRICT_HOST_KEY_CHECKING[value.strip().lower()]
     except KeyError:
         raise ValueError(f"StrictHostKeyChecking: unknown value {value!r}") from None
+
+
+def check_known_hosts_path(path_text: str) -> None:
+    """The roles file's ``ssh.known_hosts``, checked before any connection: a directory,
+    or a path under a regular file, is one `InputError` (exit 2), not a per-host failure.
+    A missing file is fine (it is created when a key is recorded); ``/dev/null`` is fine.
+    """
+    path = Path(path_text).expanduser()
+    problem = None
+    if path.is_dir():
+        problem = "is a directory"
+    else:
+        parent = path.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir():
+            problem = f"cannot be created: {parent} is not a directory"
+    if problem:
+        raise InputError(f"ssh.known_hosts {path} {problem} (set ssh.known_hosts in the roles file "
+                         "to a file path)")
 
 
 def known_hosts_name(host: str, port: int) -> str:

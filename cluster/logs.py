@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -151,7 +152,9 @@ def read_command(paths: Sequence[str], lines: int | None = DEFAULT_LINES,
 
 def _reader(p: str, lines: int | None, grep: str | None) -> str:
     if grep is not None:
-        matches = f"grep -E -e {quote(grep)} -- {p}"
+        # -a: a log holding one NUL byte is still text (without it grep prints
+        # "Binary file matches" instead of the lines).
+        matches = f"grep -a -E -e {quote(grep)} -- {p}"
         return matches if lines is None else f"{matches} | tail -n {int(lines)}"
     return f"cat -- {p}" if lines is None else f"tail -n {int(lines)} -- {p}"
 
@@ -170,7 +173,7 @@ def follow_command(paths: Sequence[str], lines: int = 10, grep: str | None = Non
     tail = f"tail -n {int(lines)} --pid=\"$PPID\" -F -- {quoted} 2>&1"
     if grep is not None:
         # Keep tail's notices through the filter; --line-buffered or lines wait in grep.
-        tail += f" | grep --line-buffered -E -e {quote(grep)} -e {quote(_TAIL_NOTICE.pattern)}"
+        tail += f" | grep -a --line-buffered -E -e {quote(grep)} -e {quote(_TAIL_NOTICE.pattern)}"
     script = _checks(paths) + ['[ "$rc" = 0 ] || exit "$rc"', tail]
     return "\n".join(script) + "\n"
 
@@ -247,6 +250,23 @@ def save_file_name(host: Host, taken: set[str]) -> str:
     return name
 
 
+def check_save_dir(directory: str | os.PathLike[str]) -> Path:
+    """``--save DIR``, created if needed and checked writable before any host is
+    contacted: a local problem is one error (exit 2), never a failure per host."""
+    target = Path(directory).expanduser()
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ParameterError("save", f"{{name}}: cannot create {target}: {exc.strerror}") from None
+    try:
+        descriptor, probe = tempfile.mkstemp(prefix=".write-check.", dir=target)
+    except OSError as exc:
+        raise ParameterError("save", f"{{name}}: cannot write in {target}: {exc.strerror}") from None
+    os.close(descriptor)
+    os.unlink(probe)
+    return target
+
+
 def save_logs(engine: Engine, sources: Sequence[LogSource], directory: str | os.PathLike[str],
               lines: int | None = None, grep: str | None = None, *,
               timeout: float | None = None,
@@ -256,11 +276,7 @@ def save_logs(engine: Engine, sources: Sequence[LogSource], directory: str | os.
     The output is streamed to ``<host>.log.part`` and renamed when complete, so
     a failed host leaves no (partial) file. ``Outcome.data`` is a `SavedLog`.
     """
-    target = Path(directory).expanduser()
-    try:
-        target.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ParameterError("save", f"{{name}}: cannot create {target}: {exc.strerror}") from None
+    target = check_save_dir(directory)
     taken: set[str] = set()
     files = {s.host: target / save_file_name(s.host, taken) for s in sources}
     commands = {s.host: read_command(s.paths, lines, grep) for s in sources}
@@ -268,10 +284,14 @@ def save_logs(engine: Engine, sources: Sequence[LogSource], directory: str | os.
 
     def save(session: HostSession) -> CommandResult:
         final = files[session.host]
-        partial = final.with_name(final.name + ".part")
+        # A fresh file of our own (O_EXCL, random name) in DIR, renamed over the final
+        # name when complete: a symlink planted at DIR/<host>.log or .part is replaced,
+        # never followed, and a failed host leaves nothing behind.
+        descriptor, temp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part", dir=target)
+        partial = Path(temp)
         n_lines = n_bytes = 0
         try:
-            with open(partial, "w", encoding="utf-8", errors="replace") as handle:
+            with open(descriptor, "w", encoding="utf-8", errors="replace") as handle:
                 def write(line: str) -> None:
                     nonlocal n_lines, n_bytes
                     handle.write(line + "\n")

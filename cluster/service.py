@@ -30,7 +30,9 @@ controller's own ``inv service-status NAME`` process, a ``timeout``/``bash -c``
 wrapper around it): the script lists its ancestor PIDs up to the first
 ``sshd`` (exclusive, so an sshd serving the session still counts for
 ``service-status sshd``) and the parser drops those as well. On a remote host
-the parent is sshd, so nothing more is dropped there.
+the parent is sshd; a controller sharing the host's kernel (the rehearsal
+cluster) is no ancestor, so command lines running ``service-status`` itself are
+dropped too.
 
 Failure kinds (`classify`)
 --------------------------
@@ -50,7 +52,7 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from .errors import InputError
+from .errors import InputError, quoted
 from .options import seconds
 from .probe import Probe
 from .result import EXIT, Failure
@@ -76,6 +78,10 @@ SYSTEMD_DIR = "/run/systemd/system"
 MAX_NAME = 256
 _ERE_SPECIAL = re.compile(r"([\\.\[\](){}*+?|^$])")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# A controller's own `inv service-status NAME` (or `cluster service-status NAME`) holds the
+# name too: on a rehearsal cluster, or any host that is also the controller, it shares the
+# kernel without being an ancestor of the script. No service's command line says this.
+_OWN_TASK = re.compile(r"(?:^|\s)service-status(?:\s|$)")
 
 
 # ---------------------------------------------------------------------------
@@ -95,8 +101,10 @@ def validate_names(names: str | Iterable[str]) -> list[str]:
     if not cleaned or any(not n for n in cleaned):
         raise InputError("service names must be non-empty (e.g. sglang or sglang,nginx)")
     for name in cleaned:
+        if name.startswith("-"):  # would read as an option to systemctl / pgrep
+            raise InputError(f"service name {quoted(name)} starts with '-'")
         if _CONTROL.search(name):
-            raise InputError(f"service name {name!r} contains a control character")
+            raise InputError(f"service name {quoted(name)} contains a control character")
         if len(name) > MAX_NAME:
             raise InputError(f"service name too long ({len(name)} > {MAX_NAME} characters)")
     return list(dict.fromkeys(cleaned))
@@ -281,7 +289,8 @@ def _processes(lines: list[str], exclude: frozenset[int] = frozenset()) -> list[
             found.append((int(pid), cmdline))
         elif found:  # an argument with a newline in it: continue the previous command line
             found[-1] = (found[-1][0], f"{found[-1][1]} {line.strip()}")
-    return [(pid, cmd) for pid, cmd in found if MARKER not in cmd and pid not in exclude]
+    return [(pid, cmd) for pid, cmd in found
+            if MARKER not in cmd and pid not in exclude and not _OWN_TASK.search(cmd)]
 
 
 def _state(section: _Section, exclude: frozenset[int] = frozenset()) -> ServiceState:

@@ -19,13 +19,14 @@ from invoke import Exit, Task
 
 from cluster.errors import InputError, ParameterError
 from cluster.lazy import lazy
+from cluster.render.text import shown
 
 if TYPE_CHECKING:
     from cluster.api import Cluster
     from cluster.render.fold import ViewOptions
     from cluster.result import Report
 
-# Loaded when a task runs, not when `inv --list` imports this module (cluster_cli/lazy.py).
+# Loaded when a task runs, not when `inv --list` imports this module (cluster/lazy.py).
 api = lazy("cluster.api")
 render = lazy("cluster.render.core")
 fold_view = lazy("cluster.render.fold")
@@ -50,6 +51,8 @@ VIEW_HELP = {
     "state": "Only show hosts in this state: ok, warn or failed (the exit code still "
              "covers every host).",
 }
+
+MAX_ERROR_LINE = 500
 
 # Short flags are explicit: invoke would derive -h from "hosts", clashing with --help.
 COMMON_SHORTFLAGS = {"hosts": "H", "role": "r"}
@@ -114,14 +117,21 @@ def _map_errors(body: Callable, positional: list[str], holder: list[ClusterTask]
         try:
             return body(*args, **kwargs)
         except ParameterError as exc:
-            raise Exit(f"error: {exc.naming(flag_of(exc.parameter, flags))}", code=2) from None
+            raise Exit(error_line(exc.naming(flag_of(exc.parameter, flags))), code=2) from None
         except InputError as exc:
-            raise Exit(f"error: {exc}", code=2) from None
+            raise Exit(error_line(str(exc)), code=2) from None
         except KeyboardInterrupt as exc:
             # cluster.interrupt.Interrupted names the hosts whose command was stopped.
             raise Exit(f"interrupted: {exc}" if str(exc) else "interrupted", code=130) from None
 
     return run
+
+
+def error_line(message: str) -> str:
+    """A rejected input as one line on stderr: control characters escaped (a value may
+    come from a file), bounded (values are quoted short; this is the backstop)."""
+    text = shown(message)
+    return "error: " + (text if len(text) <= MAX_ERROR_LINE else text[:MAX_ERROR_LINE] + "...")
 
 
 def print_task_help(task_obj: ClusterTask) -> None:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from invoke import Program
-
 from . import __doc__ as _doc  # noqa: F401  (keeps the package importable for tools)
+from .program import ClusterProgram
 from .tasks import ns
 
-program = Program(namespace=ns, name="cluster", binary="cluster", version="0.1.0")
+program = ClusterProgram(namespace=ns, name="cluster", binary="cluster", version="0.1.0")
 
 
 def main() -> None:

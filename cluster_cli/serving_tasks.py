@@ -89,8 +89,7 @@ def start_pd(c, prefill=None, decode=None, model_path=None, tp_size=None, nnodes
              roles_file=None, json=False, fanout=None):
     """Start SGLang/vLLM prefill + decode servers (and the router); wait until healthy."""
     started = time.monotonic()
-    limit = serving.DEFAULT_TIMEOUT_S if timeout is None else timeout
-    pause = serving.DEFAULT_GRACE_S if grace is None else grace
+    limit, pause = _wait_options(timeout, grace)
     overrides = dict(model_path=model_path, tp_size=tp_size, nnodes=nnodes,
                      prefill_port=prefill_port, decode_port=decode_port,
                      bootstrap_port=bootstrap_port, env_file=env_file, extra_args=extra_args,
@@ -104,7 +103,7 @@ def start_pd(c, prefill=None, decode=None, model_path=None, tp_size=None, nnodes
             result = cluster.start_pd(plan, wait=not no_wait, timeout=limit, restart=restart,
                                       grace=pause, on_progress=show_progress)
     show(result.report, json, lambda report: view.start_view(result), started,
-         lambda report, elapsed: render.summary_line(report, elapsed, noun="servers"))
+         lambda report, elapsed: render.summary_line(report, elapsed, noun="server"))
 
 
 @cluster_task(name="restart-pd", help=RESTART_HELP, flags=SERVING_FLAGS)
@@ -112,15 +111,23 @@ def restart_pd(c, hosts=None, role=None, deployment=None, no_wait=False, timeout
                grace=None, roles_file=None, json=False, fanout=None):
     """Replace servers of the recorded deployment (dead ones, or those on -H/-r); leave the rest."""
     started = time.monotonic()
-    limit = serving.DEFAULT_TIMEOUT_S if timeout is None else timeout
-    pause = serving.DEFAULT_GRACE_S if grace is None else grace
+    limit, pause = _wait_options(timeout, grace)
     with opened(roles_file, fanout) as cluster:
         with _waiting(json, "updated in the deployment's manifest") as show_progress:
             result = cluster.restart_pd(hosts=hosts, role=role, deployment=deployment,
                                         wait=not no_wait, timeout=limit, grace=pause,
                                         on_progress=show_progress)
     show(result.report, json, lambda report: view.restart_view(result), started,
-         lambda report, elapsed: render.summary_line(report, elapsed, noun="servers"))
+         lambda report, elapsed: render.summary_line(report, elapsed, noun="server"))
+
+
+def _wait_options(timeout: str | None, grace: str | None) -> tuple[float, float]:
+    """--timeout and --grace, checked before anything else (--dry-run, the manifest)."""
+    from cluster.serving.start import check_timeout
+    from cluster.serving.stop import check_grace
+
+    return (check_timeout(serving.DEFAULT_TIMEOUT_S if timeout is None else timeout),
+            check_grace(serving.DEFAULT_GRACE_S if grace is None else grace))
 
 
 @contextmanager
@@ -186,5 +193,5 @@ def pd_status(c, hosts=None, role=None, deployment=None, roles_file=None, json=F
     with opened(roles_file, fanout) as cluster:
         result = cluster.pd_status(hosts=hosts, role=role, deployment=deployment)
     show(result.report, json, lambda report: view.status_table(report, options), started,
-         lambda report, elapsed: render.summary_line(report, elapsed, noun="servers"))
+         lambda report, elapsed: render.summary_line(report, elapsed, noun="server"))
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from invoke import Exit
 
+from cluster.errors import InputError
 from cluster.hosts import Host
 from cluster.lazy import lazy
 from cluster.result import Outcome, Report
@@ -32,7 +33,8 @@ def _sim() -> Any:
     return importlib.import_module("cluster.testing.sim")
 
 SIM_HELP = {
-    "hosts": "Number of simulated GPU hosts (default 4; 127.0.5.1, 127.0.5.2, ...).",
+    "count": "Number of simulated GPU hosts (default 4; 127.0.5.1, 127.0.5.2, ...).",
+    "hosts": "Deprecated alias of --count (a number of hosts here, not a host expression).",
     "gpus": "Stand-in GPUs per host (default 8, idle H100s).",
     "state_dir": "Where the cluster's keys, sshd configs, roles file and logs live "
                  "(default ./.sim).",
@@ -43,16 +45,21 @@ SIM_HELP = {
 
 
 @cluster_task(name="sim-up", help=SIM_HELP)
-def sim_up(c, hosts=None, gpus=None, state_dir=None, base=None, load_seconds=None, json=False):
+def sim_up(c, count=None, hosts=None, gpus=None, state_dir=None, base=None, load_seconds=None, json=False):
     """Start a rehearsal cluster: N simulated GPU hosts on loopback (real sshd, stand-in GPUs)."""
     started = time.monotonic()
     sim = _sim()
+    if count is not None and hosts is not None:
+        raise InputError("--count and --hosts (its deprecated alias) do not go together: use --count")
+    given = count if hosts is None else hosts
+    count = sim.check_count(sim.DEFAULT_HOSTS if given is None else given,
+                            "--count" if hosts is None else "--hosts", 1, sim.MAX_HOSTS)
     state_dir = state_dir or sim.DEFAULT_STATE_DIR
     base = base or sim.DEFAULT_BASE
     seconds = _seconds(load_seconds)
     current = sim.status(state_dir)
     try:
-        state = current or sim.up(state_dir, hosts=sim.DEFAULT_HOSTS if hosts is None else hosts,
+        state = current or sim.up(state_dir, hosts=count,
                                   gpus=sim.DEFAULT_GPUS if gpus is None else gpus, base=base,
                                   load_seconds=seconds)
     except sim.SimError as exc:
@@ -123,9 +130,21 @@ def up_text(state: sim_module.SimState, *, already: bool, elapsed: float) -> lis
         Text("  inv logs -r decode -n 20"),
         Text("  inv stop-pd --sweep deployment   # the hosts share one kernel: sweep only this"
              " deployment"),
-        Text("Stop it: inv sim-down", style="bold"),
+        Text(f"Stop it: {stop_command(state)}", style="bold"),
     ]
     return lines
+
+
+def stop_command(state: sim_module.SimState) -> str:
+    """The exact command that stops this cluster (its --state-dir unless the default)."""
+    import shlex
+    from pathlib import Path
+
+    default = Path(_sim().DEFAULT_STATE_DIR).resolve()
+    given = Path(state.state_dir)
+    if given.resolve() == default:
+        return "inv sim-down"
+    return f"inv sim-down --state-dir {shlex.quote(str(given))}"
 
 
 def down_text(result: sim_module.DownResult) -> list[Text]:

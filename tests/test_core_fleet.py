@@ -94,7 +94,7 @@ def test_table_output_shows_failures_and_summary(fleet, tmp_path):
     assert code == 1
     assert out == "hi\n" * 4  # piped: the hosts' output only; the rest on stderr
     assert "unreachable" in err and "is sshd running" in err
-    assert "5 hosts: 4 ok, 1 failed (unreachable 1)" in err
+    assert "5 hosts: 4 ok, 1 failed (1 unreachable)" in err
 
 
 def test_nonzero_exit_and_command_timeout(fleet, tmp_path):

@@ -318,7 +318,7 @@ def test_follow_streams_new_lines_from_several_hosts_and_survives_hosts_going_aw
         code, err = follower.interrupt()
 
     assert code == 1, err  # b failed
-    assert "3 hosts: 2 ok, 1 failed (disconnected 1)" in follower.lines[-1]
+    assert "3 hosts: 2 ok, 1 failed (1 disconnected)" in follower.lines[-1]
     # Never a line from one host under another's prefix, never a partial line.
     for line in follower.lines[:-1]:
         host, _, text = line.partition(" │ ")
@@ -387,7 +387,7 @@ def test_read_command_quotes_paths_and_patterns_and_keeps_home_expandable():
     command = logs.read_command(["~/run/a b.log", "/x/$(reboot).log"], 20, "a'b|c")
     assert '"$HOME"/\'run/a b.log\'' in command
     assert "'/x/$(reboot).log'" in command
-    assert "grep -E -e 'a'\"'\"'b|c'" in command and "tail -n 20" in command
+    assert "grep -a -E -e 'a'\"'\"'b|c'" in command and "tail -n 20" in command
     assert "cat -- /x.log" in logs.read_command(["/x.log"], None, None)
 
 

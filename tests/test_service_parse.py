@@ -75,6 +75,17 @@ def test_unit_not_found_falls_back_to_processes_and_drops_own_shell():
     assert sglang.processes[1] == (90518, "sglang::scheduler_TP0")
 
 
+def test_the_controllers_own_service_status_command_is_not_the_service():
+    """Issue 14, item 15: on the rehearsal cluster `inv service-status sglang` itself matched."""
+    stdout = text("no-systemd").replace(
+        "@@svc-pgrep-exit 0",
+        "4242 /usr/bin/python3 /usr/local/bin/inv service-status sglang --role decode\n@@svc-pgrep-exit 0", 1)
+    assert "4242" in stdout
+    assert parse(stdout)[0].processes == []
+    kept = stdout.replace("inv service-status sglang", "sglang.launch_server --service-status-port 1")
+    assert [pid for pid, _ in parse(kept)[0].processes] == [4242]
+
+
 def test_only_own_shell_matching_means_not_running():
     states = parse(text("no-systemd"))
     assert states[0].processes == []

@@ -1,4 +1,4 @@
-"""The rehearsal cluster: ``inv sim-up --hosts 4``, the docs' walk-through against it
+"""The rehearsal cluster: ``inv sim-up --count 4``, the docs' walk-through against it
 (check, gpu-status, start-pd / pd-status / logs / kill --dry-run / stop-pd), then
 ``inv sim-down`` leaves no process, no listening sshd and no files.
 
@@ -82,7 +82,7 @@ def base():
 
 
 def test_sim_up_walkthrough_sim_down(sim_dir, base, tmp_path):
-    code, out, err = cli("sim-up", "--hosts", "4", "--state-dir", str(sim_dir), "--base", base,
+    code, out, err = cli("sim-up", "--count", "4", "--state-dir", str(sim_dir), "--base", base,
                          "--load-seconds", "1")
     assert code == 0, out + err
     state = sim.SimState.load(sim_dir)
@@ -91,7 +91,7 @@ def test_sim_up_walkthrough_sim_down(sim_dir, base, tmp_path):
     assert state.roles == {"prefill": [f"{base}1"], "decode": [f"{base}{i}" for i in (2, 3, 4)]}
     # It printed how to use it, and runs on after sim-up's process exited, in its own session.
     assert f"export CLUSTER_ROLES={sim_dir.resolve()}/roles.yaml" in out
-    assert "inv sim-down" in out
+    assert f"Stop it: inv sim-down --state-dir {state.state_dir}" in out  # the exact command
     assert os.getsid(state.supervisor_pid) == state.supervisor_pid
     env = {"CLUSTER_ROLES": state.roles_file, "CLUSTER_STATE_DIR": state.deployments_dir,
            "HOME": str(tmp_path)}  # nothing of the rehearsal lands in the real ~/.cluster

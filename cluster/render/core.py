@@ -24,6 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..result import Outcome, Report, fold_outputs
+from .text import shown, shown_lines
 
 Row = Sequence[Any]
 
@@ -43,19 +44,17 @@ def status_cell(outcome: Outcome) -> Text:
     """'ok' in green, or the failure kind in red."""
     if outcome.ok:
         return Text("ok", style="green")
-    kind = outcome.error.kind if outcome.error else "failed"
-    if outcome.error and outcome.error.exit_code is not None and kind == "exit":
-        kind = f"exit {outcome.error.exit_code}"
-    return Text(kind, style="bold red")
+    return Text(failure_label(outcome), style="bold red")
 
 
 def failure_text(outcome: Outcome) -> Text:
     """Message and hint of a failed host, for the table's detail column."""
     if outcome.error is None:
         return Text("")
-    text = Text(outcome.error.message, style="red")
+    # Messages quote remote stderr: spelled out, never interpreted by the terminal.
+    text = Text(shown(outcome.error.message), style="red")
     if outcome.error.hint:
-        text.append("\n→ " + outcome.error.hint, style="dim")
+        text.append("\n→ " + shown(outcome.error.hint), style="dim")
     return text
 
 
@@ -68,7 +67,8 @@ def host_table(columns: Sequence[str | tuple[str, dict[str, Any]]], rows: Iterab
         name, kwargs = (column, {}) if isinstance(column, str) else column
         table.add_column(name, **kwargs)
     for row in rows:
-        table.add_row(*[cell if isinstance(cell, Text) else Text(_cell(cell)) for cell in row])
+        # Plain cells may hold remote text (a process's command line, a user name).
+        table.add_row(*[cell if isinstance(cell, Text) else Text(shown_lines(_cell(cell))) for cell in row])
     return table
 
 
@@ -80,14 +80,28 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def summary_line(report: Report, elapsed: float | None = None, noun: str = "hosts") -> Text:
-    """'8 hosts: 7 ok, 1 failed (unreachable 1) in 1.2 s'."""
+def counted(count: int, noun: str, plural: str | None = None) -> str:
+    """``1 host``, ``3 hosts`` (``noun`` is the singular; ``plural`` when not noun + s)."""
+    return f"{count} {noun if count == 1 else plural or noun + 's'}"
+
+
+def failure_label(outcome: Outcome) -> str:
+    """The failure kind as summaries count it; a nonzero exit with its code (``exit 3``)."""
+    error = outcome.error
+    if error is None:
+        return "failed"
+    return f"exit {error.exit_code}" if error.kind == "exit" and error.exit_code is not None else error.kind
+
+
+def summary_line(report: Report, elapsed: float | None = None, noun: str = "host") -> Text:
+    """'8 hosts: 7 ok, 1 failed (1 unreachable) in 1.2 s'; counts first, exit codes as
+    the command returned them ('1 failed (1 exit 3)'), '1 host' singular."""
     failed = report.failed
-    text = Text(f"{len(report)} {noun}: ")
+    text = Text(f"{counted(len(report), noun)}: ")
     text.append(f"{len(report.ok)} ok", style="green")
     if failed:
-        kinds = Counter(o.error.kind if o.error else "failed" for o in failed)
-        detail = ", ".join(f"{kind} {count}" for kind, count in kinds.most_common())
+        kinds = Counter(failure_label(o) for o in failed)
+        detail = ", ".join(f"{count} {kind}" for kind, count in kinds.most_common())
         text.append(", ")
         text.append(f"{len(failed)} failed ({detail})", style="bold red")
     if elapsed is not None:

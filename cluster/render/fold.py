@@ -38,7 +38,7 @@ from rich.text import Text
 from ..errors import InputError
 from ..hosts import fold_names
 from ..result import Outcome
-from .core import failure_text, status_cell
+from .core import counted, failure_text, status_cell
 from .table import Cell, Column, Span, TextTable
 from .text import shown, shown_lines
 
@@ -171,13 +171,13 @@ def should_fold(view: HostView, outcomes: Sequence[Outcome], options: ViewOption
 
 
 def view_table(view: HostView, outcomes: Sequence[Outcome], options: ViewOptions = EXPANDED_VIEW,
-               title: str | None = None, noun: str = "hosts") -> TextTable:
+               title: str | None = None, noun: str = "host") -> TextTable:
     """The task's table: filtered by ``options.state``, folded or expanded (module rules)."""
     chosen = list(outcomes)
     notes: list[Any] = []
     if options.state is not None:
         chosen = [o for o in chosen if view.state(o) == options.state]
-        notes.append(f"--state {options.state}: {len(chosen)} of {len(outcomes)} {noun}")
+        notes.append(f"--state {options.state}: {len(chosen)} of {counted(len(outcomes), noun)}")
     if not should_fold(view, chosen, options):
         rows = [row for outcome in chosen for row in view.rows(outcome)]
         return TextTable(view.columns, rows, title=title, notes=notes)
@@ -190,8 +190,8 @@ def view_table(view: HostView, outcomes: Sequence[Outcome], options: ViewOptions
         folded = view.folded_rows(group.outcomes)
         folded[0][view.host_index] = group_label([view.name(o) for o in group.outcomes])
         rows.extend(folded)
-    notes.append(f"{len(chosen)} {noun} in {len(groups)} row{'s' if len(groups) != 1 else ''}: "
-                 f"equal {noun} folded (--expand: one row each)")
+    notes.append(f"{counted(len(chosen), noun)} in {counted(len(groups), 'row')}: "
+                 f"equal {noun}s folded (--expand: one row each)")
     return TextTable(view.columns, rows, title=title, notes=notes)
 
 

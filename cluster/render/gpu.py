@@ -22,7 +22,7 @@ from rich.text import Text
 
 from ..gpu import DEGRADED, Gpu, GpuProcess, GpuStatus, GpuSummary, summarize
 from ..result import Outcome, Report
-from .core import json_document, summary_line
+from .core import counted, json_document, summary_line
 from .fold import (
     EXPANDED_VIEW,
     FAILED,
@@ -364,14 +364,14 @@ def gpu_summary_line(report: Report, elapsed: float | None = None) -> Text:
     """The core summary line plus GPU totals: ``… · 24 GPUs, 1 lost, 9 processes · 2 warned``."""
     text = summary_line(report, elapsed)
     totals = gpu_totals(report)
-    text.append(f" · {totals['gpus']} GPUs")
+    text.append(f" · {counted(totals['gpus'], 'GPU')}")
     if totals["gpus_lost"] or totals["gpus_faulted"]:
         text.append(f" ({totals['gpus_lost']} lost, {totals['gpus_faulted']} faulted)",
                     style="bold yellow")
-    text.append(f", {totals['processes']} processes")
+    text.append(f", {counted(totals['processes'], 'process', 'processes')}")
     if totals["warned"]:
-        hosts = f"{totals['warned']} host{'s' if totals['warned'] != 1 else ''}"
-        text.append(f" · {hosts} with GPU warnings ({totals['warnings']})", style="bold yellow")
+        text.append(f" · {counted(totals['warned'], 'host')} with GPU warnings ({totals['warnings']})",
+                    style="bold yellow")
     return text
 
 

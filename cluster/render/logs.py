@@ -19,7 +19,8 @@ from rich.text import Text
 from ..hosts import Host
 from ..logs import FollowEvent, FollowStats, LogText, SavedLog
 from ..result import Outcome, Report, fold_outputs
-from .core import Row, failure_text, host_table, status_cell
+from .core import Row, counted, failure_text, host_table, status_cell
+from .text import shown, shown_lines
 
 # Host colours for --follow; red is kept for errors.
 PALETTE = ("cyan", "magenta", "green", "yellow", "blue", "bright_cyan", "bright_magenta",
@@ -52,8 +53,7 @@ def log_groups(report: Report, console: Console) -> None:
             header.append(f" · {where}", style="dim")
         console.print(header, soft_wrap=True)
         if outcome.stdout:
-            console.print(Text(outcome.stdout.rstrip("\n")), soft_wrap=True, markup=False,
-                          highlight=False)
+            print_remote(console, Text(), outcome.stdout.rstrip("\n"))
         elif outcome.ok:
             console.print(Text("(no lines)", style="dim"))
         if outcome.error is not None:
@@ -97,6 +97,15 @@ def logs_fields(outcome: Outcome) -> dict[str, Any]:
     return fields
 
 
+def print_remote(console: Console, lead: Text, remote: str) -> None:
+    """``lead`` then log text the user asked to see: on a terminal with every control
+    character spelled out; in a pipe byte for byte (rich would drop BEL, CR...)."""
+    if console.is_terminal:
+        console.print(lead.append(shown_lines(remote)), soft_wrap=True, markup=False, highlight=False)
+    else:
+        console.file.write(lead.plain + remote + "\n")
+
+
 class FollowPrinter:
     """Prints follow events: ``host │ line``, host in its own colour, whole lines under a lock."""
 
@@ -113,14 +122,17 @@ class FollowPrinter:
     def __call__(self, event: FollowEvent) -> None:
         text = self.prefix(event.host)
         if event.kind == "line":
-            text.append(event.text)
-        elif event.kind == "notice":
-            text.append(f"⚠ {event.text}", style="bold yellow")
+            with self.lock:
+                print_remote(self.console, text, event.text)
+                self.console.file.flush()
+            return
+        if event.kind == "notice":
+            text.append(f"⚠ {shown(event.text)}", style="bold yellow")
         else:
             why = event.error.message if event.error else "stream ended"
-            text.append(f"✖ {why}", style="bold red")
+            text.append(f"✖ {shown(why)}", style="bold red")
             if event.error and event.error.hint:
-                text.append(f" → {event.error.hint}", style="dim")
+                text.append(f" → {shown(event.error.hint)}", style="dim")
         with self.lock:
             self.console.print(text, soft_wrap=True, markup=False, highlight=False)
             self.console.file.flush()
@@ -152,4 +164,4 @@ def follow_header(hosts: Sequence[Host], paths: Sequence[str]) -> Text:
     """The line printed before following: how many hosts, which file(s), how to stop."""
     files = {p for p in paths}
     where = next(iter(files)) if len(files) == 1 else f"{len(files)} files"
-    return Text(f"following {where} on {len(hosts)} hosts · Ctrl-C to stop", style="dim")
+    return Text(f"following {where} on {counted(len(hosts), 'host')} · Ctrl-C to stop", style="dim")

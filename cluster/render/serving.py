@@ -156,7 +156,7 @@ def progress_view(rows: Sequence[ServerRecord], elapsed: float) -> RenderableTyp
                         ("Elapsed", {"justify": "right"}), "Last log line"),
                        [[_role(r), _host(r), r.port, _status_text(r.status),
                          _seconds(r.ready_after_s if r.ready_after_s is not None else r.uptime_s),
-                         Text((r.last_log or "")[:100], style="dim")] for r in rows])
+                         Text(shown((r.last_log or "")[:100]), style="dim")] for r in rows])
     ready = sum(1 for r in rows if r.status in GOOD)
     return Group(Text(f"start-pd: {ready}/{len(rows)} ready · {_seconds(elapsed)} · Ctrl-C stops "
                       "waiting (the servers keep running)", style="bold"), table)
@@ -337,6 +337,6 @@ class PdStatusView(BaseView):
 
 def status_table(report: Report, options: ViewOptions = EXPANDED_VIEW) -> RenderableType:
     """One row per server (and the router); equal servers folded when the table is tall."""
-    return view_table(PdStatusView(), list(report), options, noun="servers")
+    return view_table(PdStatusView(), list(report), options, noun="server")
 
 

@@ -49,3 +49,4 @@ def shown(text: str) -> str:
 def shown_lines(text: str) -> str:
     """Multi-line ``text`` for a terminal: newlines and tabs kept, other controls escaped."""
     return _CONTROL_IN_LINES.sub(_spell, text)
+

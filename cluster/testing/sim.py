@@ -37,6 +37,7 @@ import os
 import pwd
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -158,6 +159,37 @@ def check_count(value: Any, option: str, low: int, high: int) -> int:
     return int(text)
 
 
+def listening_ports(addresses: list[str], tables: tuple[str, ...] = ("/proc/net/tcp",)) -> dict[str, list[int]]:
+    """TCP ports something listens on at exactly these IPv4 addresses (not the wildcard),
+    from the kernel's socket table: another rehearsal cluster, or anything else."""
+    wanted = {socket.inet_aton(a)[::-1].hex().upper(): a for a in addresses}
+    found: dict[str, set[int]] = {}
+    for table in tables:
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 3 and fields[3] == "0A":  # LISTEN
+                hex_address, _, hex_port = fields[1].partition(":")
+                if hex_address in wanted:
+                    found.setdefault(wanted[hex_address], set()).add(int(hex_port, 16))
+    return {address: sorted(found[address]) for address in addresses if address in found}
+
+
+def check_addresses_free(addresses: list[str]) -> None:
+    """`InputError` when something already listens on one of the addresses sim-up wants
+    (two rehearsal clusters on the same addresses would answer for each other)."""
+    busy = listening_ports(addresses)
+    if busy:
+        address, ports = next(iter(busy.items()))
+        raise InputError(f"{address} is in use (listening on port {', '.join(map(str, ports[:5]))}"
+                         f"{' and ' + str(len(busy) - 1) + ' more addresses' if len(busy) > 1 else ''}): "
+                         "another rehearsal cluster? Stop it with `inv sim-down --state-dir DIR`, "
+                         "or pick other addresses with --base (e.g. 127.0.6.)")
+
+
 def check_base(base: str) -> str:
     """A loopback address prefix such as ``127.0.5.`` (hosts are base+1 ... base+N)."""
     text = str(base).strip()
@@ -232,7 +264,7 @@ def up(state_dir: str | os.PathLike[str] = DEFAULT_STATE_DIR, hosts: int = DEFAU
     one is already running there or the start fails (with the supervisor's log).
     """
     check_sshd()
-    hosts = check_count(hosts, "--hosts", 1, MAX_HOSTS)
+    hosts = check_count(hosts, "--count", 1, MAX_HOSTS)
     gpus = check_count(gpus, "--gpus", 1, MAX_GPUS)
     base = check_base(base)
     directory = Path(state_dir).expanduser().resolve()
@@ -242,6 +274,7 @@ def up(state_dir: str | os.PathLike[str] = DEFAULT_STATE_DIR, hosts: int = DEFAU
                        f"({len(current.addresses)} hosts {current.folded}, supervisor pid "
                        f"{current.supervisor_pid}): `inv sim-down` first")
     down(directory)  # leftovers of a crashed one (no-op when there are none)
+    check_addresses_free(address_range(base, 1, hosts))
     directory.mkdir(parents=True, exist_ok=True)
     log = directory / SUPERVISOR_LOG
     argv = [sys.executable, "-m", "cluster.testing.sim", "serve", str(directory),
