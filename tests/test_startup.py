@@ -106,6 +106,13 @@ def test_put_help_states_the_library_idle_timeout():
         assert f"(default {transfer.IDLE_TIMEOUT_S:g})" in helps["timeout"], helps["timeout"]
 
 
+def test_stop_job_help_states_the_library_grace():
+    from cluster import jobs
+    from cluster_cli import job_tasks
+
+    assert f"(default {jobs.DEFAULT_GRACE_S:g})" in job_tasks.JOB_HELP["grace"]
+
+
 def test_inv_caches_the_bytecode_of_the_modules_it_loads(tmp_path):
     # invoke switches bytecode writing off; without caches every start compiles every module.
     for package in ("cluster", "cluster_cli"):
