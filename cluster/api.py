@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import gpu, kill, logs, options, service, status, transfer
-from . import jobs as jobs_op
 from .errors import InputError, ParameterError
 from .gpu_health import HealthLimits, parse_limits
 from .hostkeys import check_known_hosts_path
@@ -33,6 +32,7 @@ from .ssh import Engine, HostSession
 # above give the methods' default values.
 if TYPE_CHECKING:
     from . import checks, system
+    from . import jobs as jobs_op
     from .render import basic as basic_view
     from .render import gpu as gpu_view
     from .render import jobs as jobs_view
@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from .serving.plan import StartPlan
 else:
     checks = lazy("cluster.checks")
+    jobs_op = lazy("cluster.jobs")
     system = lazy("cluster.system")
     basic_view = lazy("cluster.render.basic")
     gpu_view = lazy("cluster.render.gpu")
@@ -274,13 +275,14 @@ class Cluster:
         return _described(report, "jobs", jobs_view.jobs_fields)
 
     def stop_job(self, name: str, *, hosts: Targets = None, role: Targets = None,
-                 grace: float = jobs_op.DEFAULT_GRACE_S, on_done: OnDone | None = None) -> Report:
-        """Stop job ``name`` (``inv stop --job``): verified TERM, ``grace`` seconds, KILL,
-        checked gone; then the name is free on those hosts (logs kept). ``.data``:
-        `cluster.jobs.JobStop`."""
+                 grace: float | None = None, on_done: OnDone | None = None) -> Report:
+        """Stop job ``name`` (``inv stop --job``): verified TERM, ``grace`` seconds (None:
+        ``cluster.jobs.DEFAULT_GRACE_S``), KILL, checked gone; then the name is free on those
+        hosts (logs kept). ``.data``: `cluster.jobs.JobStop`."""
         name = jobs_op.check_name(name, "name")
         targets = self._targets(hosts, role)
-        report = jobs_op.stop(self.engine, jobs_op.load_job(name), name, targets, grace=grace,
+        wait = jobs_op.DEFAULT_GRACE_S if grace is None else grace
+        report = jobs_op.stop(self.engine, jobs_op.load_job(name), name, targets, grace=wait,
                               fanout=self.settings.fanout, on_done=on_done)
         return _described(report, "stop", jobs_view.stop_fields)
 
