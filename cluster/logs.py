@@ -250,7 +250,7 @@ def save_file_name(host: Host, taken: set[str]) -> str:
     return name
 
 
-def check_save_dir(directory: str | os.PathLike) -> Path:
+def check_save_dir(directory: str | os.PathLike[str]) -> Path:
     """``--save DIR``, created if needed and checked writable before any host is
     contacted: a local problem is one error (exit 2), never a failure per host."""
     target = Path(directory).expanduser()
