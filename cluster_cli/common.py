@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from invoke import Exit, Task
@@ -126,7 +127,7 @@ def _map_errors(body: Callable, positional: list[str], holder: list[ClusterTask]
         # invoke hands `inv run --help` to a positional argument as its value.
         if any(kwargs.get(name) in ("-h", "--help") for name in positional) or any(
                 a in ("-h", "--help") for a in args[1:]):
-            print_task_help(holder[0])
+            print_task_help(holder[0], binary="cluster" if Path(sys.argv[0]).name == "cluster" else "inv")
             return None
         try:
             return body(*args, **kwargs)
