@@ -121,7 +121,13 @@ class ClusterProgram(Program):
     def parse_cleanup(self) -> None:
         # --list and --help print here: `--list | head` must end quietly.
         with _parse_errors(), _guard(self._debug()):
-            super().parse_cleanup()
+            try:
+                super().parse_cleanup()
+            except Exit as exc:
+                # `--list NAME` with no such collection: invoke's Exit(code 1) is bad input.
+                if exc.code == 1 and str(exc.message or "").startswith("Sub-collection "):
+                    raise Exit(f"error: {shown(str(exc.message))[:QUOTE_LIMIT]} (see: inv --list)", code=2) from None
+                raise
 
     def execute(self) -> None:
         with _guard(self._debug()):

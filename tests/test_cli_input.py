@@ -69,6 +69,7 @@ CASES = [
     ("put-one-positional", ["put", "only-one"], 2, "REMOTE"),
     ("get-three-positionals", ["get", "a", "b", "c"], 2, "'c'"),
     ("help-unknown-task", ["--help", "no-such-task"], 2, "no-such-task"),
+    ("list-unknown-collection", ["--list", "no-such-collection"], 2, "no-such-collection"),
     # item 10: empty selections
     ("hosts-empty-H", ["hosts", "-H", "", *ROLES], 2, "no hosts selected"),
     ("hosts-empty-r", ["hosts", "-r", "", *ROLES], 2, "no hosts selected"),
