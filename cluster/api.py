@@ -12,18 +12,21 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from . import checks, gpu, kill, logs, options, service, status, system, transfer
-from .errors import ParameterError
+from . import jobs as jobs_op
+from .errors import InputError, ParameterError
 from .gpu_health import HealthLimits, parse_limits
 from .hostkeys import check_known_hosts_path
 from .hosts import Host
 from .inventory import Inventory, load_inventory
+from .logs import LogSource
 from .probe import Probe, run_probe
 from .render import basic as basic_view
 from .render import gpu as gpu_view
+from .render import jobs as jobs_view
 from .render import kill as kill_view
 from .render import logs as logs_view
 from .render import system as system_view
@@ -148,9 +151,12 @@ class Cluster:
 
     # -- logs and kill ---------------------------------------------------------------------
     def log_sources(self, *, hosts: Targets = None, role: Targets = None, file: str | None = None,
-                    deployment: str | None = None) -> list[logs.LogSource]:
-        """Which files `logs` reads where: ``file`` on every selected host, else the server
-        logs of the recorded deployment (``role`` may name its roles: prefill, decode)."""
+                    deployment: str | None = None, job: str | None = None) -> list[logs.LogSource]:
+        """Which files `logs` reads where: ``file`` on every selected host, the log of
+        detached ``job`` on its hosts, else the server logs of the recorded deployment
+        (``role`` may name its roles: prefill, decode)."""
+        if job is not None:
+            return self._job_log_sources(job, hosts, role, file, deployment)
         if file is not None:
             return logs.file_sources(self.hosts(hosts, role), file)
         manifest = serving_records.load_manifest(_deployment(deployment))
@@ -166,22 +172,22 @@ class Cluster:
 
     def logs(self, *, hosts: Targets = None, role: Targets = None, file: str | None = None,
              lines: int | None = logs.DEFAULT_LINES, grep: str | None = None,
-             deployment: str | None = None, timeout: float | None = logs.READ_TIMEOUT_S,
+             deployment: str | None = None, job: str | None = None, timeout: float | None = logs.READ_TIMEOUT_S,
              on_done: OnDone | None = None) -> Report:
         """The last ``lines`` lines (None: all) of each host's log (``.data``: `cluster.logs.LogText`)."""
         count, pattern = logs.check_lines(lines), logs.check_grep(grep)
-        sources = self.log_sources(hosts=hosts, role=role, file=file, deployment=deployment)
+        sources = self.log_sources(hosts=hosts, role=role, file=file, deployment=deployment, job=job)
         report = logs.read_logs(self.engine, sources, count, pattern,
                                 timeout=status.check_timeout(timeout), on_done=on_done)
         return _described(report, "logs", logs_view.logs_fields)
 
     def save_logs(self, directory: str | os.PathLike[str], *, hosts: Targets = None,
                   role: Targets = None, file: str | None = None, lines: int | None = None,
-                  grep: str | None = None, deployment: str | None = None,
+                  grep: str | None = None, deployment: str | None = None, job: str | None = None,
                   timeout: float | None = None, on_done: OnDone | None = None) -> Report:
         """Each host's log (all of it, or its last ``lines``) into ``directory/<host>.log``."""
         count, pattern = logs.check_lines(lines), logs.check_grep(grep)
-        sources = self.log_sources(hosts=hosts, role=role, file=file, deployment=deployment)
+        sources = self.log_sources(hosts=hosts, role=role, file=file, deployment=deployment, job=job)
         report = logs.save_logs(self.engine, sources, directory, count, pattern,
                                 timeout=status.check_timeout(timeout), on_done=on_done)
         report = _described(report, "logs", logs_view.logs_fields)
@@ -190,12 +196,12 @@ class Cluster:
 
     def follow_logs(self, on_event: OnEvent, *, hosts: Targets = None,
                     role: Targets = None, file: str | None = None, lines: int = 10,
-                    grep: str | None = None, deployment: str | None = None,
+                    grep: str | None = None, deployment: str | None = None, job: str | None = None,
                     stop: threading.Event | None = None, duration: float | None = None) -> Report:
         """Stream new lines of every host's log to ``on_event`` until ``stop`` is set,
         ``duration`` passes or Ctrl-C (see `cluster.logs.follow_logs`)."""
         count, pattern = logs.check_lines(lines), logs.check_grep(grep)
-        sources = self.log_sources(hosts=hosts, role=role, file=file, deployment=deployment)
+        sources = self.log_sources(hosts=hosts, role=role, file=file, deployment=deployment, job=job)
         report = logs.follow_logs(self.engine, sources, on_event, 10 if count is None else count,
                                   pattern, stop=stop, duration=duration)
         return _described(report, "logs", logs_view.logs_fields)
@@ -217,6 +223,56 @@ class Cluster:
         report = _described(report, "kill", kill_view.kill_fields)
         report.extra.update(pattern=pattern, signal=sig, dry_run=bool(dry_run))
         return report
+
+    # -- detached jobs (cluster.jobs) ------------------------------------------------------
+    def start_job(self, name: str, command: str, *, hosts: Targets = None, role: Targets = None,
+                  on_done: OnDone | None = None) -> Report:
+        """Start ``command`` detached on every selected host as job ``name`` and return at
+        once (``inv run --detach``); ``.data``: `cluster.jobs.JobHost` (pid, log path).
+        A host where the name is still held fails as ``job-exists``."""
+        name, command = jobs_op.check_name(name), jobs_op.check_command(command)
+        report = jobs_op.start(self.engine, self.hosts(hosts, role), name, command,
+                               fanout=self.settings.fanout, on_done=on_done)
+        return _described(report, "run", jobs_view.jobs_fields)
+
+    def jobs(self, name: str | None = None, *, hosts: Targets = None, role: Targets = None,
+             on_done: OnDone | None = None) -> Report:
+        """The recorded jobs (or job ``name``) on their hosts: one outcome per job and host,
+        ``.data.state`` running / exited (``.exit_code``) / vanished (``inv jobs``). With
+        ``hosts``/``role``: those hosts only, and jobs found there that this controller
+        did not record."""
+        if name is not None:
+            name = jobs_op.check_name(name, "name")
+        recorded = ([j for j in [jobs_op.load_job(name)] if j] if name else jobs_op.list_jobs())
+        targets = self._targets(hosts, role)
+        report = jobs_op.status(self.engine, recorded, targets, name=name,
+                                fanout=self.settings.fanout, on_done=on_done)
+        return _described(report, "jobs", jobs_view.jobs_fields)
+
+    def stop_job(self, name: str, *, hosts: Targets = None, role: Targets = None,
+                 grace: float = jobs_op.DEFAULT_GRACE_S, on_done: OnDone | None = None) -> Report:
+        """Stop job ``name`` (``inv stop --job``): verified TERM, ``grace`` seconds, KILL,
+        checked gone; then the name is free on those hosts (logs kept). ``.data``:
+        `cluster.jobs.JobStop`."""
+        name = jobs_op.check_name(name, "name")
+        targets = self._targets(hosts, role)
+        report = jobs_op.stop(self.engine, jobs_op.load_job(name), name, targets, grace=grace,
+                              fanout=self.settings.fanout, on_done=on_done)
+        return _described(report, "stop", jobs_view.stop_fields)
+
+    def _job_log_sources(self, job: str, hosts: Targets, role: Targets, file: str | None,
+                         deployment: str | None) -> list[LogSource]:
+        if file is not None or deployment is not None:
+            raise ParameterError("job", "{name} reads the job's own log: leave out file and deployment")
+        recorded = jobs_op.load_job(jobs_op.check_name(job, "job"))
+        if recorded is None:
+            raise ParameterError("job", f"{{name}}: no job {job} recorded ({jobs_op.job_file(job)} "
+                                        "not found): `inv jobs` lists the jobs")
+        targets = self._targets(hosts, role)
+        sources = jobs_op.log_sources(recorded, targets)
+        if not sources:
+            raise ParameterError("hosts", f"job {job} has no process on the selected hosts ({{name}})")
+        return sources
 
     # -- files (cluster.transfer) ----------------------------------------------------------
     def put(self, local: str, remote: str, *, hosts: Targets = None, role: Targets = None,
@@ -274,30 +330,54 @@ class Cluster:
         alone. Recorded specs, a new run id; the router is made to list them again."""
         manifest = self._recorded(deployment)
         targets = self._targets(hosts, role)
-        return serving_start.restart_pd(self.engine, manifest, hosts=targets,
+        config = self.serving_config()
+        arguments = {"prefill": config.prefill.extra_args, "decode": config.decode.extra_args,
+                     "router": config.router.extra_args}
+        return serving_start.restart_pd(self.engine, manifest, hosts=targets, arguments=arguments,
                                         secrets=self._secret_values(), wait=wait, timeout=timeout,
                                         grace=grace, fanout=self.settings.fanout,
                                         on_progress=on_progress)
 
     def stop_pd(self, *, hosts: Targets = None, role: Targets = None, deployment: str | None = None,
-                grace: float = serving_stop.DEFAULT_GRACE_S, sweep: str = "user",
+                grace: float = serving_stop.DEFAULT_GRACE_S, sweep: str = serving_stop.DEFAULT_SWEEP,
                 keep_router: bool = False) -> serving_stop.StopResult:
         """Stop the recorded deployment, or what start-pd started on the selected hosts."""
         targets = self._targets(hosts, role)
         deployment = _deployment(deployment)
-        return serving_stop.stop_pd(self.engine, serving_records.load_manifest(deployment),
-                                    hosts=targets, run_dir=self.serving_config().run_dir,
-                                    grace=grace, sweep=sweep, keep_router=keep_router,
-                                    fanout=self.settings.fanout, deployment=deployment)
+        manifest, problem = self._manifest_for(deployment, targets)
+        result = serving_stop.stop_pd(self.engine, manifest, hosts=targets,
+                                      run_dir=self.serving_config().run_dir, grace=grace, sweep=sweep,
+                                      keep_router=keep_router, fanout=self.settings.fanout,
+                                      deployment=deployment)
+        if problem:
+            result.report.extra["manifest_error"] = problem
+        return result
 
     def pd_status(self, *, hosts: Targets = None, role: Targets = None,
-                  deployment: str | None = None) -> serving_status.StatusResult:
-        """Health of every server of the recorded deployment (or of the selected hosts)."""
+                  deployment: str | None = None, prune: bool = False) -> serving_status.StatusResult:
+        """Health of every server of the recorded deployment (or of the selected hosts);
+        ``prune`` removes the stale per-host records found."""
         targets = self._targets(hosts, role)
         deployment = _deployment(deployment)
-        return serving_status.pd_status(self.engine, serving_records.load_manifest(deployment),
-                                        hosts=targets, run_dir=self.serving_config().run_dir,
-                                        fanout=self.settings.fanout, deployment=deployment)
+        manifest, problem = self._manifest_for(deployment, targets)
+        result = serving_status.pd_status(self.engine, manifest, hosts=targets,
+                                          run_dir=self.serving_config().run_dir,
+                                          fanout=self.settings.fanout, deployment=deployment, prune=prune)
+        if problem:
+            result.report.extra["manifest_error"] = problem
+        return result
+
+    @staticmethod
+    def _manifest_for(deployment: str | None, targets: Sequence[Host] | None
+                      ) -> tuple[serving_records.Manifest | None, str | None]:
+        """The recorded deployment; with hosts named, a corrupt manifest is set aside (the
+        hosts' own records still work) and its error returned, else it raises."""
+        try:
+            return serving_records.load_manifest(deployment), None
+        except InputError as exc:
+            if targets is None:
+                raise
+            return None, str(exc)
 
     def _targets(self, hosts: Targets, role: Targets) -> list[Host] | None:
         """The selected hosts, or None when neither was given (an empty -H "" is an

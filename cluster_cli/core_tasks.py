@@ -41,11 +41,19 @@ def _hosts_view(inventory, selected):
     "timeout": "Seconds the command may run on each host; past it, it is stopped there "
                "(kind command-timeout). Default: none.",
     "stream": "Print 'host: line' as lines arrive (stderr lines marked), then the summary.",
+    "detach": "Start the command as detached job NAME on every host and return at once "
+              "(own session, log and pid file per host; see inv jobs, inv logs --job, "
+              "inv stop --job).",
 })
 def run(c, command, hosts=None, role=None, roles_file=None, json=False, fanout=None, timeout=None,
-        stream=False):
+        stream=False, detach=None):
     """Run a command on every host. Piped: the hosts' stdout unchanged, host after host
     (status and stderr on stderr); on a terminal: identical outputs folded into one group."""
+    if detach is not None:
+        from .job_tasks import start_detached
+
+        return start_detached(detach, command, hosts=hosts, role=role, roles_file=roles_file,
+                              as_json=json, fanout=fanout, timeout=timeout, stream=stream)
     started = time.monotonic()
     with opened(roles_file, fanout) as cluster:
         targets = cluster.hosts(hosts, role)

@@ -33,13 +33,14 @@ LOGS_HELP = {
     "deployment": "Deployment whose server logs to read (default: the one start-pd recorded "
                   "last under the default name).",
     "timeout": "Per-host read timeout in seconds (default 60; none with --save/--follow).",
+    "job": "Read the log of detached job NAME on its hosts (`inv run --detach NAME`).",
 }
 
 
 @cluster_task(shortflags={"lines": "n"}, help=LOGS_HELP, flags={"lines": "-n/--lines"})
 def logs(c, hosts=None, role=None, roles_file=None, json=False, fanout=None, lines=None,
-         file=None, grep=None, follow=False, save=None, deployment=None, timeout=None):
-    """Show, save or follow the server log (or any --file) of every host, grouped per host."""
+         file=None, grep=None, follow=False, save=None, deployment=None, timeout=None, job=None):
+    """Show, save or follow the server log (or any --file, or a --job's log) of every host, grouped per host."""
     started = time.monotonic()
     count = logs_op.check_lines(lines)
     pattern = logs_op.check_grep(grep)
@@ -47,8 +48,8 @@ def logs(c, hosts=None, role=None, roles_file=None, json=False, fanout=None, lin
         raise InputError("--follow and --save do not go together: save first, then follow")
     limit = status.check_timeout(timeout)
     with opened(roles_file, fanout) as cluster:
-        sources = cluster.log_sources(hosts=hosts, role=role, file=file, deployment=deployment)
-        where = dict(hosts=hosts, role=role, file=file, deployment=deployment)
+        sources = cluster.log_sources(hosts=hosts, role=role, file=file, deployment=deployment, job=job)
+        where = dict(hosts=hosts, role=role, file=file, deployment=deployment, job=job)
         if follow:
             _follow(cluster, where, [s.host for s in sources], [p for s in sources for p in s.paths],
                     10 if count is None else count, pattern, json)

@@ -61,8 +61,9 @@ STOP_HELP = {
     "role": "Stop only what start-pd started on the hosts of these roles.",
     "deployment": "Name of the recorded deployment (default 'default').",
     "grace": "Seconds between SIGTERM and SIGKILL of each process group (default 30).",
-    "sweep": "Leftover sweep by command line: 'user' (every process of the engine owned by "
-             "the login user, default), 'deployment' (only this deployment's processes), 'none'.",
+    "sweep": "Leftover sweep: 'deployment' (default: only processes carrying this deployment's "
+             "run id), 'user' (every process of the engine owned by the login user, by command "
+             "line), 'none'.",
     "keep_router": "Leave the router running.",
 }
 
@@ -71,6 +72,8 @@ STATUS_HELP = {
     "hosts": "Only the servers start-pd started on these hosts.",
     "role": "Only the servers on the hosts of these roles.",
     "deployment": "Name of the recorded deployment (default 'default').",
+    "prune": "Remove the stale per-host records found (processes gone, not the recorded "
+             "deployment's); logs are kept.",
 }
 
 # What a library parameter is called on these tasks' command lines.
@@ -95,7 +98,7 @@ def start_pd(c, prefill=None, decode=None, model_path=None, tp_size=None, nnodes
         if dry_run:
             _print_dry_run(plan, json)
             return
-        with _waiting(json, f"recorded in {serving.manifest_file(plan.deployment)}") as show_progress:
+        with _waiting(json, lambda: _where_recorded(plan)) as show_progress:
             result = cluster.start_pd(plan, wait=not no_wait, timeout=limit, restart=restart,
                                       grace=pause, on_progress=show_progress)
     show(result.report, json, lambda report: view.start_view(result), started,
@@ -109,7 +112,7 @@ def restart_pd(c, hosts=None, role=None, deployment=None, no_wait=False, timeout
     started = time.monotonic()
     limit, pause = _wait_options(timeout, grace)
     with opened(roles_file, fanout) as cluster:
-        with _waiting(json, "updated in the deployment's manifest") as show_progress:
+        with _waiting(json, lambda: _where_recorded(None, deployment)) as show_progress:
             result = cluster.restart_pd(hosts=hosts, role=role, deployment=deployment,
                                         wait=not no_wait, timeout=limit, grace=pause,
                                         on_progress=show_progress)
@@ -126,10 +129,21 @@ def _wait_options(timeout: str | None, grace: str | None) -> tuple[float, float]
             check_grace(serving.DEFAULT_GRACE_S if grace is None else grace))
 
 
+def _where_recorded(plan: serving.StartPlan | None, deployment: str | None = None) -> str:
+    """Where what was launched is recorded, naming only files that exist (asked at Ctrl-C)."""
+    path = serving.manifest_file(plan.deployment if plan else deployment)
+    run_dir = plan.config.run_dir if plan else None
+    hosts = f"per-host records in {run_dir} on each host" if run_dir else "per-host records in the run dir"
+    if path.exists():
+        return f"recorded in {path} and {hosts}"
+    return f"nothing was recorded in {path}; {hosts} name anything launched"
+
+
 @contextmanager
-def _waiting(as_json: bool, recorded: str) -> Iterator[Callable[[list[ServerRecord], float], None]]:
+def _waiting(as_json: bool, recorded: Callable[[], str]) -> Iterator[Callable[[list[ServerRecord], float], None]]:
     """A live progress view on stderr (a terminal, not --json) while servers start; Ctrl-C
-    stops only the waiting (exit 130): what was launched keeps starting, and is recorded."""
+    stops only the waiting (exit 130): what was launched keeps starting, and is recorded
+    (``recorded()`` says where, asked at that moment)."""
     live = None if as_json or not sys.stderr.isatty() else Live(
         console=render.stderr_console(), auto_refresh=False, transient=True)
 
@@ -142,7 +156,7 @@ def _waiting(as_json: bool, recorded: str) -> Iterator[Callable[[list[ServerReco
             live.start()
         yield show_progress
     except KeyboardInterrupt:
-        raise Exit(f"interrupted: servers already launched keep running ({recorded}); follow "
+        raise Exit(f"interrupted: servers already launched keep running ({recorded()}); follow "
                    "them with `inv pd-status`, stop them with `inv stop-pd`", code=130) from None
     finally:
         if live is not None:
@@ -166,9 +180,9 @@ def _print_dry_run(plan: serving.StartPlan, as_json: bool) -> None:
 
 
 @cluster_task(name="stop-pd", help=STOP_HELP, flags=SERVING_FLAGS)
-def stop_pd(c, hosts=None, role=None, deployment=None, grace=None, sweep="user",
+def stop_pd(c, hosts=None, role=None, deployment=None, grace=None, sweep="deployment",
             keep_router=False, roles_file=None, json=False, fanout=None):
-    """Stop the PD deployment: SIGTERM, grace, SIGKILL each group, sweep leftovers, verify."""
+    """Stop the PD deployment: verify each process, SIGTERM, grace, SIGKILL, sweep leftovers, verify."""
     started = time.monotonic()
     pause = serving.DEFAULT_GRACE_S if grace is None else grace
     with opened(roles_file, fanout) as cluster:
@@ -178,14 +192,14 @@ def stop_pd(c, hosts=None, role=None, deployment=None, grace=None, sweep="user",
 
 
 @cluster_task(name="pd-status", help={**STATUS_HELP, **VIEW_HELP}, flags=SERVING_FLAGS)
-def pd_status(c, hosts=None, role=None, deployment=None, roles_file=None, json=False, fanout=None,
-              expand=False, fold=False, state=None):
+def pd_status(c, hosts=None, role=None, deployment=None, prune=False, roles_file=None, json=False,
+              fanout=None, expand=False, fold=False, state=None):
     """Per server: process alive, port listening, /health, uptime, last log line; the router."""
     started = time.monotonic()
     console = render.stdout_console()
     options = view_options(console, expand, fold, state)
     with opened(roles_file, fanout) as cluster:
-        result = cluster.pd_status(hosts=hosts, role=role, deployment=deployment)
+        result = cluster.pd_status(hosts=hosts, role=role, deployment=deployment, prune=prune)
     show(result.report, json, lambda report: view.status_table(report, options), started,
          lambda report, elapsed: render.summary_line(report, elapsed, noun="server"))
 

@@ -116,3 +116,12 @@ def serving_config(**doc: Any) -> Any:
 def run_local(script: str) -> Any:
     """Run shell text on this machine (``sh -s``); the CompletedProcess."""
     return subprocess.run(["sh", "-s"], input=script, text=True, capture_output=True, timeout=30)
+
+
+def process_alive(pid: int) -> bool:
+    """A process with that pid exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

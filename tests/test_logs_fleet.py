@@ -372,7 +372,7 @@ def test_deployment_sources_match_hosts_by_name_and_filter_roles():
                record("10.8.0.82", "decode", 30001, Path("/l")),
                record("10.8.0.82", "prefill", 30000, Path("/l"))]
     p, d82, p82 = (s.log_path for s in servers)
-    assert p82 == "/l/sglang-prefill-10.8.0.82-30000-run1.log"
+    assert p82 == "/l/sglang-prefill-10.8.0.82-30000@run1.log"
     manifest = Manifest("d", "sglang", "r", "m", 0.0, servers)
     everything = log_sources(manifest)
     assert [(s.host.hostname, s.paths) for s in everything] == [

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from cluster import detach
 from cluster.errors import InputError, ParameterError
 from cluster.hosts import Host
 from cluster.render import serving as view
@@ -98,35 +99,43 @@ def test_stop_work_groups_servers_per_host_and_stops_the_router_on_its_host():
     hosts = [Host("10.8.0.81"), Host("10.8.0.82")]
     work = stop.stop_work(hosts, manifest.servers, manifest.router, "sglang", "deployment", {})
     first = work[Host("10.8.0.81")]
-    assert first.pgids == [100, 101] and first.labels == ["prefill :30000", "decode :30001"]
+    assert [i.pgid for i in first.identities] == [100, 101] and first.labels == ["prefill :30000", "decode :30001"]
     assert first.ports == [30000, 8998, 30001] and first.run_ids == ("R",)
     assert first.gpu and first.sweep_servers and not first.sweep_router
     router = work[Host("local")]
-    assert router.pgids == [200] and router.sweep_router and not router.sweep_servers
+    assert [i.pgid for i in router.identities] == [200] and router.sweep_router and not router.sweep_servers
     assert not router.gpu and router.ports == [8000]
     script = router.script(5)
     assert "[s]glang_router" in script and "sglang.launch_server" not in script
-    assert "nvidia-smi" not in script and "*-R.log)" in script
+    assert "nvidia-smi" not in script and "*@R.log)" in script
+    # identity verified before any signal, in the same script
+    assert "verdict 200 - R" in script
+    # the records of gone processes on those hosts are removed afterwards
+    assert "PRUNED" in script and "*-local-[0-9]*@*.json" in script
 
 
 def test_stop_script_sweep_scope():
-    item = stop.StopWork(host=Host("h"), pgids=[42], engine="vllm", ports=[8100], address="h",
-                       run_ids=("R",))
-    assert "[V]LLM::EngineCore" in item.script(1) and "-R.log" not in item.script(1)  # user scope
+    item = stop.StopWork(host=Host("h"), identities=[detach.Identity(42, 7, "R")], engine="vllm",
+                         ports=[8100], address="h", run_ids=("R",))
+    assert item.sweep == "deployment"  # the default: only what carries the run id marker
+    assert "*@R.log)" in item.script(1)
+    item.sweep = "user"
+    assert "[V]LLM::EngineCore" in item.script(1) and "@R.log" not in item.script(1)  # user scope
     item.sweep = "deployment"
-    assert "*-R.log)" in item.script(1)
+    assert "*@R.log)" in item.script(1)
     item.sweep = "none"
     assert "pgrep" not in item.script(1)
     item.sweep, item.run_ids = "deployment", ()
     assert "pgrep" not in item.script(1)  # no run id known: nothing to scope by, no sweep
-    with pytest.raises(ParameterError, match="^sweep must be one of user, deployment, none"):
+    with pytest.raises(ParameterError, match="^sweep must be one of deployment, user, none"):
         stop.check_sweep("all")
 
 
 def test_host_stop_parsing_and_failures():
     apps = (FIXTURES / "h100-busy.txt").read_text()
     answer = "\n".join([
-        "@@begin stop", "PIDS 100 100 101 102", "KILL 100 102", "DONE 100 kill 31", "@@end stop 0",
+        "@@begin stop", "VERDICT 100 ok", "PIDS 100 100 101 102", "KILL 100 102", "DONE 100 kill 31",
+        "VERDICT 200 reused", "@@end stop 0",
         "@@begin sweep", "KILLED 300 sglang::detokenizer", "@@end sweep 0",
         "@@begin ports", "30000 free", "8998 busy", "@@end ports 0",
         "@@begin gpu", apps.rstrip("\n"), "@@end gpu 0",
@@ -134,7 +143,7 @@ def test_host_stop_parsing_and_failures():
     item = stop.StopWork(host=Host("h"), labels=["prefill :30000"])
     host_stop = stop.parse_host_stop(item, parse_sections(answer))
     assert host_stop.stopped_pids == [100, 101, 102] and host_stop.killed_after_grace == [102]
-    assert host_stop.how == "kill" and host_stop.seconds == 31
+    assert host_stop.how == "kill" and host_stop.seconds == 31 and host_stop.pid_reused == [200]
     assert host_stop.leftovers == [(300, "sglang::detokenizer")]
     assert host_stop.ports == {30000: True, 8998: False} and not host_stop.ports_free
     assert host_stop.gpu.available and host_stop.gpu.memory_used_mib > 600000 and len(host_stop.gpu.processes) == 9
@@ -177,29 +186,46 @@ def row(role: str = "decode", host: str = "10.8.0.82", port: int = 30001, pid: i
     return records.ServerRecord(spec, pid=pid, **state)
 
 
+def probe(key="k", members=0, leader=False, *rest, verdict=None) -> scripts.ProbeResult:
+    """A probe answer (``verdict`` ok when anything of the group lives, else gone)."""
+    verdict = verdict or ("ok" if members or leader else "gone")
+    return scripts.ProbeResult(key, verdict, members, leader, *rest)
+
+
 def test_status_judgement():
     healthy = row()
-    assert status.judge_status(healthy, scripts.ProbeResult("k", 3, True, 60, 200, (30001,), "x")) is None
+    assert status.judge_status(healthy, probe("k", 3, True, 60, 200, (30001,), "x")) is None
     assert healthy.status == records.HEALTHY and healthy.listening and healthy.uptime_s == 60
     loading = row()
-    assert status.judge_status(loading, scripts.ProbeResult("k", 3, True, 5, 503)).kind == status.UNHEALTHY
+    assert status.judge_status(loading, probe("k", 3, True, 5, 503)).kind == status.UNHEALTHY
     assert loading.status == records.LOADING
     orphans = row()
-    failure = status.judge_status(orphans, scripts.ProbeResult("k", 2, False))
+    failure = status.judge_status(orphans, probe("k", 2, False))
     assert failure.kind == status.NOT_RUNNING and "2 process(es)" in failure.message
     assert orphans.status == "dead (children left)"
     stopped = row(stopped_at=1.0)
-    assert "stopped by stop-pd" in status.judge_status(stopped, scripts.ProbeResult("k")).message
+    assert "stopped by stop-pd" in status.judge_status(stopped, probe("k")).message
     follower = row(is_api=False)
-    assert status.judge_status(follower, scripts.ProbeResult("k", 4, True)) is None
+    assert status.judge_status(follower, probe("k", 4, True)) is None
     assert follower.status == records.RUNNING and follower.listening is None
     router = row(role="router")
     body = json.dumps({"workers": [{"url": "http://a:1", "is_healthy": True},
                                    {"url": "http://b:2", "is_healthy": False, "secret": "x"}]})
-    failure = status.judge_status(router, scripts.ProbeResult("router", 1, True, 9, 200, (30001,), "l", body))
+    failure = status.judge_status(router, probe("router", 1, True, 9, 200, (30001,), "l", body))
     assert failure.kind == status.UNHEALTHY and "http://b:2" in failure.message
     assert router.workers == [{"url": "http://a:1", "is_healthy": True},
                               {"url": "http://b:2", "is_healthy": False}]
+    # the pgid now belongs to someone else: gone (pid reused), never alive
+    reused = row()
+    failure = status.judge_status(reused, probe("k", verdict="reused"))
+    assert reused.status == records.PID_REUSED and reused.alive is False
+    assert failure.kind == status.NOT_RUNNING and "pid reused" in failure.message
+    # a record found on a host, not the recorded deployment's, process gone: stale
+    old = row(on_host="vanished")
+    assert status.judge_status(old, probe("k"), current=set()).kind == status.STALE_KIND
+    assert old.status == records.STALE
+    current = row(on_host="vanished")
+    assert status.judge_status(current, probe("k"), current={current.uid}).kind == status.NOT_RUNNING
 
 
 # --------------------------------------------------------------------------- manifest store
@@ -227,11 +253,11 @@ def start_result(stage: str, rows_and_failures) -> start.StartResult:
 
 def test_start_view_shows_failures_tails_and_next_steps():
     died = row(status="died", log_tail=["Traceback", "RuntimeError: CUDA error: out of memory"])
-    assert died.log_path == "/run/sglang-decode-10.8.0.82-30001-R.log"
+    assert died.log_path == "/run/sglang-decode-10.8.0.82-30001@R.log"
     ready = row(role="prefill", host="10.8.0.81", port=30000, status="ready", ready_after_s=12.34)
     result = start_result("wait", [(ready, None), (died, Failure(start.DIED, "decode died", "see below"))])
     text = text_of(view.start_view(result))
-    assert "12.3 s" in text and "sglang-decode-10.8.0.82-30001-R.log" in text
+    assert "12.3 s" in text and "sglang-decode-10.8.0.82-30001@R.log" in text
     assert "RuntimeError: CUDA error: out of memory" in text and "decode died" in text
     assert "inv stop-pd" in text and "/x/default.json" in text and "Logs (and pid files)" in text
     refused = start_result("preflight", [(row(status="failed"),
@@ -286,3 +312,24 @@ def test_restart_resolves_secret_values_that_were_never_recorded():
         start.resolve_secrets(recorded, {})
     assert dict(start.resolve_secrets(recorded, {"HF_TOKEN": "hf_y"}).env)["HF_TOKEN"] == "hf_y"
     assert "hf_x" not in records.ServerRecord(spec).command and "HF_TOKEN=***" in records.ServerRecord(spec).command
+
+
+def test_secret_options_are_never_recorded_and_restart_takes_them_from_the_roles_file():
+    cfg = config(prefill={"extra_args": ["--api-key", "sk-1"]}, decode={"extra_args": ["--api-key", "sk-1"]})
+    spec = plan.plan_deployment(cfg, ["10.8.0.81"], ["10.8.0.82"], run_id="R")[0]
+    record = records.ServerRecord(spec)
+    assert record.spec.extra_args == ("--api-key", "***")
+    assert "sk-1" not in records.record_doc(record) and "sk-1" not in json.dumps(record.to_json())
+    again = start.resolve_secrets(record.spec, {}, {"prefill": ("--api-key", "sk-2")})
+    assert again.extra_args == ("--api-key", "sk-2")
+    with pytest.raises(InputError, match="start-pd --restart"):
+        start.resolve_secrets(record.spec, {}, {"prefill": ("--other", "x")})
+
+
+def test_a_failed_launch_with_nothing_started_says_so():
+    failed = row(status="failed", pid=None)
+    text = text_of(view.start_view(start_result("launch", [(failed, Failure(start.RUN_DIR, "cannot create run dir"))])))
+    assert "No server started" in text and "left running" not in text
+    launched = row(status="died")
+    text = text_of(view.start_view(start_result("launch", [(launched, Failure(start.DIED, "died"))])))
+    assert "left running" in text

@@ -158,9 +158,11 @@ def test_missing_model_path_is_input_error():
 
 def test_per_host_files_carry_host_port_and_run_id():
     spec = plan.plan_deployment(config(), ["10.8.0.81"], ["10.8.0.82"], run_id="20250101-000000-ab12")[0]
-    assert spec.log_path == "~/.cluster/run/sglang-prefill-10.8.0.81-30000-20250101-000000-ab12.log"
-    assert spec.pid_path == "~/.cluster/run/sglang-prefill-10.8.0.81-30000.pid"
-    assert spec.record_path == "~/.cluster/run/sglang-prefill-10.8.0.81-30000.json"
+    assert spec.log_path == "~/.cluster/run/sglang-prefill-10.8.0.81-30000@20250101-000000-ab12.log"
+    assert spec.pid_path == "~/.cluster/run/sglang-prefill-10.8.0.81-30000@20250101-000000-ab12.pid"
+    assert spec.record_path == "~/.cluster/run/sglang-prefill-10.8.0.81-30000@20250101-000000-ab12.json"
+    # keys that cannot collide: deployment, engine, run id, role-server-rank
+    assert spec.uid == "default.sglang.20250101-000000-ab12.prefill-0-0"
 
 
 def test_ipv6_hosts_are_bracketed_in_urls_and_safe_in_file_names():
@@ -195,6 +197,7 @@ def test_vllm_single_node_argv_and_env():
     # The JSON survives shell quoting.
     script = scripts.launch_script(scripts.launch_of(prefill))
     start = next(line for line in script.splitlines() if line.startswith("setsid"))
+    start = start.split(" detached ", 1)[1]
     assert json.loads(flag(shlex.split(start), "--kv-transfer-config"))["kv_connector"] == "NixlConnector"
 
 
@@ -236,7 +239,7 @@ def test_sglang_router_command():
     ]
     assert scripts.launch_of(router).ports == (8000, 29000)
     assert router.url == "http://10.8.0.90:8000"
-    assert router.log_path == "~/.cluster/run/sglang-router-10.8.0.90-8000-R.log"
+    assert router.log_path == "~/.cluster/run/sglang-router-10.8.0.90-8000@R.log"
 
 
 def test_router_local_binds_loopback_and_cli_host_overrides():

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from helpers import run_local
 from helpers import serving_config as config
 
+from cluster import detach
 from cluster.errors import InputError
-from cluster.serving import plan, records
+from cluster.serving import plan, records, scripts
 
 # --- manifest -------------------------------------------------------------------------------------
 
@@ -15,8 +18,9 @@ from cluster.serving import plan, records
 def test_manifest_round_trips_through_json():
     cfg = config(env={"HF_TOKEN": "hf_secret"}, router={"host": "local"},
                  prefill={"tp_size": 16, "nnodes": 2})
-    specs = plan.plan_deployment(cfg, ["10.8.0.81", "10.8.0.82"], ["10.8.0.83"], run_id="R")
-    router = plan.plan_router(cfg, specs)
+    specs = [dataclasses.replace(s, deployment="prod")
+             for s in plan.plan_deployment(cfg, ["10.8.0.81", "10.8.0.82"], ["10.8.0.83"], run_id="R")]
+    router = dataclasses.replace(plan.plan_router(cfg, specs), deployment="prod")
     manifest = records.Manifest(
         name="prod", engine="sglang", run_id="R", model_path=cfg.model_path, created_at=1.5,
         servers=[records.ServerRecord(s, pid=100 + i, started_at=2.0) for i, s in enumerate(specs)],
@@ -47,15 +51,18 @@ def test_manifest_path_is_per_name():
     assert odd.startswith("~/.cluster/deployments/") and "/" not in odd.split("deployments/")[1]
 
 
-def test_records_round_trip_and_only_this_hosts_files_are_read(tmp_path):
-    cfg = config(run_dir=str(tmp_path))
+def test_host_records_come_from_the_launch_and_only_this_hosts_files_are_read(tmp_path):
+    cfg = config(run_dir=str(tmp_path), python="true")
     specs = plan.plan_deployment(cfg, ["10.8.0.81"], ["10.8.0.82", "10.8.0.181"], run_id="R")
-    for i, spec in enumerate(specs):
-        record = records.ServerRecord(spec, pid=100 + i)
-        assert run_local(records.record_write_command(record)).returncode == 0
+    for spec in specs:
+        launch = scripts.launch_of(spec)
+        record = records.ServerRecord(spec)
+        script = scripts.launch_script(launch, doc=records.record_doc(record), check_ports=False)
+        assert run_local(script).returncode == 0
     found = records.parse_records(run_local(records.records_command(str(tmp_path), "10.8.0.81")).stdout)
-    assert [(r.host, r.pid, r.role) for r in found] == [("10.8.0.81", 100, "prefill")]
-    assert records.parse_records("garbage\n{not json\n") == []
+    assert [(r.host, r.role, r.run_id) for r in found] == [("10.8.0.81", "prefill", "R")]
+    assert found[0].pid and found[0].start and found[0].on_host in ("running", "vanished")  # `true` exits
+    assert records.parse_records("garbage\n{not json\n@@record /x@R.json\njson {nope\n") == []
 
 
 def test_manifest_path_honours_the_state_dir_variable(monkeypatch):
@@ -85,6 +92,7 @@ def test_a_version_1_manifest_is_still_read_for_status_and_stop():
     manifest = records.Manifest.loads(json.dumps(doc))
     server, router = manifest.servers[0], manifest.router
     assert manifest.version == 1 and server.pid == 42 and server.ssh_host.user == "ops"
-    assert server.log_path == doc["servers"][0]["log_path"] and server.record_path.endswith("30000.json")
+    assert server.record_path.endswith("30000@R0.json")
+    assert server.identity == detach.Identity(42, None, "R0")  # no start time: the run id marker decides
     assert server.ports == (30000, 9000, 5001)  # port, bootstrap, dist-init: checked after a stop
     assert router.is_router and router.pid == 43 and router.url == "http://127.0.0.1:8000"

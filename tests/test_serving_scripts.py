@@ -7,6 +7,7 @@ local process / `/proc` state.
 
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
 import subprocess
@@ -18,6 +19,7 @@ import pytest
 from helpers import run_local
 from helpers import serving_config as config
 
+from cluster import detach
 from cluster.errors import InputError
 from cluster.serving import plan, records, scripts
 from cluster.shell import STDIN_RUNNER, sections_script
@@ -40,9 +42,9 @@ def test_values_round_trip_literally_through_the_shell(value):
     words = shlex.split(start)
     assert words[words.index("--model-path") + 1] == value
     assert words[words.index("--chat-template") + 1] == value
-    export = next(line for line in script.splitlines() if line.startswith("export "))
+    exports = [line for line in script.splitlines() if line.startswith("export ")]
     # The run id marker comes last: every process of the deployment inherits it.
-    assert shlex.split(export)[1:] == [f"NCCL_SOCKET_IFNAME={value}", "CLUSTER_PD_RUN_ID=R"]
+    assert [shlex.split(e)[1:] for e in exports] == [[f"NCCL_SOCKET_IFNAME={value}"], ["CLUSTER_PD_RUN_ID=R"]]
 
 
 @pytest.mark.parametrize("shell", SHELLS)
@@ -53,18 +55,18 @@ def test_scripts_are_valid_shell(shell):
     texts += [scripts.render_for_display(s) for s in specs]
     texts += [scripts.preflight_script(scripts.launch_of(specs[0])),
               scripts.launch_script(scripts.launch_of(plan.plan_router(cfg, specs))),
-              scripts.stop_groups_command([1234], 5), scripts.sweep_command("sglang", "ops"),
+              detach.stop_script([detach.Identity(1234, 5, "R")], 5), scripts.sweep_command("sglang", "ops"),
               scripts.sweep_command("vllm", None, spare_router=False),
               scripts.health_command("10.8.0.81", 30000), scripts.ports_free_command([30000, 8998], "10.8.0.81"),
               STDIN_RUNNER,
               scripts.preflight_script(scripts.launch_of(specs[0]), running_ok=True),
-              scripts.stop_groups_command([1234, 5678], 2),
+              detach.stop_script([detach.Identity(1234, None, "R"), detach.Identity(5678, 9, "R")], 2),
               scripts.sweep_command("sglang", None, False, servers=False, run_ids=["R", "S"]),
-              scripts.probe_command([scripts.ProbeTarget("prefill-0-0", 1234, "10.8.0.81", 30000,
+              scripts.probe_command([scripts.ProbeTarget("prefill-0-0", detach.Identity(1234, 5, "R"), "10.8.0.81", 30000,
                                                  "~/.cluster/run/x.log", (30000, 8998),
                                                  fetch_path="/workers")]),
               scripts.tail_command("~/.cluster/run/x.log"), records.records_command("~/run", "10.8.0.81"),
-              sections_script([("a", "echo 1"), ("b", scripts.stop_groups_command([99], 1))])]
+              sections_script([("a", "echo 1"), ("b", detach.stop_script([detach.Identity(99, 1, "R")], 1))])]
     for text in texts:
         result = subprocess.run([shell, "-n"], input=text, text=True, capture_output=True)
         assert result.returncode == 0, (text, result.stderr)
@@ -104,18 +106,18 @@ def test_forward_env_takes_values_from_controller_environment():
 def test_launch_script_order_and_exit_codes():
     cfg = config(env_file="/opt/deepep/unified-env.sh", env={"NCCL_SOCKET_IFNAME": "eth0"})
     spec = plan.plan_deployment(cfg, ["10.8.0.81"], ["10.8.0.82"], run_id="R")[0]
-    lines = scripts.launch_script(scripts.launch_of(spec)).splitlines()
+    lines = scripts.launch_script(scripts.launch_of(spec), doc='{"x": 1}').splitlines()
     first = lambda prefix: next(i for i, line in enumerate(lines) if line.startswith(prefix))  # noqa: E731
-    # env file checked before anything is created; sourced after the checks; start last.
-    assert first("[ -f /opt/deepep/unified-env.sh ]") < first("mkdir -p") < first(". /opt/deepep")
-    assert first(". /opt/deepep") < first("export ") < first("setsid nohup")
+    # run dir and slot first, then the env file check, the record, the env file sourced, the start.
+    assert first("mkdir -p") < first("exec 9>>") < first("[ -f /opt/deepep/unified-env.sh ]")
+    assert first("[ -f /opt/deepep") < first("printf") < first(". /opt/deepep") < first("export ")
+    assert first("export ") < first("setsid nohup")
     check = lines[first("[ -f")]
     assert "exit 3" in check and "env file not found: /opt/deepep/unified-env.sh" in check
     start = lines[first("setsid nohup")]
-    assert start.endswith(f">> {spec.log_path.replace('~', chr(34) + '$HOME' + chr(34))} 2>&1 < /dev/null &")
-    assert lines[-4] == "pid=$!"
-    assert lines[-3] == 'echo "$pid" > "$HOME"/.cluster/run/sglang-prefill-10.8.0.81-30000.pid'
-    assert lines[-1] == 'echo "$pid"'  # the pid is the last line of stdout
+    assert start.endswith(f">> {spec.log_path.replace('~', chr(34) + '$HOME' + chr(34))} 2>&1 < /dev/null 9>&- &")
+    assert "starting" in lines[first("printf")] and '{"x": 1}' in lines[first("printf")]
+    assert lines[-1] == 'echo "DETACHED $pid $start"'  # pid and start time: the last line of stdout
 
 
 # --- health / ports / stop / sweep text -------------------------------------------------------
@@ -153,19 +155,6 @@ def test_ports_free_command_on_this_machine_sees_a_listener(tmp_path):
                                capture_output=True, text=True).stdout
     assert scripts.parse_ports_free(out) == {port: False}
     assert scripts.parse_ports_free(other) == {port: True}  # another loopback address: free there
-
-
-def test_stop_command_refuses_init_and_parses():
-    # (One group: the stop-pd script for one server. It used to be a separate stop_command.)
-    with pytest.raises(InputError):
-        scripts.stop_groups_command([1])
-    text = scripts.stop_groups_command([4242], grace_s=2.5)
-    assert 'kill -TERM -"$g"' in text and 'kill -KILL -"$g"' in text and "-lt 25 ]" in text
-    assert "for g in 4242; do" in text
-    assert scripts.parse_stop_groups("GONE 4242\n") == {4242: scripts.GroupStop(was_running=False)}
-    parsed = scripts.parse_stop_groups("PIDS 4242 10 11 12\nKILL 4242 12\nDONE 4242 kill 31\n")[4242]
-    assert parsed.pids == (10, 11, 12) and parsed.killed == (12,) and parsed.how == "kill"
-    assert parsed.seconds == 31 and parsed.alive == ()
 
 
 def test_sweep_patterns_spare_the_router_unless_stopping_it():
@@ -215,17 +204,24 @@ def test_preflight_restart_mode_reports_the_running_group_and_skips_the_port_che
                  prefill={"port": ports[0]}, bootstrap_port=ports[1])
     spec = plan.plan_deployment(cfg, ["127.0.0.1"], ["127.0.0.2"], run_id="R")[0]
     launch = scripts.launch_of(spec)
-    sleeper = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    sleeper = subprocess.Popen(["sh", "-c", "sleep 30"], start_new_session=True,
+                               env={**os.environ, "CLUSTER_PD_RUN_ID": "R0"})
     try:
-        Path(spec.pid_path).write_text(f"{sleeper.pid}\n")
+        # A pid file of another run of the same slot, naming a live process of that run.
+        other = spec.pid_path.replace("@R.pid", "@R0.pid")
+        Path(other).write_text(f"{sleeper.pid} - R0\n")
         refused = run_local(scripts.preflight_script(launch))
         assert refused.returncode == scripts.EXIT_ALREADY_RUNNING
-        assert f"already running: process group {sleeper.pid}" in refused.stderr
+        assert f"already running: run R0, process group {sleeper.pid}" in refused.stderr
         allowed = run_local(scripts.preflight_script(launch, running_ok=True))
         assert allowed.returncode == 0, allowed.stderr
-        assert allowed.stdout.splitlines() == [f"RUNNING {sleeper.pid}", "ok"]
+        assert allowed.stdout.splitlines() == [f"RUNNING {sleeper.pid} - R0", "ok"]
+        assert detach.parse_running(allowed.stdout) == [detach.Identity(sleeper.pid, None, "R0")]
+        # The same pid recorded with another start time: pid reused, not "running".
+        Path(other).write_text(f"{sleeper.pid} 1 R0\n")
+        assert run_local(scripts.preflight_script(launch)).returncode == 0
     finally:
-        sleeper.kill()
+        os.killpg(sleeper.pid, 9)
         sleeper.wait()
     assert run_local(scripts.preflight_script(launch, running_ok=True)).stdout.splitlines() == ["ok"]
 
@@ -251,14 +247,15 @@ def test_preflight_checks_the_launcher_and_its_python_package(tmp_path):
     assert not list(tmp_path.glob("*.log"))  # a preflight writes nothing
 
 
-def test_stop_groups_terms_all_then_kills_the_stubborn_ones():
+def test_stop_terms_all_then_kills_the_stubborn_ones():
     polite = subprocess.Popen(["sleep", "30"], start_new_session=True)
     stubborn = subprocess.Popen(["sh", "-c", "trap '' TERM; sleep 30 & wait; sleep 30"],
                                 start_new_session=True)
     try:
         time.sleep(0.2)
-        out = run_local(scripts.stop_groups_command([polite.pid, stubborn.pid, 999999], grace_s=0.5))
-        results = scripts.parse_stop_groups(out.stdout)
+        ids = [detach.Identity(p.pid, start_time(p.pid), "R") for p in (polite, stubborn)]
+        out = run_local(detach.stop_script(ids + [detach.Identity(999999, 1, "R")], grace_s=0.5))
+        results = detach.parse_stop(out.stdout)
         assert results[999999].was_running is False
         assert results[polite.pid].how == "term" and results[polite.pid].killed == ()
         assert results[stubborn.pid].how == "kill" and stubborn.pid in results[stubborn.pid].killed
@@ -267,9 +264,11 @@ def test_stop_groups_terms_all_then_kills_the_stubborn_ones():
         for proc in (polite, stubborn):
             proc.kill()
             proc.wait()
-    with pytest.raises(InputError):
-        scripts.stop_groups_command([0])
-    assert scripts.stop_groups_command([]) == "true\n"
+    assert detach.stop_script([]) == "true\n"
+
+
+def start_time(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
 
 
 def test_probe_reports_group_health_ports_and_last_log_line(tmp_path):
@@ -283,15 +282,19 @@ def test_probe_reports_group_health_ports_and_last_log_line(tmp_path):
         port = listener.getsockname()[1]
         sleeper = subprocess.Popen(["sleep", "30"], start_new_session=True)
         try:
-            targets = [scripts.ProbeTarget("a", sleeper.pid, "127.0.0.1", port, str(log), (port,),
+            ident = detach.Identity(sleeper.pid, start_time(sleeper.pid), "R")
+            targets = [scripts.ProbeTarget("a", ident, "127.0.0.1", port, str(log), (port,),
                                        health_path=None),
+                       scripts.ProbeTarget("c", detach.Identity(sleeper.pid, 1, "R"), "127.0.0.1", port,
+                                           str(log), (port,), health_path=None),
                        scripts.ProbeTarget("b", None, "127.0.0.1", port, str(tmp_path / "none.log"))]
             probes = scripts.parse_probe(run_local(scripts.probe_command(targets)).stdout)
         finally:
             sleeper.kill()
             sleeper.wait()
-    a, b = probes["a"], probes["b"]
-    assert a.alive and a.leader_alive and a.members == 1 and a.uptime_s is not None
+    a, b, c = probes["a"], probes["b"], probes["c"]
+    assert a.verdict == "ok" and a.alive and a.leader_alive and a.members == 1 and a.uptime_s is not None
+    assert c.verdict == "reused" and not c.alive and not c.leader_alive  # same pid, other start time
     assert a.listening == (port,) and a.health is None and a.last_log == "last line"
     assert not b.alive and b.last_log is None
     assert b.health == 0  # something listens but does not speak HTTP: no status code
@@ -306,7 +309,7 @@ def test_parse_probe_reads_a_fetched_body():
 def test_run_id_scoped_sweep_spares_processes_of_other_runs(tmp_path):
     if not _can_unshare_pid():
         pytest.skip("needs `unshare --pid` (root): even a scoped sweep only runs isolated here")
-    mine, theirs = tmp_path / "s-RUN1.log", tmp_path / "s-RUN2.log"
+    mine, theirs = tmp_path / "s@RUN1.log", tmp_path / "s@RUN2.log"
     # (The sweep's own shell variables would clobber short names like $a: use long ones.)
     script = f"""
 set -e
@@ -350,3 +353,11 @@ def test_sweep_of_a_router_only_host_matches_router_processes_only():
     assert re.search(pattern, "python3 -m sglang_router.launch_router --pd-disaggregation")
     assert not re.search(pattern, "sglang::scheduler_TP0")
     assert not re.search(pattern, "python3 -m sglang.launch_server --port 30000")
+
+
+def test_preflight_fails_when_the_run_dir_cannot_be_created(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    spec = plan.plan_deployment(config(run_dir=str(blocker / "run")), ["127.0.0.1"], ["127.0.0.2"], run_id="R")[0]
+    result = run_local(scripts.preflight_script(scripts.launch_of(spec)))
+    assert result.returncode == scripts.EXIT_RUN_DIR and "cannot create run dir" in result.stderr

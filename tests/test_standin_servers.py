@@ -22,6 +22,7 @@ from typing import Any, Callable
 import pytest
 from helpers import http
 
+from cluster import detach
 from cluster.serving import plan, scripts
 from cluster.serving.config import parse_serving
 from cluster.testing import standin_server as standin
@@ -164,30 +165,36 @@ def test_sigterm_to_group_leaves_stubborn_child_until_sigkill(groups, tmp_path):
     wait_for(lambda: not group_members(proc.pid), what="group gone after SIGKILL")
 
 
-def stopped_group(pgid: int, grace_s: float) -> scripts.GroupStop:
+def identity_of(pid: int, run_id: str = "T0") -> detach.Identity:
+    start = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    return detach.Identity(pid, start, run_id)
+
+
+def stopped_group(ident: detach.Identity, grace_s: float) -> detach.GroupStop:
     """Stop one process group with the stop-pd script; what it did."""
-    return scripts.parse_stop_groups(run_sh(scripts.stop_groups_command([pgid], grace_s)).stdout)[pgid]
+    return detach.parse_stop(run_sh(detach.stop_script([ident], grace_s)).stdout)[ident.pgid]
 
 
 def test_stop_command_escalates_to_sigkill_and_reports(groups, tmp_path):
     proc, port, _ = start_sglang(groups, tmp_path, "--tp-size", "2", STANDIN_STUBBORN="1")
     wait_for(lambda: http("GET", f"http://{HOST}:{port}/health")[0] == 200, what="ready")
     before = set(group_members(proc.pid))
-    result = run_sh(scripts.stop_groups_command([proc.pid], grace_s=0.5))
-    stopped = scripts.parse_stop_groups(result.stdout)[proc.pid]
+    ident = identity_of(proc.pid)
+    result = run_sh(detach.stop_script([ident], grace_s=0.5))
+    stopped = detach.parse_stop(result.stdout)[proc.pid]
     assert result.returncode == 0, result.stderr
     assert stopped.was_running and set(stopped.pids) == before
     assert stopped.how == "kill" and len(stopped.killed) == 3  # 2 schedulers + detokenizer
     assert not group_members(proc.pid)
     free = scripts.parse_ports_free(run_sh(scripts.ports_free_command([port], HOST)).stdout)
     assert free == {port: True}
-    assert stopped_group(proc.pid, 0.5).was_running is False
+    assert stopped_group(ident, 0.5).was_running is False
 
 
 def test_stop_command_graceful_when_nothing_is_stubborn(groups, tmp_path):
     proc, port, _ = start_sglang(groups, tmp_path, STANDIN_STUBBORN="0")
     wait_for(lambda: http("GET", f"http://{HOST}:{port}/health")[0] == 200, what="ready")
-    stopped = stopped_group(proc.pid, 10)
+    stopped = stopped_group(identity_of(proc.pid), 10)
     assert stopped.how == "term" and stopped.killed == () and stopped.seconds is not None
     assert stopped.seconds < 10
 
@@ -322,7 +329,7 @@ def local_config(tmp_path: Path, **doc: Any):
 def launch(groups: Groups, launch_obj: scripts.Launch, env: dict[str, str] | None = None) -> int:
     result = run_sh(scripts.launch_script(launch_obj), env)
     assert result.returncode == 0, result.stderr
-    pid = int(result.stdout.strip().splitlines()[-1])
+    pid, _ = detach.parse_launch(result.stdout)
     groups.add(pid)
     return pid
 
@@ -334,7 +341,8 @@ def test_launch_script_starts_in_own_session_and_refuses_a_second_start(groups, 
     launched = scripts.launch_of(prefill)
     pid = launch(groups, launched)
     assert os.getpgid(pid) == pid and os.getsid(pid) == pid  # setsid: PGID = PID
-    assert Path(prefill.pid_path).read_text().strip() == str(pid)
+    ident = detach.parse_pid_file(Path(prefill.pid_path).read_text())
+    assert ident == identity_of(pid, "T1")  # pid, start time, run id
     code = wait_for(lambda: scripts.parse_health(run_sh(scripts.health_command(HOST, prefill.port)).stdout) == 200,
                     what="health 200 via health_command")
     assert code
@@ -342,11 +350,14 @@ def test_launch_script_starts_in_own_session_and_refuses_a_second_start(groups, 
     again = run_sh(scripts.launch_script(launched))
     assert again.returncode == scripts.EXIT_ALREADY_RUNNING and "already running" in again.stderr
     assert run_sh(scripts.preflight_script(launched)).returncode == scripts.EXIT_ALREADY_RUNNING
-    # Same ports, another pid file (as if launched from elsewhere): the port check catches it.
-    other = scripts.Launch(**{**launched.__dict__, "pid_path": str(tmp_path / "other.pid")})
+    # Another run of the same slot: refused, naming the running one.
+    rerun = run_sh(scripts.launch_script(scripts.Launch(**{**launched.__dict__, "run_id": "T9"})))
+    assert rerun.returncode == scripts.EXIT_ALREADY_RUNNING and "run T1" in rerun.stderr
+    # Same ports, another slot (as if launched from elsewhere): the port check catches it.
+    other = scripts.Launch(**{**launched.__dict__, "name": "elsewhere"})
     busy = run_sh(scripts.launch_script(other))
     assert busy.returncode == scripts.EXIT_PORT_BUSY and str(prefill.port) in busy.stderr
-    stopped = stopped_group(pid, 0.5)
+    stopped = stopped_group(ident, 0.5)
     assert stopped.was_running and not group_members(pid)
     assert run_sh(scripts.preflight_script(launched)).returncode == 0  # stale pid file is not "running"
 
@@ -358,7 +369,7 @@ def test_launch_script_fails_early_on_missing_env_file(groups, tmp_path):
     result = run_sh(scripts.launch_script(scripts.launch_of(prefill)))
     assert result.returncode == scripts.EXIT_ENV_FILE_MISSING
     assert f"env file not found: {tmp_path / 'nope.sh'}" in result.stderr
-    assert not (tmp_path / "run").exists()  # nothing created, nothing started
+    assert not list((tmp_path / "run").glob("*@*"))  # no record, nothing started
 
 
 def test_launch_script_sources_env_file_and_reports_missing_launcher(groups, tmp_path):
@@ -386,7 +397,7 @@ def test_vllm_standin_binds_late_holds_side_channel_and_answers_prefill(groups, 
     health = scripts.health_command(HOST, prefill.port)
     assert scripts.parse_health(run_sh(health).stdout) == 0  # vLLM binds after loading: 000
     wait_for(lambda: scripts.parse_health(run_sh(health).stdout) == 200, what="vllm ready")
-    titles = sorted(c.split()[0] for p, c in group_members(pid).items() if p != pid)
+    titles = sorted(c.split()[0] for c in group_members(pid).values() if c.startswith("VLLM::"))
     assert titles == ["VLLM::EngineCore", "VLLM::Worker_TP0", "VLLM::Worker_TP1"]
     side = prefill.side_channel_port
     assert scripts.parse_ports_free(run_sh(scripts.ports_free_command([side], HOST)).stdout) == {side: False}

@@ -80,6 +80,20 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def duration(value: float | int | None) -> str:
+    """Seconds for a table cell: ``12.3 s`` below two minutes, then ``4m05s``, then ``3h07m``."""
+    if value is None:
+        return "—"
+    value = float(value)
+    if value < 120:
+        return f"{value:.1f} s"
+    minutes, secs = divmod(int(value), 60)
+    if minutes < 120:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
 def counted(count: int, noun: str, plural: str | None = None) -> str:
     """``1 host``, ``3 hosts`` (``noun`` is the singular; ``plural`` when not noun + s)."""
     return f"{count} {noun if count == 1 else plural or noun + 's'}"

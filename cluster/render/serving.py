@@ -21,6 +21,7 @@ from ..result import Outcome, Report
 from ..serving.records import ServerRecord
 from ..serving.start import RestartResult, StartResult
 from ..serving.stop import HostStop
+from .core import duration as _seconds
 from .core import failure_text, host_table
 from .fold import EXPANDED_VIEW, FAILED, OK, WARN, BaseView, ViewOptions, host_name, to_cell, view_table
 from .table import Cell, Column, host_column
@@ -38,19 +39,6 @@ def _status_text(status: str, outcome: Outcome | None = None) -> Text:
         return Text(outcome.error.kind if generic else status, style="bold red")
     style = "green" if status in GOOD else "yellow" if status in BUSY else "dim" if status in QUIET else "red"
     return Text(status, style=style)
-
-
-def _seconds(value: float | int | None) -> str:
-    if value is None:
-        return "—"
-    value = float(value)
-    if value < 120:
-        return f"{value:.1f} s"
-    minutes, secs = divmod(int(value), 60)
-    if minutes < 120:
-        return f"{minutes}m{secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
 
 
 def _role(row: ServerRecord | None) -> str:
@@ -114,8 +102,11 @@ def start_notes(result: StartResult) -> list[str]:
     if result.stage == "preflight":
         notes.append("Nothing was started on any host.")
     elif result.stage in ("launch", "wait", "router"):
-        notes.append("The servers that started are left running: inspect them with "
-                     "`inv pd-status` / `inv logs`, stop them with `inv stop-pd`.")
+        if any(o.data.pid for o in result.report if o.data is not None):
+            notes.append("The servers that started are left running: inspect them with "
+                         "`inv pd-status` / `inv logs`, stop them with `inv stop-pd`.")
+        else:
+            notes.append("No server started.")
     dirs = sorted({str(PurePosixPath(o.data.log_path).parent) for o in result.report if o.data.log_path})
     if dirs and result.stage != "preflight":
         notes.append(f"Logs (and pid files) on each host in {', '.join(dirs)}")
@@ -222,6 +213,8 @@ def stop_row(outcome: Outcome) -> list[Any]:
     stopped = ", ".join(stop.servers) or "nothing recorded"
     if stop.servers and not stop.stopped_pids:
         stopped += " (not running)"
+    if stop.pid_reused:
+        stopped += f" (pid {_pids(stop.pid_reused)} reused by another process: not signalled)"
     notes = failure_text(outcome)
     if how:
         notes = Text(how + (f" in {stop.seconds} s" if stop.seconds is not None else ""), style="dim") \

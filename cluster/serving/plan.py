@@ -11,6 +11,7 @@ engine (argv, env, ports) is asked of the spec's engine (:mod:`.engines`).
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import re
@@ -20,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
+from .. import detach
 from ..errors import InputError
 from ..hosts import LOCAL, Host, parse_hosts
 from . import engines
@@ -52,10 +54,17 @@ def http_url(host: str, port: int, path: str = "") -> str:
 
 
 class RunFiles:
-    """Per-process files in the run dir, named after ``name`` (host and port in it: NFS homes)."""
+    """Per-process files in the run dir (:mod:`cluster.detach`): ``<name>@<run_id>.json``
+    (the record), ``.pid``, ``.exit``, ``.log``; ``<name>`` carries engine, role, host and
+    port (NFS homes: two hosts never write one file), the run id keeps runs apart."""
 
     run_dir: str
     run_id: str
+    deployment: str
+
+    @property
+    def base_path(self) -> str:
+        return detach.base_path(self.run_dir, self.name, self.run_id)
 
     @property
     def name(self) -> str:
@@ -65,16 +74,22 @@ class RunFiles:
     @property
     def log_path(self) -> str:
         """Per-launch log (run id in the name: an old "ready" line never matches)."""
-        return f"{trim_dir(self.run_dir)}/{self.name}-{self.run_id}.log"
+        return self.base_path + ".log"
 
     @property
     def pid_path(self) -> str:
-        return f"{trim_dir(self.run_dir)}/{self.name}.pid"
+        return self.base_path + ".pid"
 
     @property
     def record_path(self) -> str:
         """The per-host record of this process (JSON, see :mod:`.records`)."""
-        return f"{trim_dir(self.run_dir)}/{self.name}.json"
+        return self.base_path + ".json"
+
+    @property
+    def uid(self) -> str:
+        """Unique across deployments, engines and runs (probe keys): never mixes two
+        processes that share a host."""
+        return f"{safe_name(self.deployment)}.{self.engine}.{self.run_id}.{self.key}"  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -108,6 +123,7 @@ class ServerSpec(RunFiles):
     run_id: str = ""
     side_channel_port: int | None = None
     secret_env: tuple[str, ...] = ()
+    deployment: str = DEFAULT_DEPLOYMENT
 
     @property
     def is_api(self) -> bool:
@@ -170,6 +186,7 @@ class RouterSpec(RunFiles):
     env_file: str | None = None
     run_dir: str = DEFAULT_RUN_DIR
     run_id: str = ""
+    deployment: str = DEFAULT_DEPLOYMENT
 
     # What every process of a deployment has (see ServerSpec), constant for the router.
     role: ClassVar[str] = ROUTER
@@ -245,11 +262,15 @@ def plan_start(config: ServingConfig, prefill: Sequence[str | Host], decode: Seq
     ``environ`` supplies the values of ``serving.forward_env`` (default: this process's
     environment).
     """
-    servers = plan_deployment(config, prefill, decode, run_id=run_id,
-                              environ=os.environ if environ is None else environ)
+    name = deployment or DEFAULT_DEPLOYMENT
+    if safe_name(name) != name:
+        raise InputError(f"deployment name {name!r}: use letters, digits, '.', '_' and '-'")
+    servers = [dataclasses.replace(s, deployment=name) for s in plan_deployment(
+        config, prefill, decode, run_id=run_id, environ=os.environ if environ is None else environ)]
     router_spec = plan_router(config, servers, host=router)
-    return StartPlan(config, tuple(servers), router_spec, servers[0].run_id,
-                     deployment or DEFAULT_DEPLOYMENT)
+    if router_spec is not None:
+        router_spec = dataclasses.replace(router_spec, deployment=name)
+    return StartPlan(config, tuple(servers), router_spec, servers[0].run_id, name)
 
 
 def plan_deployment(

@@ -7,9 +7,12 @@ It holds the process's spec (what was planned, secret values left out) and what
 happened to it (pid, times, observed state).
 
 The manifest lives on the controller at ``$CLUSTER_STATE_DIR/<name>.json``, else
-``~/.cluster/deployments/<name>.json``, written atomically; the per-host records are
-``<run_dir>/<engine>-<role>-<address>-<port>.json`` on each server's host, so stop-pd
-and pd-status also work from a host list alone (:func:`records_on_hosts`).
+``~/.cluster/deployments/<name>.json``: written atomically (temp file, fsync, rename),
+0600 in a 0700 directory, before the first launch and again as processes come up. The
+per-host records are ``<run_dir>/<engine>-<role>-<address>-<port>@<run_id>.json`` on each
+process's host, written by the launch itself before the process starts
+(:mod:`cluster.detach`), so stop-pd and pd-status also work from a host list alone
+(:func:`records_on_hosts`), and find what an interrupted start-pd launched.
 """
 
 from __future__ import annotations
@@ -17,23 +20,27 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
+import tempfile
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .. import shell
+from .. import detach, shell
 from ..errors import InputError
 from ..hosts import Host, parse_hosts
 from ..logs import LogSource
 from ..result import Failure, Report
-from .plan import DEFAULT_DEPLOYMENT, ProcessSpec, RouterSpec, ServerSpec, safe_name, trim_dir
+from .plan import DEFAULT_DEPLOYMENT, RUN_ID_ENV, ProcessSpec, RouterSpec, ServerSpec, safe_name, trim_dir
 from .scripts import display_command
 
 if TYPE_CHECKING:
     from ..ssh import Engine, HostSession
 
 MANIFEST_VERSION = 2
+_WORD = re.compile(r"^[A-Za-z0-9._-]+$")
 DEFAULT_STATE_DIR = "~/.cluster/deployments"
 STATE_DIR_ENV = "CLUSTER_STATE_DIR"
 
@@ -41,11 +48,19 @@ STATE_DIR_ENV = "CLUSTER_STATE_DIR"
 PLANNED, NOT_STARTED, STARTING, LOADING, READY, RUNNING = (
     "planned", "not started", "starting", "loading", "ready", "running")
 STARTED, FAILED, DRY_RUN, STOPPED, HEALTHY = "started", "failed", "dry-run", "stopped", "healthy"
+# A recorded process group id that now belongs to another process: nothing is signalled.
+PID_REUSED = "gone (pid reused)"
+# A per-host record of a process that is gone, not the recorded deployment's current one.
+STALE = "stale"
 
 
 def public_spec(spec: ProcessSpec) -> ProcessSpec:
-    """``spec`` without the values of its secret variables (None in their place): what
-    records, manifests and JSON hold."""
+    """``spec`` without the values of its secret variables (None in their place) and of
+    secret options in its extra args (``--api-key ***``): what records, manifests and
+    JSON hold."""
+    masked = tuple(shell.mask_argv(spec.extra_args))
+    if masked != spec.extra_args:
+        spec = dataclasses.replace(spec, extra_args=masked)
     if isinstance(spec, RouterSpec) or not spec.env:
         return spec
     env = tuple((name, None if _is_secret(spec, name) else value) for name, value in spec.env)
@@ -61,12 +76,16 @@ class ServerRecord:
     """One process of a deployment: its spec, its pid and times, and what was observed.
 
     ``status`` and the fields after it are filled by start-pd's polls and pd-status
-    (not written to the manifest); ``pgid`` = ``pid`` (every launch is ``setsid``).
+    (not written to the manifest); ``pgid`` = ``pid`` (every launch is ``setsid``);
+    ``start`` = the leader's start time (``/proc/PID/stat``): with the run id, the
+    process's identity (:class:`cluster.detach.Identity`). ``on_host``: where a record
+    read from a host came from and its state there (``running``, ``exited``...).
     """
 
     spec: ProcessSpec
     pid: int | None = None
     pgid: int | None = None
+    start: int | None = None
     started_at: float | None = None
     stopped_at: float | None = None
     status: str = PLANNED
@@ -79,6 +98,7 @@ class ServerRecord:
     uptime_s: int | None = None
     last_log: str | None = None
     workers: list[dict[str, Any]] | None = None   # router: GET /workers
+    on_host: str | None = None                     # a record read from its host: its state there
 
     def __post_init__(self) -> None:
         self.spec = public_spec(self.spec)
@@ -97,6 +117,22 @@ class ServerRecord:
     @property
     def key(self) -> str:
         return self.spec.key
+
+    @property
+    def uid(self) -> str:
+        """Deployment, engine, run id and key: never the same for two processes."""
+        return self.spec.uid
+
+    @property
+    def deployment(self) -> str:
+        return self.spec.deployment
+
+    @property
+    def identity(self) -> detach.Identity | None:
+        """Who its process is (None: it never got a pid)."""
+        if not self.pid or self.pid <= 1 or not _WORD.match(self.run_id or ""):
+            return None
+        return detach.Identity(int(self.pgid or self.pid), self.start, self.run_id)
 
     @property
     def host(self) -> str:
@@ -165,9 +201,10 @@ class ServerRecord:
         """The command line it runs with, secrets masked."""
         return display_command(self.spec)
 
-    def launched(self, pid: int, at: float) -> None:
-        """Record a fresh start (pid = process group)."""
+    def launched(self, pid: int, start: int | None, at: float) -> None:
+        """Record a fresh start (pid = process group, start = its start time)."""
         self.pid = self.pgid = pid
+        self.start = start
         self.started_at, self.stopped_at = at, None
 
     # -- JSON: the row shown by --json, and the record written to disk
@@ -175,7 +212,8 @@ class ServerRecord:
         """The row of start-pd / pd-status ``--json`` (``address`` = where it answers)."""
         return {
             "role": self.role, "address": self.host, "target": self.target, "port": self.port,
-            "key": self.key, "engine": self.engine, "node_rank": self.node_rank,
+            "key": self.key, "engine": self.engine, "deployment": self.deployment,
+            "node_rank": self.node_rank,
             "server_index": self.server_index, "nnodes": self.nnodes, "is_api": self.is_api,
             "run_id": self.run_id, "pid": self.pid, "status": self.status,
             "ready_after_s": self.ready_after_s, "log_path": self.log_path,
@@ -189,8 +227,8 @@ class ServerRecord:
         """What is written to the manifest and the per-host record (no secret values)."""
         spec = dataclasses.asdict(self.spec)
         spec["kind"] = "router" if self.is_router else "server"
-        return {"spec": spec, "pid": self.pid, "pgid": self.pgid, "started_at": self.started_at,
-                "stopped_at": self.stopped_at, "command": self.command}
+        return {"spec": spec, "pid": self.pid, "pgid": self.pgid, "start": self.start,
+                "started_at": self.started_at, "stopped_at": self.stopped_at, "command": self.command}
 
     @classmethod
     def from_doc(cls, doc: Mapping[str, Any]) -> ServerRecord:
@@ -224,6 +262,12 @@ def _from_version_1(doc: Mapping[str, Any]) -> ServerRecord:
                           node_rank=doc["node_rank"], nnodes=doc["nnodes"], bootstrap_port=bootstrap,
                           dist_init_port=extra[0] if extra else 5000, **common)
     return ServerRecord(spec, **_fields(ServerRecord, doc, exclude=("spec",)))
+
+
+def _list(value: Any) -> list[Any]:
+    if not isinstance(value, list):
+        raise TypeError("servers must be a list")
+    return value
 
 
 def _fields(cls: type, doc: Mapping[str, Any], exclude: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -278,18 +322,25 @@ class Manifest:
         if not isinstance(doc, Mapping):
             raise InputError("deployment manifest: expected a JSON object")
         try:
-            servers = [ServerRecord.from_doc(s) for s in doc.get("servers", [])]
+            servers = [ServerRecord.from_doc(s) for s in _list(doc.get("servers", []))]
             router = ServerRecord.from_doc(doc["router"]) if doc.get("router") else None
             top = _fields(cls, doc, exclude=("servers", "router"))
-            return cls(servers=servers, router=router, **top)
-        except (TypeError, KeyError, ValueError) as exc:
+            manifest = cls(servers=servers, router=router, **top)
+            if not isinstance(manifest.name, str) or not isinstance(manifest.run_id, str):
+                raise TypeError("name and run_id must be strings")
+            for record in manifest.records:
+                # Written before specs named their deployment: they are this manifest's.
+                if record.spec.deployment != manifest.name:
+                    record.spec = dataclasses.replace(record.spec, deployment=manifest.name)
+            return manifest
+        except (TypeError, KeyError, ValueError, AttributeError) as exc:
             raise InputError(f"deployment manifest: malformed ({exc})") from None
 
     @classmethod
     def loads(cls, text: str) -> Manifest:
         try:
             return cls.from_json(json.loads(text))
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, RecursionError) as exc:
             raise InputError(f"deployment manifest: not JSON ({exc})") from None
 
 
@@ -313,25 +364,109 @@ def manifest_file(name: str | None = None) -> Path:
 
 
 def load_manifest(name: str | None = None) -> Manifest | None:
-    """The recorded deployment ``name``, or None when there is none."""
+    """The recorded deployment ``name``, or None when there is none. `InputError` naming
+    the file when it cannot be read or is not a manifest (any content: never a traceback)."""
     path = manifest_file(name)
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
         return None
+    except UnicodeDecodeError:
+        raise InputError(f"the deployment manifest {path} is corrupt (not UTF-8 text): "
+                         "move it away; stop-pd -H HOSTS still works from the hosts' records") from None
     except OSError as exc:
         raise InputError(f"cannot read the deployment manifest {path}: {exc.strerror}") from None
-    return Manifest.loads(text)
+    try:
+        return Manifest.loads(text)
+    except InputError as exc:
+        raise InputError(f"the deployment manifest {path} is corrupt ({str(exc).split(': ', 1)[-1]}): "
+                         "move it away; stop-pd -H HOSTS still works from the hosts' records") from None
+
+
+def state_dir() -> Path:
+    """The controller's directory of manifests and locks (``$CLUSTER_STATE_DIR``, else
+    ``~/.cluster/deployments``)."""
+    return manifest_file().parent
+
+
+def ensure_state_dir() -> Path:
+    """The state dir, created 0700, proven writable (create + fsync + rename a probe file):
+    `InputError` naming it otherwise — checked before anything is launched."""
+    base = state_dir()
+    try:
+        base.mkdir(mode=0o700, parents=True, exist_ok=True)
+        probe = base / f".probe.{os.getpid()}"
+        _write_private(probe, "probe\n")
+        probe.replace(base / f".probe.{os.getpid()}.done")
+        (base / f".probe.{os.getpid()}.done").unlink()
+    except OSError as exc:
+        raise InputError(f"the state dir {base} is not writable ({exc.strerror or exc}): nothing was "
+                         f"started; fix its permissions or set {STATE_DIR_ENV}") from None
+    return base
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` (0600) and fsync it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def save_manifest(manifest: Manifest) -> Path:
-    """Write the manifest atomically (temp file + rename); returns its path."""
+    """Write the manifest atomically (temp file, fsync, rename; 0600 in a 0700 dir)."""
     path = manifest_file(manifest.name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(manifest.dumps() + "\n")
-    os.replace(tmp, path)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # 0600
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(manifest.dumps() + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
+
+
+@dataclass
+class DeploymentLock:
+    """The controller-side lock of one deployment name: ``flock`` on
+    ``<state dir>/<name>.lock``, held by start-pd / restart-pd from before the first
+    launch to the end. ``holder``: who holds it when :meth:`acquire` failed (pid, run id)."""
+
+    name: str
+    run_id: str
+    holder: str = ""
+    _fd: int | None = None
+
+    @property
+    def path(self) -> Path:
+        return state_dir() / f"{safe_name(self.name)}.lock"
+
+    def acquire(self) -> bool:
+        """Take the lock without waiting; False (``holder`` set) when another process has it."""
+        import fcntl
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another start-pd"
+            os.close(fd)
+            return False
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"start-pd pid {os.getpid()}, run {self.run_id}, since "
+                      f"{time.strftime('%H:%M:%S')}\n".encode(), 0)
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock; the file stays (no unlink race)
+            self._fd = None
 
 
 def host_of(target: str) -> Host:
@@ -345,32 +480,35 @@ def host_of(target: str) -> Host:
 # --------------------------------------------------------------------------- per-host records
 
 
-def record_write_command(record: ServerRecord) -> str:
-    """Shell text that writes ``record`` as JSON to its ``record_path`` on its host."""
-    return shell.write_file(record.record_path, json.dumps(record.to_doc(), sort_keys=True))
+def record_doc(record: ServerRecord) -> str:
+    """The JSON kept in the per-host record (no secret values): written by the launch."""
+    return json.dumps(record.to_doc(), sort_keys=True)
 
 
 def records_command(run_dir: str, host: str) -> str:
-    """Shell text printing every server record of ``host`` in ``run_dir`` (one JSON per
-    line). File names carry the host address, so on a shared (NFS) run dir each host
-    only reads its own."""
+    """Shell text listing every record of ``host`` in ``run_dir`` with its process's
+    verified state (:func:`cluster.detach.status_script`). File names carry the host
+    address, so on a shared (NFS) run dir each host only reads its own."""
     # safe_name() leaves only [A-Za-z0-9._-]: the glob needs no quoting (and must not have any).
-    pattern = f"*-{safe_name(host)}-[0-9]*.json"
-    return (f"for f in {shell.path(run_dir)}/{pattern}; do "
-            '[ -f "$f" ] && { tr -d "\\n" < "$f"; echo; }; done; true')
+    return detach.status_script(run_dir, f"*-{safe_name(host)}-[0-9]*", RUN_ID_ENV)
 
 
 def parse_records(stdout: str) -> list[ServerRecord]:
-    """ServerRecords from :func:`records_command` output (unreadable lines skipped)."""
+    """ServerRecords from :func:`records_command` output (unreadable ones skipped): the
+    identity from the pid file, ``on_host`` = the state found there."""
     records = []
-    for line in stdout.splitlines():
-        line = line.strip()
-        if not line.startswith("{"):
-            continue
+    for found in detach.parse_status(stdout):
         try:
-            records.append(ServerRecord.from_doc(json.loads(line)))
-        except (ValueError, TypeError):
+            doc = json.loads(found.record)
+            record = ServerRecord.from_doc(doc["doc"])
+        except (ValueError, TypeError, KeyError, AttributeError):
             continue
+        ident = found.identity
+        if ident is not None and ident.run_id == record.run_id:
+            record.pid = record.pgid = ident.pgid
+            record.start = ident.start
+        record.on_host = found.state
+        records.append(record)
     return records
 
 
@@ -402,9 +540,36 @@ def records_on_hosts(engine: Engine, manifest: Manifest | None, hosts: Sequence[
             if outcome.error is not None:
                 failures[outcome.host] = outcome.error
                 continue
-            known = {(r.record_path, r.pid) for r in records}
-            records += [r for r in outcome.data if (r.record_path, r.pid) not in known]
+            known = {r.uid: r for r in records}
+            for found in outcome.data:
+                mine = known.get(found.uid)
+                if mine is None:
+                    records.append(found)
+                elif not mine.pid and found.pid:  # an interrupted start: the host knows the pid
+                    mine.launched(int(found.pid), found.start, mine.started_at or 0.0)
     return records, failures
+
+
+def fill_identities(engine: Engine, records: Sequence[ServerRecord], fanout: int | None = None) -> None:
+    """Records without a pid (start-pd interrupted before the launch answered): take pid
+    and start time from the host's pid file of that run, when there is one."""
+    missing = [r for r in records if not r.pid]
+    if not missing:
+        return
+    by_host: dict[Host, list[ServerRecord]] = {}
+    for record in missing:
+        by_host.setdefault(record.ssh_host, []).append(record)
+    work = {h: [(f"r{i}", detach.status_script(r.spec.run_dir, r.spec.name, RUN_ID_ENV))
+                for i, r in enumerate(rs)] for h, rs in by_host.items()}
+    for outcome in shell.run_sections(engine, work, shell.STEP_TIMEOUT_S, fanout):
+        if outcome.error is not None:
+            continue
+        for i, record in enumerate(by_host[outcome.host]):
+            section = outcome.data.get(f"r{i}")
+            found = {r.uid: r for r in parse_records(section.output)} if section else {}
+            twin = found.get(record.uid)
+            if twin is not None and twin.pid:
+                record.launched(int(twin.pid), twin.start, record.started_at or time.time())
 
 
 # --------------------------------------------------------------------------- log files

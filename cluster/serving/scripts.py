@@ -1,11 +1,13 @@
 """The shell text PD serving runs on hosts, and the parsers of its output. Pure.
 
-* launch (:func:`launch_script`): start one planned process in its own session, print
-  its pid; the same checks without the start (:func:`preflight_script`); the masked form
-  ``--dry-run`` prints (:func:`render_for_display`). Exit codes: ``EXIT_*``.
-* probe (:func:`probe_command` / :func:`parse_probe`): per process, group members, leader,
-  uptime, ``/health`` from the host itself, listening ports, last log line, a body.
-* stop (:func:`stop_groups_command`) and sweep (:func:`sweep_command`), each with a parser.
+* launch (:func:`launch_script`): start one planned process detached, record first
+  (:mod:`cluster.detach`: identity, records, locks); the same checks without the start
+  (:func:`preflight_script`); the masked form ``--dry-run`` prints
+  (:func:`render_for_display`). Exit codes: ``EXIT_*``.
+* probe (:func:`probe_command` / :func:`parse_probe`): per process, its identity verified,
+  group members, leader, uptime, ``/health`` from the host itself, listening ports, last
+  log line, a body.
+* sweep (:func:`sweep_command`) with its parser (stopping groups: :func:`cluster.detach.stop_script`).
 * small ones: health, free ports, log tail, a call to the router's HTTP API.
 
 Everything a host runs goes through :mod:`cluster.shell` (quoting, masking, framing) and
@@ -22,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .. import shell
+from .. import detach, shell
 from ..errors import InputError
 from ..hosts import LOCAL
 from . import engines
@@ -30,15 +32,16 @@ from .engines.base import HttpCall
 from .plan import RUN_ID_ENV, ProcessSpec, RouterSpec, http_url
 
 # Exit codes of launch_script (and preflight_script). 1 and 2 are left to the shell
-# and to tools; 126/127 mean "cannot execute" / "not found" as usual.
+# and to tools; 126/127 mean "cannot execute" / "not found" as usual. 4 and 5 are the
+# launch discipline's (cluster.detach).
 EXIT_ENV_FILE_MISSING = 3
-EXIT_RUN_DIR = 4
-EXIT_ALREADY_RUNNING = 5
+EXIT_RUN_DIR = detach.EXIT_RUN_DIR
+EXIT_ALREADY_RUNNING = detach.EXIT_ALREADY_RUNNING
 EXIT_PORT_BUSY = 6
 EXIT_LAUNCHER_MISSING = 7
 EXIT_MESSAGES = {
+    **detach.EXIT_MESSAGES,
     EXIT_ENV_FILE_MISSING: "env file not found",
-    EXIT_RUN_DIR: "cannot create the run directory",
     EXIT_ALREADY_RUNNING: "a server is already running there",
     EXIT_PORT_BUSY: "a port it needs is already in use",
     EXIT_LAUNCHER_MISSING: "the launcher (python/vllm/router) is not on PATH",
@@ -52,18 +55,35 @@ _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 @dataclass(frozen=True)
 class Launch:
-    """A process to start in its own session: the data behind :func:`launch_script`."""
+    """A process to start in its own session: the data behind :func:`launch_script`.
+    ``name`` is its slot in the run dir (:mod:`cluster.detach`)."""
 
     name: str
+    run_id: str
     argv: tuple[str, ...]
     env: tuple[tuple[str, str], ...]
     env_file: str | None
     run_dir: str
-    log_path: str
-    pid_path: str
     bind_host: str
     ports: tuple[int, ...]
     secret_env: tuple[str, ...] = ()
+
+    @property
+    def job(self) -> detach.Job:
+        # exec'd: the server's own command line in ps (inv kill patterns match it once)
+        return detach.Job(self.run_dir, self.name, self.run_id, self.argv, RUN_ID_ENV, exit_code=False)
+
+    @property
+    def log_path(self) -> str:
+        return self.job.log
+
+    @property
+    def pid_path(self) -> str:
+        return self.job.pid_path
+
+    @property
+    def record_path(self) -> str:
+        return self.job.record_path
 
 
 def server_env(spec: ProcessSpec) -> list[tuple[str, str]]:
@@ -89,10 +109,9 @@ def launch_of(spec: ProcessSpec) -> Launch:
     else:
         argv, bind = engine.server_argv(spec), spec.host
     return Launch(
-        name=spec.name, argv=tuple(argv),
-        env=tuple(server_env(spec)) + ((RUN_ID_ENV, spec.run_id),),
-        env_file=spec.env_file, run_dir=spec.run_dir, log_path=spec.log_path,
-        pid_path=spec.pid_path, bind_host=bind, ports=spec.ports, secret_env=spec.secret_env,
+        name=spec.name, run_id=spec.run_id, argv=tuple(argv), env=tuple(server_env(spec)),
+        env_file=spec.env_file, run_dir=spec.run_dir, bind_host=bind, ports=spec.ports,
+        secret_env=spec.secret_env,
     )
 
 
@@ -111,22 +130,23 @@ def _public_launch(spec: ProcessSpec) -> Launch:
     return launch_of(dataclasses.replace(spec, env=filled))
 
 
-def launch_script(launch: Launch, *, refuse_running: bool = True, check_ports: bool = True) -> str:
-    """POSIX shell text that starts ``launch`` in its own session and prints its pid.
+def launch_script(launch: Launch, *, doc: str = "null", refuse_running: bool = True,
+                  check_ports: bool = True) -> str:
+    """POSIX shell text that starts ``launch`` detached (:func:`cluster.detach.launch_lines`)
+    and prints ``DETACHED PID START`` last.
 
     Steps, each failing with a documented exit code and a one-line message on stderr:
-    env file present (3), run dir created (4), no live process group from the pid
-    file (5), ports free on the bind address (6); then source the env file (its
-    output goes to the log), export the env, check the launcher is on PATH (7), and
-    ``setsid nohup ARGV >> LOG 2>&1 < /dev/null &`` — PGID = PID, so stop can kill
-    the whole group; it waits (at most 1 s) until the new process leads its group.
-    Prints the pid as the last line of stdout.
+    run dir created (4), slot lock and no verified-live server in the slot (5), env file
+    present (3), ports free on the bind address (6); the per-host record (``doc``) written
+    with state ``starting``; then source the env file (its output goes to the log), export
+    the env, check the launcher is on PATH (7), and start it ``setsid`` (PGID = PID) with
+    the run id marker (``CLUSTER_PD_RUN_ID``); the pid file and the record get the pid.
     Contains secrets in clear: run it (on stdin, :func:`cluster.shell.run_script`), never print it.
     """
-    return "\n".join(_launch_lines(launch, refuse_running, check_ports, mask=False)) + "\n"
+    return "\n".join(_launch_lines(launch, refuse_running, check_ports, doc=doc, mask=False)) + "\n"
 
 
-def render_for_display(item: ProcessSpec | Launch) -> str:
+def render_for_display(item: ProcessSpec | Launch, *, doc: str = "null") -> str:
     """What ``--dry-run`` prints: the launch script with secret values shown as ``***``.
 
     Secret = env vars named like *TOKEN*, *KEY*, *SECRET*, *PASSWORD*, those of
@@ -134,32 +154,28 @@ def render_for_display(item: ProcessSpec | Launch) -> str:
     Never returns the real secret.
     """
     launch = item if isinstance(item, Launch) else _public_launch(item)
-    return "\n".join(_launch_lines(launch, True, True, mask=True)) + "\n"
+    return "\n".join(_launch_lines(launch, True, True, doc=doc, mask=True)) + "\n"
 
 
 def preflight_script(launch: Launch, *, running_ok: bool = False) -> str:
-    """The checks of :func:`launch_script` without the start (changes nothing on the host).
+    """The checks of :func:`launch_script` without the start (starts nothing).
 
     Run on every host before starting anything, so bad input fails before any
     server starts. Exit 0 = all clear (last line ``ok``); otherwise the same exit
-    codes as the launch. Checks: env file (3), a live group from the pid file (5),
-    ports (6), and — in a subshell that sources the env file and exports the env —
-    that the launcher is on PATH and, for ``PY -m pkg.mod``, that ``pkg`` imports (7).
-    With ``running_ok`` (``--restart``) a live group is not an error: the script
-    prints ``RUNNING <pgid>`` and skips the port check (that group holds the ports).
+    codes as the launch. Checks: the run dir can be created (4), env file (3), a
+    verified-live server in the slot (5), ports (6), and — in a subshell that sources the
+    env file and exports the env — that the launcher is on PATH and, for
+    ``PY -m pkg.mod``, that ``pkg`` imports (7). With ``running_ok`` (``--restart``) a live
+    server is not an error: the script prints ``RUNNING PGID START RUN_ID`` and skips the
+    port check (that group holds the ports).
     Contains the env in clear: run it on stdin, never print it.
     """
-    lines = []
+    lines = [detach.functions(RUN_ID_ENV), *detach.run_dir_lines(launch.run_dir)]
     if launch.env_file:
         lines.append(_env_file_check(launch.env_file))
-    if running_ok:
-        lines.append(_running_report(launch.pid_path))
-        if launch.ports:
-            lines.append(f'if [ -z "$running" ]; then {_ports_check(launch.bind_host, launch.ports)}; fi')
-    else:
-        lines.append(_running_check(launch.pid_path))
-        if launch.ports:
-            lines.append(_ports_check(launch.bind_host, launch.ports))
+    lines += detach.running_lines(launch.run_dir, launch.name, refuse=not running_ok)
+    if launch.ports:
+        lines.append(f'if [ -z "$running" ]; then {_ports_check(launch.bind_host, launch.ports)}; fi')
     lines.append(_launcher_check(launch))
     lines.append("echo ok")
     return "\n".join(lines) + "\n"
@@ -168,28 +184,6 @@ def preflight_script(launch: Launch, *, running_ok: bool = False) -> str:
 def _env_file_check(env_file: str) -> str:
     msg = shell.quote(f"env file not found: {env_file}")
     return f"[ -f {shell.path(env_file)} ] || {{ echo {msg} >&2; exit {EXIT_ENV_FILE_MISSING}; }}"
-
-
-# The live (non-zombie) members of the process group named by a pid file: a dead leader
-# can leave schedulers holding the GPUs, and ``kill -0`` would count zombies.
-def _live_group(pid_path: str) -> str:
-    pidfile = shell.path(pid_path)
-    return (f"if [ -f {pidfile} ]; then old=$(cat {pidfile} 2>/dev/null | tr -dc 0-9) || old=''; "
-            'if [ -n "$old" ] && [ "$old" -gt 1 ] && ps -eo pgid=,stat= 2>/dev/null | '
-            "awk -v g=\"$old\" '$1==g && $2 !~ /^Z/ {f=1} END {exit !f}'; then ")
-
-
-def _running_check(pid_path: str) -> str:
-    """Exit 5 when the pid file names a process group that still has a live member."""
-    return (_live_group(pid_path)
-            + f'echo "already running: process group $old (pid file {shell.plain(pid_path)})" >&2; '
-            f"exit {EXIT_ALREADY_RUNNING}; fi; fi")
-
-
-def _running_report(pid_path: str) -> str:
-    """Set ``running`` to the live process group of the pid file (empty when none) and
-    print ``RUNNING <pgid>`` for it. Used by the ``--restart`` preflight."""
-    return "running=''; " + _live_group(pid_path) + 'running=$old; echo "RUNNING $old"; fi; fi'
 
 
 _PY_FIND_SPEC = "import importlib.util, sys; sys.exit(importlib.util.find_spec(sys.argv[1]) is None)"
@@ -225,37 +219,25 @@ def _ports_check(host: str, ports: Sequence[int]) -> str:
     )
 
 
-def _launch_lines(launch: Launch, refuse_running: bool, check_ports: bool, *, mask: bool) -> list[str]:
+def _launch_lines(launch: Launch, refuse_running: bool, check_ports: bool, *, doc: str,
+                  mask: bool) -> list[str]:
     log = shell.path(launch.log_path)
-    lines = [f"# {launch.name}"]
-    if launch.env_file:
-        lines.append(_env_file_check(launch.env_file))
-    no_dir = shell.quote("cannot create run dir: " + launch.run_dir)
-    lines.append(f"mkdir -p {shell.path(launch.run_dir)} || {{ echo {no_dir} >&2; exit {EXIT_RUN_DIR}; }}")
-    if refuse_running:
-        lines.append(_running_check(launch.pid_path))
+    checks = [_env_file_check(launch.env_file)] if launch.env_file else []
     if check_ports and launch.ports:
-        lines.append(_ports_check(launch.bind_host, launch.ports))
+        checks.append(_ports_check(launch.bind_host, launch.ports))
+    prelude = []
     if launch.env_file:
         # Its chatter goes to the log; a non-zero status of its last line is common and harmless.
-        lines.append(f". {shell.path(launch.env_file)} >> {log} 2>&1 < /dev/null")
+        prelude.append(f". {shell.path(launch.env_file)} >> {log} 2>&1 < /dev/null")
     exports = shell.export_line(launch.env, mask=mask, secret=launch.secret_env)
     if exports:
-        lines.append(exports)
+        prelude.append(exports)
     program = shell.quote(launch.argv[0])
     not_found = shell.quote(launch.argv[0] + " not found on PATH")
-    lines.append(f"command -v {program} >/dev/null 2>&1 || {{ echo {not_found} >&2; "
-                 f"exit {EXIT_LAUNCHER_MISSING}; }}")
-    argv = shell.display_argv(launch.argv) if mask else shell.join(launch.argv)
-    lines.append(f"setsid nohup {argv} >> {log} 2>&1 < /dev/null &")
-    lines.append("pid=$!")
-    lines.append(f'echo "$pid" > {shell.path(launch.pid_path)}')
-    # The forked child calls setsid() a moment after $! is known: wait (up to 1 s) until
-    # it leads its own group, so a stop right after the start signals the whole group.
-    lines.append("i=0; while [ \"$(ps -o pgid= -p \"$pid\" 2>/dev/null | tr -d '[:space:]')\" != \"$pid\" ] "
-                 "&& [ $i -lt 50 ]; do sleep 0.02; i=$((i+1)); done")
-    lines.append('echo "$pid"')
-    return lines
+    prelude.append(f"command -v {program} >/dev/null 2>&1 || {{ echo {not_found} >&2; "
+                   f"exit {EXIT_LAUNCHER_MISSING}; }}")
+    return [f"# {launch.name}", *detach.launch_lines(launch.job, checks=checks, prelude=prelude, doc=doc,
+                                                     refuse_running=refuse_running, display=mask)]
 
 
 # --------------------------------------------------------------------------- HTTP from the host
@@ -416,7 +398,7 @@ class ProbeTarget:
     """
 
     key: str
-    pgid: int | None
+    identity: detach.Identity | None  # None: never got a pid
     host: str
     port: int
     log_path: str
@@ -430,6 +412,7 @@ class ProbeResult:
     """Parsed state of one :class:`ProbeTarget` (see :func:`probe_command`)."""
 
     key: str
+    verdict: str = detach.GONE  # ok / reused (the pgid is someone else's now) / gone
     members: int = 0          # live (non-zombie) processes in the group
     leader_alive: bool = False
     uptime_s: int | None = None
@@ -455,11 +438,10 @@ def probe_command(targets: Sequence[ProbeTarget], *, health_timeout_s: float = 3
         members N / leader 0|1 / etimes S / health CODE / listen P… / log LINE / nolog
         @@body-begin … @@body-end
     """
-    lines = ["members() { ps -eo pid=,pgid=,stat= 2>/dev/null | "
-             "awk -v g=\"$1\" '$2==g && $3 !~ /^Z/ {n++} END {print n+0}'; }"]
+    lines = [detach.functions(RUN_ID_ENV)]
     for t in targets:
         lines.append(f"echo {shell.quote('@@probe ' + t.key)}")
-        lines += _group_lines(t.pgid)
+        lines += _group_lines(t.identity)
         if t.health_path:
             lines.append(f"{health_command(t.host, t.port, t.health_path, timeout_s=health_timeout_s)}"
                          " | sed 's/^/health /'")
@@ -476,14 +458,18 @@ def probe_command(targets: Sequence[ProbeTarget], *, health_timeout_s: float = 3
     return "\n".join(lines) + "\n"
 
 
-def _group_lines(pgid: int | None) -> list[str]:
-    if not pgid or pgid <= 1:
-        return ['echo "members 0"; echo "leader 0"']
-    g = int(pgid)
-    return [f'echo "members $(members {g})"',
-            f"st=$(ps -o stat= -p {g} 2>/dev/null | tr -d ' ') || st=''; "
-            'case "$st" in ""|Z*) echo "leader 0";; *) echo "leader 1";; esac',
-            f"echo \"etimes $(ps -o etimes= -p {g} 2>/dev/null | tr -d ' ')\""]
+def _group_lines(identity: detach.Identity | None) -> list[str]:
+    """Verify the identity first: a pgid that is someone else's now counts as nothing."""
+    if identity is None:
+        return ['echo "verdict gone"; echo "members 0"; echo "leader 0"']
+    g = identity.pgid
+    return [f'v=$(verdict {identity.words()}); echo "verdict $v"',
+            'if [ "$v" = ok ]; then',
+            f'  m=$(members {g}); set -- $m; echo "members $#"',
+            f"  st=$(ps -o stat= -p {g} 2>/dev/null | tr -d ' ') || st=''",
+            '  case "$st" in ""|Z*) echo "leader 0";; *) echo "leader 1";; esac',
+            f"  echo \"etimes $(ps -o etimes= -p {g} 2>/dev/null | tr -d ' ')\"",
+            'else echo "members 0"; echo "leader 0"; fi']
 
 
 def _fetch_body(host: str, port: int, path: str, timeout_s: float) -> str:
@@ -523,7 +509,9 @@ def parse_probe(stdout: str) -> dict[str, ProbeResult]:
 
 def _probe_field(values: dict[str, Any], line: str) -> None:
     word, _, rest = line.partition(" ")
-    if word == "members" and rest.strip().isdigit():
+    if word == "verdict" and rest.strip() in (detach.OK, detach.REUSED, detach.GONE):
+        values["verdict"] = rest.strip()
+    elif word == "members" and rest.strip().isdigit():
         values["members"] = int(rest)
     elif word == "leader":
         values["leader_alive"] = rest.strip() == "1"
@@ -552,85 +540,6 @@ def clean_log_lines(text: str) -> list[str]:
 def ints(text: str) -> tuple[int, ...]:
     """The whitespace-separated integers of ``text`` (other words skipped)."""
     return tuple(int(t) for t in text.split() if t.isdigit())
-
-
-# --------------------------------------------------------------------------- stop
-
-
-@dataclass(frozen=True)
-class GroupStop:
-    """What :func:`stop_groups_command` did to one process group."""
-
-    was_running: bool
-    pids: tuple[int, ...] = ()
-    killed: tuple[int, ...] = ()
-    how: str = ""
-    seconds: int | None = None
-    alive: tuple[int, ...] = ()
-
-
-def stop_groups_command(pgids: Sequence[int], grace_s: float = 30) -> str:
-    """Shell text that stops several process groups at once: SIGTERM all, one shared
-    grace of ``grace_s``, then SIGKILL the groups that still have members.
-
-    Per group ``g`` (parse with :func:`parse_stop_groups`): ``GONE g`` when nothing ran;
-    else ``PIDS g p…``, then ``KILL g p…`` for members left after the grace,
-    ``DONE g <term|kill> <seconds>`` and, if members survive SIGKILL, ``ALIVE g p…``
-    (exit 1). Zombies do not count. Refuses groups 0 and 1.
-    """
-    groups = list(dict.fromkeys(int(g) for g in pgids))
-    for g in groups:
-        if g <= 1:
-            raise InputError(f"refusing to signal process group {g}")
-    if not groups:
-        return "true\n"
-    ticks = max(0, round(grace_s * 10))
-    return "\n".join([
-        "members() { ps -eo pid=,pgid=,stat= 2>/dev/null | "
-        "awk -v g=\"$1\" '$2==g && $3 !~ /^Z/ {printf \"%s \", $1}' | sed 's/ $//'; }",
-        'any_left() { for g in $live; do [ -n "$(members "$g")" ] && return 0; done; return 1; }',
-        "live=''; hard=''",
-        f"for g in {' '.join(str(g) for g in groups)}; do",
-        '  m=$(members "$g")',
-        '  if [ -z "$m" ]; then echo "GONE $g"; else echo "PIDS $g $m"; live="$live $g"; fi',
-        "done",
-        "start=$(date +%s)",
-        'for g in $live; do kill -TERM -"$g" 2>/dev/null; done',
-        f't=0; while any_left && [ $t -lt {ticks} ]; do sleep 0.1; t=$((t+1)); done',
-        "for g in $live; do",
-        '  left=$(members "$g")',
-        '  if [ -n "$left" ]; then echo "KILL $g $left"; hard="$hard $g "; kill -KILL -"$g" 2>/dev/null; fi',
-        "done",
-        'if [ -n "$hard" ]; then t=0; while any_left && [ $t -lt 50 ]; do sleep 0.1; t=$((t+1)); done; fi',
-        "rc=0",
-        "for g in $live; do",
-        '  case "$hard" in *" $g "*) how=kill;; *) how=term;; esac',
-        '  echo "DONE $g $how $(( $(date +%s) - start ))"',
-        '  left=$(members "$g")',
-        '  if [ -n "$left" ]; then echo "ALIVE $g $left"; rc=1; fi',
-        "done",
-        "exit $rc",
-    ]) + "\n"
-
-
-def parse_stop_groups(stdout: str) -> dict[int, GroupStop]:
-    """``{pgid: GroupStop}`` from :func:`stop_groups_command` output."""
-    values: dict[int, dict[str, Any]] = {}
-    for line in stdout.splitlines():
-        parts = line.split()
-        if len(parts) < 2 or not parts[1].isdigit():
-            continue
-        word, group, rest = parts[0], int(parts[1]), parts[2:]
-        if word == "GONE":
-            values[group] = {"was_running": False}
-        elif word in ("PIDS", "KILL", "ALIVE"):
-            key = {"PIDS": "pids", "KILL": "killed", "ALIVE": "alive"}[word]
-            values.setdefault(group, {"was_running": True})[key] = ints(" ".join(rest))
-        elif word == "DONE" and rest:
-            entry = values.setdefault(group, {"was_running": True})
-            entry["how"] = rest[0]
-            entry["seconds"] = int(rest[1]) if len(rest) > 1 and rest[1].isdigit() else None
-    return {g: GroupStop(**v) for g, v in values.items()}
 
 
 # --------------------------------------------------------------------------- sweep
@@ -704,14 +613,14 @@ def _scope_lines(run_ids: Sequence[str], logs: Sequence[str]) -> list[str]:
     """Loop-body lines of :func:`sweep_command` that skip processes of other runs/servers.
 
     A process belongs to a run when its stdout or stderr is that run's per-launch log
-    (``…-<run_id>.log``: inherited by every child, kept across ``setsid``, untouched by
+    (``…@<run_id>.log``: inherited by every child, kept across ``setsid``, untouched by
     ``setproctitle``) or its environment holds ``CLUSTER_PD_RUN_ID=<run_id>``
     (``setproctitle`` wipes ``/proc/PID/environ``, so the log is the main key). With
     ``logs``, only the log counts (several servers of one run may share a host).
     """
     if not run_ids and not logs:
         return []
-    globs = [shell.quote(f"-{r}.log") for r in run_ids] + [shell.quote("/" + log.rsplit("/", 1)[-1])
+    globs = [shell.quote(f"@{r}.log") for r in run_ids] + [shell.quote("/" + log.rsplit("/", 1)[-1])
                                                            for log in logs]
     lines = [
         "  mine=''",

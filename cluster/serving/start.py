@@ -6,12 +6,18 @@ on stdin (:func:`cluster.shell.run_sections`), one round trip per host and step,
 connections that stay open for the next step.
 
 start (:func:`start_pd`, the plan from :func:`cluster.serving.plan.plan_start`)
-    1. preflight on every host, changing nothing: env file, a live server from the
-       pid file (``already-running``), ports, launcher; plus the recorded deployment of
-       the same name (still running elsewhere?). Any failure: nothing starts anywhere.
+    0. the state dir is writable (a probe file created, fsynced, renamed) and the
+       deployment's lock (``flock`` on ``<state dir>/<name>.lock``) is free, else nothing
+       starts: one start-pd per deployment name at a time.
+    1. preflight on every host: run dir creatable, env file, a live server in the slot
+       (identity verified: ``already-running``), ports, launcher; plus the recorded
+       deployment of the same name (still running elsewhere?). Any failure: nothing
+       starts anywhere.
     2. ``restart``: stop what the preflight found running (and the recorded deployment).
-    3. launch every server in its own session, record the manifest (controller) and a
-       per-server record (on its host, in the run dir).
+    3. write the manifest (every process, no pid yet), then launch every server
+       detached (:mod:`cluster.detach`: the per-host record is written before the start,
+       under the slot's lock), then write the manifest again with the pids. An interrupt
+       at any instant leaves every launched process findable (manifest + host records).
     4. wait (unless ``wait=False``): poll the engine's health path of each rank 0 *from
        its host*, check every rank's process; a dead server fails fast with its last 30
        log lines; an overall deadline.
@@ -36,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .. import shell
+from .. import detach, shell
 from ..errors import InputError, ParameterError
 from ..hosts import Host
 from ..options import seconds
@@ -54,12 +60,14 @@ from .records import (
     RUNNING,
     STARTED,
     STARTING,
+    DeploymentLock,
     Manifest,
     ServerRecord,
+    ensure_state_dir,
     host_of,
     load_manifest,
     manifest_file,
-    record_write_command,
+    record_doc,
     save_manifest,
 )
 from .scripts import (
@@ -101,6 +109,7 @@ NO_LAUNCHER = "no-launcher"
 LAUNCH = "launch"
 DIED = "died"
 NOT_READY = "not-ready"
+NOT_STARTED_KIND = "not-started"
 ROUTER_KIND = "router"
 
 ProgressFn = Callable[[list[ServerRecord], float], None]
@@ -157,7 +166,7 @@ class RestartResult:
 
 def dry_run_scripts(plan: StartPlan) -> list[tuple[ServerRecord, str]]:
     """Each process's launch script as start-pd runs it, secrets masked (``--dry-run``)."""
-    return [(ServerRecord(spec, status=DRY_RUN), render_for_display(launch_of(spec)))
+    return [(ServerRecord(spec, status=DRY_RUN), render_for_display(launch_of(spec), doc=record_doc(ServerRecord(spec))))
             for spec in plan.processes]
 
 
@@ -181,6 +190,7 @@ class StartRun:
         self.launches = {k: launch_of(s) for k, s in self.specs.items()}
         self.hosts = {k: host_of(s.target) for k, s in self.specs.items()}
         self.failures: dict[str, Failure] = {}
+        self.arguments: Mapping[str, Sequence[str]] = {}  # restart-pd: extra args now (secret options)
         # Processes outside this run shown in its result (a recorded deployment still running).
         self.extra: list[tuple[ServerRecord, Failure]] = []
 
@@ -209,9 +219,17 @@ class StartRun:
 
     def report(self, task: str, keys: Iterable[str] | None = None, **extra: Any) -> Report:
         chosen = list(keys) if keys is not None else list(self.records)
-        pairs = [(self.records[k], self.failures.get(k)) for k in chosen] + list(self.extra)
+        pairs = [(self.records[k], self.failures.get(k) or self._not_started(k)) for k in chosen]
+        pairs += list(self.extra)
         return Report([Outcome(r.ssh_host, f is None, error=f, data=r) for r, f in pairs],
                       task=task, extra=extra)
+
+    def _not_started(self, key: str) -> Failure | None:
+        """A process never launched is a failure of its own kind, never ``ok``."""
+        if self.records[key].status != NOT_STARTED:
+            return None
+        return Failure(NOT_STARTED_KIND, f"{self.records[key].label}: not started",
+                       "nothing was launched for it: see the failures above")
 
     # -- preflight
     def preflight(self, *, running_ok: bool, more: Mapping[Host, list[tuple[str, str]]] | None = None
@@ -240,15 +258,14 @@ class StartRun:
         elif section.rc != 0:
             self.fail(key, exit_failure(section.rc, section.lines))
 
-    def running_groups(self, answers: Mapping[Host, Mapping[str, shell.Section]]) -> dict[Host, set[int]]:
-        """Live groups the ``running_ok`` preflight found named by the pid files."""
-        found: dict[Host, set[int]] = {}
+    def running_groups(self, answers: Mapping[Host, Mapping[str, shell.Section]]
+                       ) -> dict[Host, list[detach.Identity]]:
+        """Live processes (verified) the ``running_ok`` preflight found in the slots."""
+        found: dict[Host, list[detach.Identity]] = {}
         for host, sections in answers.items():
             for key in self.keys_on(host):
                 section = sections.get(key)
-                for line in section.lines if section else []:
-                    if line.startswith("RUNNING ") and line.split()[1].isdigit():
-                        found.setdefault(host, set()).add(int(line.split()[1]))
+                found.setdefault(host, []).extend(detach.parse_running(section.output) if section else [])
         return found
 
     # -- launch
@@ -256,7 +273,8 @@ class StartRun:
         """Start the given processes (grouped per host); True when all started."""
         work: dict[Host, list[tuple[str, str]]] = {}
         for key in keys:
-            work.setdefault(self.hosts[key], []).append((key, launch_script(self.launches[key])))
+            script = launch_script(self.launches[key], doc=record_doc(self.records[key]))
+            work.setdefault(self.hosts[key], []).append((key, script))
         report = shell.run_sections(self.engine, work, shell.STEP_TIMEOUT_S, self.fanout)
         now = time.time()
         for outcome in report:
@@ -269,24 +287,15 @@ class StartRun:
 
     def _launched(self, key: str, section: shell.Section | None, now: float) -> None:
         lines = section.lines if section else []
-        if section is None or section.rc != 0 or not lines or not lines[-1].strip().isdigit():
+        launched = detach.parse_launch(section.output) if section else None
+        if section is None or section.rc != 0 or launched is None:
             rc = section.rc if section and section.rc is not None else -1
             self.fail(key, exit_failure(rc, lines) if rc > 0 else Failure(
                 LAUNCH, "the launch did not report a pid", "see the log on that host"))
             return
         record = self.records[key]
-        record.launched(int(lines[-1]), now)
+        record.launched(launched[0], launched[1], now)
         record.status, record.uptime_s = STARTING, 0
-
-    def write_host_records(self, keys: Iterable[str]) -> None:
-        """Each launched server's record in its host's run dir (best effort: the
-        controller's manifest is the primary record)."""
-        work: dict[Host, list[tuple[str, str]]] = {}
-        for key in keys:
-            record = self.records[key]
-            if record.pid and not record.is_router:
-                work.setdefault(self.hosts[key], []).append((key, record_write_command(record)))
-        shell.run_sections(self.engine, work, shell.STEP_TIMEOUT_S, self.fanout)
 
     # -- wait
     def wait(self, keys: Sequence[str], deadline: float) -> bool:
@@ -315,15 +324,15 @@ class StartRun:
         live = [self.records[k] for k in pending if k not in self.failures and self.records[k].pid]
         dead: list[str] = []
         for host, answer in probe_records(self.engine, live, self.fanout).items():
-            mine = [r.key for r in live if r.ssh_host == host]
+            mine = [r for r in live if r.ssh_host == host]
             if answer.error is not None:
                 strikes[host] = strikes.get(host, 0) + 1
                 if strikes[host] >= TRANSPORT_STRIKES:
-                    for key in mine:
-                        self.fail(key, answer.error)
+                    for record in mine:
+                        self.fail(record.key, answer.error)
                 continue
             strikes.pop(host, None)
-            dead += [k for k in mine if self._update(k, answer.data.get(k))]
+            dead += [r.key for r in mine if self._update(r.key, answer.data.get(r.uid))]
         return dead
 
     def _update(self, key: str, probe: ProbeResult | None) -> bool:
@@ -405,9 +414,9 @@ def start_pd(engine: Engine, plan: StartPlan, *, wait: bool = True,
     ``on_progress(records, elapsed)`` is called after every poll round.
     """
     limit, grace = check_timeout(timeout), check_grace(grace)
+    ensure_state_dir()
     run = StartRun(engine, plan.processes, fanout=fanout, on_progress=on_progress, poll_s=poll_s)
-    previous = _Previous(run, load_manifest(plan.deployment), plan, restart)
-    deadline = run.started + limit
+    lock = DeploymentLock(plan.deployment, plan.run_id)
     state: dict[str, Any] = {"manifest": None}
 
     def result(stage: str) -> StartResult:
@@ -420,6 +429,24 @@ def start_pd(engine: Engine, plan: StartPlan, *, wait: bool = True,
                             elapsed_s=round(run.elapsed(), 1))
         return StartResult(report, stage, plan, manifest,
                            manifest_file(plan.deployment) if manifest else None, run.elapsed())
+
+    if not lock.acquire():
+        for key in run.records:
+            run.fail(key, Failure(ALREADY_RUNNING, f"deployment '{plan.deployment}' is being started or "
+                                                   f"restarted right now ({lock.holder}): nothing was launched",
+                                  "wait for it, or use another --deployment name"), status=NOT_STARTED)
+        return result("preflight")
+    try:
+        return _start(run, plan, state, result, wait=wait, restart=restart, grace=grace,
+                      deadline=run.started + limit)
+    finally:
+        lock.release()
+
+
+def _start(run: StartRun, plan: StartPlan, state: dict[str, Any], result: Callable[[str], StartResult], *,
+           wait: bool, restart: bool, grace: float, deadline: float) -> StartResult:
+    """start-pd once the deployment's lock is held (the steps: this module's docstring)."""
+    previous = _Previous(run, load_manifest(plan.deployment), plan, restart)
 
     def record() -> None:
         state["manifest"] = _record(run, plan, state["manifest"])
@@ -436,10 +463,9 @@ def start_pd(engine: Engine, plan: StartPlan, *, wait: bool = True,
         if run.failures:
             return result("preflight")
     server_keys = [s.key for s in plan.servers]
+    record()  # before the first launch: an interrupt from here on leaves it findable
     launched = run.launch(server_keys)
-    if any(run.records[k].pid for k in server_keys):
-        record()
-        run.write_host_records(server_keys)
+    record()
     if not launched:
         return result("launch")
     run.progress()
@@ -453,22 +479,23 @@ def start_pd(engine: Engine, plan: StartPlan, *, wait: bool = True,
     if not run.wait(server_keys, deadline):
         return result("wait")
     if plan.router:
-        if not run.launch([ROUTER]):
-            return result("router")
+        launched = run.launch([ROUTER])
         record()
+        if not launched:
+            return result("router")
         if not run.wait([ROUTER], max(deadline, time.monotonic() + ROUTER_MIN_WAIT_S)):
             return result("router")
     return result("done")
 
 
 def _record(run: StartRun, plan: StartPlan, manifest: Manifest | None) -> Manifest:
-    """Write (or update) the controller's manifest of this start."""
+    """Write (or update) the controller's manifest of this start: every planned process,
+    with the pids known so far."""
     if manifest is None:
         manifest = Manifest(name=plan.deployment, engine=plan.config.engine, run_id=plan.run_id,
                             model_path=plan.config.model_path or "", created_at=time.time(),
-                            servers=[run.records[s.key] for s in plan.servers])
-    if plan.router and run.records[ROUTER].pid:
-        manifest.router = run.records[ROUTER]
+                            servers=[run.records[s.key] for s in plan.servers],
+                            router=run.records[ROUTER] if plan.router else None)
     save_manifest(manifest)
     return manifest
 
@@ -478,13 +505,13 @@ class _Previous:
 
     def __init__(self, run: StartRun, manifest: Manifest | None, plan: StartPlan, restart: bool) -> None:
         self.run, self.manifest, self.plan, self.restart = run, manifest, plan, restart
-        self.alive: dict[Host, list[int]] = {}
+        self.alive: dict[Host, list[detach.Identity]] = {}
 
     def candidates(self) -> list[ServerRecord]:
         prev = self.manifest
         if prev is None or prev.stopped_at is not None or prev.run_id == self.plan.run_id:
             return []
-        return [r for r in prev.records if r.pid and r.stopped_at is None]
+        return [r for r in prev.records if r.identity and r.stopped_at is None]
 
     def probes(self) -> dict[Host, list[tuple[str, str]]]:
         """A preflight section per host probing the recorded processes that may still run."""
@@ -498,10 +525,10 @@ class _Previous:
         planned = {(r.host, r.port) for r in self.run.records.values()}
         for record in self.candidates():
             section = answers.get(record.ssh_host, {}).get("previous")
-            probe = parse_probe(section.output).get(record.key) if section else None
-            if probe is None or not probe.alive:
+            probe = parse_probe(section.output).get(record.uid) if section else None
+            if probe is None or not probe.alive or record.identity is None:
                 continue
-            self.alive.setdefault(record.ssh_host, []).append(int(record.pid or 0))
+            self.alive.setdefault(record.ssh_host, []).append(record.identity)
             if self.restart or (record.host, record.port) in planned:
                 continue  # restarted, or refused already by its pid file on that host:port
             assert self.manifest is not None
@@ -512,14 +539,14 @@ class _Previous:
                 f"{record.role} {record.host}:{record.port}, process group {record.pid}",
                 "stop it first (inv stop-pd), pass --restart, or use another --deployment name")))
 
-    def stop(self, running: Mapping[Host, set[int]], grace: float) -> None:
+    def stop(self, running: Mapping[Host, list[detach.Identity]], grace: float) -> None:
         """``--restart``: stop what the preflight found (pid files, recorded deployment)."""
         prev = self.manifest
         run_ids = (prev.run_id,) if prev is not None else ()
         work: dict[Host, StopWork] = {}
         for host in set(running) | set(self.alive):
-            groups = sorted(set(running.get(host, set())) | set(self.alive.get(host, [])))
-            work[host] = StopWork(host=host, pgids=groups, engine=self.plan.config.engine,
+            groups = list(running.get(host, [])) + list(self.alive.get(host, []))
+            work[host] = StopWork(host=host, identities=groups, engine=self.plan.config.engine,
                                   sweep="deployment" if run_ids else "none", run_ids=run_ids,
                                   spare_router=False, gpu=False)
         for outcome in stop_hosts(self.run.engine, work, grace, self.run.fanout) if work else ():
@@ -550,9 +577,19 @@ def select_restart(manifest: Manifest, hosts: Sequence[Host] | None, alive: Mapp
     return [r for r in manifest.servers if (r.role, r.server_index) in picked]
 
 
-def resolve_secrets(spec: ProcessSpec, values: Mapping[str, str]) -> ProcessSpec:
-    """``spec`` with the values of its unrecorded (secret) variables taken from ``values``;
-    `InputError` naming the variable when one is missing."""
+def resolve_secrets(spec: ProcessSpec, values: Mapping[str, str],
+                    arguments: Mapping[str, Sequence[str]] | None = None) -> ProcessSpec:
+    """``spec`` with the values of its unrecorded (secret) variables taken from ``values``,
+    and masked secret options of its extra args from ``arguments`` (role -> the roles
+    file's extra args now, used when they mask to what was recorded); `InputError` naming
+    what is missing."""
+    if shell.MASK in spec.extra_args:
+        current = tuple((arguments or {}).get(spec.role, ()))
+        if tuple(shell.mask_argv(current)) != spec.extra_args:
+            raise InputError(f"{spec.label}: its extra args held a secret option value (never recorded) "
+                             "and the roles file's extra args differ now: restart the deployment whole "
+                             "with `inv start-pd --restart`")
+        spec = dataclasses.replace(spec, extra_args=current)
     if all(value is not None for _, value in spec.env):
         return spec
     env = []
@@ -565,15 +602,16 @@ def resolve_secrets(spec: ProcessSpec, values: Mapping[str, str]) -> ProcessSpec
 
 
 def restart_pd(engine: Engine, manifest: Manifest, *, hosts: Sequence[Host] | None = None,
-               secrets: Mapping[str, str] | None = None, wait: bool = True,
+               secrets: Mapping[str, str] | None = None,
+               arguments: Mapping[str, Sequence[str]] | None = None, wait: bool = True,
                timeout: float = DEFAULT_TIMEOUT_S, grace: float = 30.0, fanout: int | None = None,
                on_progress: ProgressFn | None = None, poll_s: float = POLL_INTERVAL_S) -> RestartResult:
     """Replace some servers of the recorded deployment (the steps: this module's docstring).
 
     ``hosts``: restart the servers with a rank there (every rank of each); None: those
     whose process group is gone. ``secrets`` supplies the values of secret variables
-    (they are never recorded). Healthy servers that are not chosen are left alone.
-    Raises `ParameterError` when ``hosts`` name no recorded server.
+    and ``arguments`` (role -> extra args) those of secret options (never recorded).
+    Healthy servers that are not chosen are left alone. Raises `ParameterError` when ``hosts`` name no recorded server.
     """
     limit, grace = check_timeout(timeout), check_grace(grace)
     if manifest.version < MANIFEST_VERSION:
@@ -586,9 +624,11 @@ def restart_pd(engine: Engine, manifest: Manifest, *, hosts: Sequence[Host] | No
         raise ParameterError("hosts", f"no server of deployment '{manifest.name}' is recorded on "
                                       f"{', '.join(str(h) for h in hosts)} ({{name}})")
     run_id = new_run_id()
-    specs = [dataclasses.replace(resolve_secrets(r.spec, secrets or {}), run_id=run_id) for r in chosen]
+    specs = [dataclasses.replace(resolve_secrets(r.spec, secrets or {}, arguments), run_id=run_id)
+             for r in chosen]
     kept = [r.label for r in manifest.records if r not in chosen]
     run = StartRun(engine, specs, fanout=fanout, on_progress=on_progress, poll_s=poll_s)
+    run.arguments = arguments or {}
     keys = list(run.records)
     deadline = run.started + limit
 
@@ -600,12 +640,30 @@ def restart_pd(engine: Engine, manifest: Manifest, *, hosts: Sequence[Host] | No
 
     if not chosen:
         return result("done")
+    ensure_state_dir()
+    lock = DeploymentLock(manifest.name, run_id)
+    if not lock.acquire():
+        for key in keys:
+            run.fail(key, Failure(ALREADY_RUNNING, f"deployment '{manifest.name}' is being started or "
+                                                   f"restarted right now ({lock.holder}): nothing was launched",
+                                  "wait for it"), status=NOT_STARTED)
+        return result("stop")
+    try:
+        return _restart(run, manifest, chosen, keys, result, grace=grace, wait=wait, deadline=deadline)
+    finally:
+        lock.release()
+
+
+def _restart(run: StartRun, manifest: Manifest, chosen: Sequence[ServerRecord], keys: Sequence[str],
+             result: Callable[..., RestartResult], *, grace: float, wait: bool, deadline: float
+             ) -> RestartResult:
+    """restart-pd once the deployment's lock is held."""
     run.progress()
     if not _stop_old(run, chosen, grace):
         return result("stop")
+    _replace_records(manifest, run, keys)  # before the launch: findable if interrupted
     launched = run.launch(keys)
     _replace_records(manifest, run, keys)
-    run.write_host_records(keys)
     if not launched:
         return result("launch")
     if not wait:
@@ -629,7 +687,7 @@ def _alive(engine: Engine, manifest: Manifest, fanout: int | None) -> dict[str, 
     for record in recorded:
         answer = answers[record.ssh_host]
         # An unreachable host's servers are not "gone": restarting them would fail too.
-        probe = answer.data.get(record.key) if answer.ok else None
+        probe = answer.data.get(record.uid) if answer.ok else None
         alive[record.key] = True if probe is None and not answer.ok else bool(probe and probe.leader_alive)
     return alive
 
@@ -641,9 +699,8 @@ def _stop_old(run: StartRun, chosen: Sequence[ServerRecord], grace: float) -> bo
     for record in chosen:
         item = work.setdefault(record.ssh_host, StopWork(host=record.ssh_host, engine=record.engine,
                                                          sweep="deployment", gpu=False))
-        if record.pid:
-            item.add(record)
-        else:
+        item.add(record)
+        if record.identity is None:
             item.ports += [p for p in record.ports if p not in item.ports]
         item.logs += (record.log_path,)
     ok = True
@@ -658,7 +715,7 @@ def _stop_old(run: StartRun, chosen: Sequence[ServerRecord], grace: float) -> bo
 
 def _replace_records(manifest: Manifest, run: StartRun, keys: Sequence[str]) -> None:
     """Put the relaunched records in the manifest in place of the old ones, and save it."""
-    fresh = {k: run.records[k] for k in keys if run.records[k].pid}
+    fresh = {k: run.records[k] for k in keys}
     manifest.servers = [fresh.get(r.key, r) for r in manifest.servers]
     manifest.stopped_at = None
     save_manifest(manifest)
@@ -669,7 +726,7 @@ def _router_knows(run: StartRun, manifest: Manifest, router: ServerRecord,
     """Make sure the running router lists every restarted API server: what was done, and
     the router's key when it is part of the result."""
     answer = probe_records(run.engine, [router], run.fanout)[router.ssh_host]
-    probe = answer.data.get(router.key) if answer.ok else None
+    probe = answer.data.get(router.uid) if answer.ok else None
     if probe is None or not probe.leader_alive:
         return "not running (start it with inv start-pd, or stop-pd the deployment)", []
     judge_status(router, probe)
@@ -704,7 +761,8 @@ def _restart_router(run: StartRun, manifest: Manifest, router: ServerRecord,
                     deadline: float) -> tuple[str, list[str]]:
     """The router cannot add workers at run time: stop it and start it again from its
     recorded spec (it then lists every recorded server)."""
-    spec = dataclasses.replace(router.spec, run_id=run.records[next(iter(run.records))].run_id)
+    spec = dataclasses.replace(resolve_secrets(router.spec, {}, run.arguments),
+                               run_id=run.records[next(iter(run.records))].run_id)
     run.specs[ROUTER], run.records[ROUTER] = spec, ServerRecord(spec)
     run.launches[ROUTER], run.hosts[ROUTER] = launch_of(spec), router.ssh_host
     work = {router.ssh_host: StopWork(host=router.ssh_host, engine=router.engine, sweep="deployment",

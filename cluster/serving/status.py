@@ -1,9 +1,14 @@
 """pd-status: per server pid alive, ports listening, ``/health``, uptime, last log line;
 the router's readiness and worker list.
 
-Failure kinds: ``not-running`` (the recorded process group is gone), ``unhealthy``
-(alive but not answering 200, or the router reports unhealthy workers), ``launch`` (no
-answer from the probe).
+Every verdict starts from the process's identity, verified on its host
+(:mod:`cluster.detach`): a recorded process group id that now belongs to another process
+is ``gone (pid reused)``, never ``alive``. A per-host record of a process that is gone and
+is not the recorded deployment's current one is ``stale`` (``--prune`` removes those).
+
+Failure kinds: ``not-running`` (the recorded process group is gone, never started, or
+its pid was reused), ``stale``, ``unhealthy`` (alive but not answering 200, or the router
+reports unhealthy workers), ``launch`` (no answer from the probe).
 """
 
 from __future__ import annotations
@@ -14,11 +19,26 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .. import shell
+from .. import detach, shell
 from ..hosts import Host
 from ..result import Failure, Outcome, Report
 from . import engines
-from .records import FAILED, HEALTHY, LOADING, READY, RUNNING, STOPPED, Manifest, ServerRecord, records_on_hosts
+from .plan import RUN_ID_ENV
+from .records import (
+    FAILED,
+    HEALTHY,
+    LOADING,
+    NOT_STARTED,
+    PID_REUSED,
+    READY,
+    RUNNING,
+    STALE,
+    STOPPED,
+    Manifest,
+    ServerRecord,
+    fill_identities,
+    records_on_hosts,
+)
 from .scripts import ProbeResult, ProbeTarget, parse_probe, probe_command
 from .stop import no_deployment
 
@@ -26,6 +46,7 @@ if TYPE_CHECKING:
     from ..ssh import Engine
 
 NOT_RUNNING = "not-running"
+STALE_KIND = "stale"
 UNHEALTHY = "unhealthy"
 NO_PROBE = "launch"
 
@@ -45,7 +66,7 @@ def probe_target(record: ServerRecord, *, health: bool = True) -> ProbeTarget:
     serves = record.is_api
     path = engine.router_ready_path if record.is_router else engine.health_path
     return ProbeTarget(
-        key=record.key, pgid=record.pid, host=record.host, port=record.port,
+        key=record.uid, identity=record.identity, host=record.host, port=record.port,
         log_path=record.log_path, ports=(record.port,) if serves else (),
         health_path=path if (serves and health) else None,
         fetch_path=engine.router_workers_path if (record.is_router and health) else None)
@@ -69,10 +90,11 @@ def probe_records(engine: Engine, records: Sequence[ServerRecord], fanout: int |
 
 def pd_status(engine: Engine, manifest: Manifest | None, *, hosts: Sequence[Host] | None = None,
               run_dir: str | None = None, fanout: int | None = None,
-              deployment: str | None = None) -> StatusResult:
+              deployment: str | None = None, prune: bool = False) -> StatusResult:
     """Per server: pid alive, ports listening, ``/health``, uptime, last log line; the
     router's readiness and workers. ``hosts`` limits it to those hosts (records from the
-    manifest and from ``run_dir`` on each host)."""
+    manifest and from ``run_dir`` on each host). ``prune``: remove the stale per-host
+    records found (``extra["pruned"]`` lists them)."""
     if hosts is None and manifest is None:
         raise no_deployment(deployment)
     unreachable: dict[Host, Failure] = {}
@@ -81,15 +103,21 @@ def pd_status(engine: Engine, manifest: Manifest | None, *, hosts: Sequence[Host
         records = manifest.records
     else:
         records, unreachable = records_on_hosts(engine, manifest, hosts, run_dir, fanout)
-    probes = probe_records(engine, records, fanout)
+    fill_identities(engine, records, fanout)
+    current = {r.uid for r in manifest.records} if manifest else set()
+    probes = probe_records(engine, [r for r in records if r.identity], fanout)
     outcomes = []
     for record in records:
-        answer = probes[record.ssh_host]
-        if answer.error is not None:
+        answer = probes.get(record.ssh_host)
+        failure: Failure | None
+        if record.identity is None:
+            failure = _never_started(record, current)
+        elif answer is None or answer.error is not None:
             record.status = FAILED
-            failure: Failure | None = answer.error
+            failure = answer.error if answer is not None and answer.error is not None else Failure(
+                NO_PROBE, "no answer from the status probe", "check the host (inv check)")
         else:
-            failure = judge_status(record, answer.data.get(record.key))
+            failure = judge_status(record, answer.data.get(record.uid), current=current)
         outcomes.append(Outcome(record.ssh_host, failure is None, error=failure, data=record))
     # A selected host with nothing recorded is named, not silently left out.
     seen = {r.ssh_host.hostname for r in records}
@@ -97,7 +125,27 @@ def pd_status(engine: Engine, manifest: Manifest | None, *, hosts: Sequence[Host
                       "nothing was started here by start-pd (or serving.run_dir differs)")
     outcomes += [Outcome(h, False, error=unreachable.get(h, nothing))
                  for h in (hosts or ()) if h.hostname not in seen]
-    return StatusResult(Report(outcomes, task="pd-status", extra=_extra(manifest, deployment)), manifest)
+    extra = _extra(manifest, deployment)
+    if prune:
+        extra["pruned"] = prune_stale(engine, [r for r in records if r.status == STALE], fanout)
+    return StatusResult(Report(outcomes, task="pd-status", extra=extra), manifest)
+
+
+def prune_stale(engine: Engine, stale: Sequence[ServerRecord], fanout: int | None = None) -> list[str]:
+    """Remove the per-host files (record, pid, exit code; not the log) of ``stale``
+    records, checked again on the host (a running one is kept): the paths removed."""
+    by_host: dict[Host, list[ServerRecord]] = {}
+    for record in stale:
+        by_host.setdefault(record.ssh_host, []).append(record)
+    work = {h: [(f"p{i}", detach.prune_script(r.spec.run_dir, r.spec.name, RUN_ID_ENV, unstarted_after_min=0))
+                for i, r in enumerate(rs)] for h, rs in by_host.items()}
+    wanted = {r.record_path.rsplit("/", 1)[-1] for r in stale}
+    removed: list[str] = []
+    for outcome in shell.run_sections(engine, work, shell.STEP_TIMEOUT_S, fanout):
+        if outcome.ok:
+            for section in outcome.data.values():
+                removed += [p for p in detach.parse_pruned(section.output) if p.rsplit("/", 1)[-1] in wanted]
+    return removed
 
 
 def _extra(manifest: Manifest | None, deployment: str | None) -> dict[str, Any]:
@@ -112,8 +160,10 @@ def observe(record: ServerRecord, probe: ProbeResult) -> None:
     record.uptime_s, record.last_log = probe.uptime_s, probe.last_log
 
 
-def judge_status(record: ServerRecord, probe: ProbeResult | None) -> Failure | None:
-    """Fill the record from its probe; the failure when it is not healthy."""
+def judge_status(record: ServerRecord, probe: ProbeResult | None, *,
+                 current: set[str] | None = None) -> Failure | None:
+    """Fill the record from its probe; the failure when it is not healthy. ``current``:
+    the uids of the recorded deployment's processes (a gone process outside it is stale)."""
     if probe is None:
         record.status = FAILED
         return Failure(NO_PROBE, "no answer from the status probe", "check the host (inv check)")
@@ -121,6 +171,18 @@ def judge_status(record: ServerRecord, probe: ProbeResult | None) -> Failure | N
     record.listening = record.port in probe.listening if record.is_api else None
     if record.is_router and probe.body:
         record.workers = parse_workers(probe.body)
+    if probe.verdict != detach.OK:
+        # Nothing of it runs: what answers on its port is someone else.
+        record.health = record.listening = None
+    if probe.verdict == detach.REUSED:
+        record.status, record.alive = PID_REUSED, False
+        if _stale(record, current):
+            return _stale_failure(record)
+        return Failure(NOT_RUNNING, f"{record.label}: its process is gone; process group {record.pid} "
+                                    "now belongs to another process (pid reused): nothing was signalled",
+                       "inv restart-pd replaces it; inv stop-pd cleans up its records")
+    if not probe.leader_alive and not probe.members and _stale(record, current):
+        return _stale_failure(record)
     if not probe.leader_alive:
         return _not_running(record, probe)
     if not record.is_api:
@@ -132,6 +194,26 @@ def judge_status(record: ServerRecord, probe: ProbeResult | None) -> Failure | N
     what = "/readiness" if record.is_router else "/health"
     return Failure(UNHEALTHY, f"{record.label}: {what} answered {probe.health or 'nothing'}",
                    "still loading? (start-up takes minutes) otherwise see its log (inv logs)")
+
+
+def _stale(record: ServerRecord, current: set[str] | None) -> bool:
+    """A record read from a host that is not one of the recorded deployment's processes."""
+    return record.on_host is not None and record.uid not in (current or set())
+
+
+def _stale_failure(record: ServerRecord) -> Failure:
+    record.status = STALE
+    return Failure(STALE_KIND, f"{record.label}: a record of run {record.run_id} ({record.engine}, "
+                               f"deployment {record.deployment}) whose process is gone",
+                   "inv pd-status --prune (or inv stop-pd) removes it")
+
+
+def _never_started(record: ServerRecord, current: set[str]) -> Failure:
+    if _stale(record, current):
+        return _stale_failure(record)
+    record.status = NOT_STARTED
+    return Failure(NOT_RUNNING, f"{record.label}: not started (no process was recorded for it)",
+                   "inv start-pd starts the deployment")
 
 
 def _not_running(record: ServerRecord, probe: ProbeResult) -> Failure:

@@ -1,6 +1,9 @@
-"""stop-pd: per host, one script: SIGTERM every group, a shared grace, SIGKILL, sweep
-leftovers by command line (the user's, or only this deployment's by its run id marker),
-check the ports, read GPU memory via nvidia-smi.
+"""stop-pd: per host, one script: verify each recorded process's identity and SIGTERM
+the verified groups (a pid now someone else's is reported ``pid-reused`` and never
+signalled: :mod:`cluster.detach`), a shared grace, SIGKILL, sweep leftovers by command
+line (by default only this deployment's, by its run id marker; every process of the
+engine of the login user with ``sweep="user"``), check the ports, remove the per-host
+records of what is gone, read GPU memory via nvidia-smi.
 
 Failure kinds: ``survivors`` (alive after SIGKILL), ``port-busy`` (a port still has a
 listener).
@@ -14,26 +17,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .. import gpu, shell
+from .. import detach, gpu, shell
 from ..errors import ParameterError
 from ..hosts import Host
 from ..options import seconds
 from ..result import Failure, Outcome, Report
-from .records import Manifest, ServerRecord, manifest_file, records_on_hosts, save_manifest
-from .scripts import (
-    parse_ports_free,
-    parse_stop_groups,
-    parse_sweep,
-    ports_free_command,
-    stop_groups_command,
-    sweep_command,
-)
+from .plan import RUN_ID_ENV, safe_name
+from .records import Manifest, ServerRecord, fill_identities, manifest_file, records_on_hosts, save_manifest
+from .scripts import parse_ports_free, parse_sweep, ports_free_command, sweep_command
 
 if TYPE_CHECKING:
     from ..ssh import Engine, HostSession
 
 DEFAULT_GRACE_S = 30.0
-SWEEP_SCOPES = ("user", "deployment", "none")
+SWEEP_SCOPES = ("deployment", "user", "none")
+DEFAULT_SWEEP = "deployment"
 SURVIVORS = "survivors"
 PORT_BUSY = "port-busy"
 
@@ -58,6 +56,7 @@ class HostStop:
 
     servers: list[str] = field(default_factory=list)       # "prefill :30000", "router :8000"
     stopped_pids: list[int] = field(default_factory=list)  # group members found at the start
+    pid_reused: list[int] = field(default_factory=list)    # recorded pgids now someone else's: untouched
     killed_after_grace: list[int] = field(default_factory=list)
     how: str = ""                                          # term | kill | mixed | "" (nothing ran)
     seconds: int | None = None
@@ -65,6 +64,7 @@ class HostStop:
     survivors: list[int] = field(default_factory=list)
     ports: dict[int, bool] = field(default_factory=dict)   # port -> free?
     gpu: GpuAfter | None = None
+    pruned: list[str] = field(default_factory=list)        # per-host records removed
 
     @property
     def ports_free(self) -> bool:
@@ -98,34 +98,40 @@ class StopWork:
     """
 
     host: Host
-    pgids: list[int] = field(default_factory=list)
+    identities: list[detach.Identity] = field(default_factory=list)
     engine: str = "sglang"
     labels: list[str] = field(default_factory=list)
     address: str | None = None       # where the ports are checked (None: any address)
     ports: list[int] = field(default_factory=list)
-    sweep: str = "user"
+    sweep: str = DEFAULT_SWEEP
     run_ids: tuple[str, ...] = ()
     logs: tuple[str, ...] = ()       # scope a deployment sweep to these servers' logs
     sweep_servers: bool = True       # this host ran servers: sweep their patterns
     sweep_router: bool = False       # the router stopped here: sweep router patterns too
     spare_router: bool = True
     gpu: bool = True
+    prune: list[tuple[str, str]] = field(default_factory=list)  # (run dir, slot glob) whose gone records go
 
     def add(self, record: ServerRecord, ports: Sequence[int] | None = None) -> None:
         """Stop ``record``'s process group here, and check ``ports`` (default: all of its
         ports) are free afterwards."""
-        self.pgids.append(int(record.pgid or record.pid or 0))
         self.labels.append(f"{record.role} :{record.port}")
+        if record.identity is None:  # never started (as far as anyone knows): its run id is swept
+            self.run_ids += () if record.run_id in self.run_ids else (record.run_id,)
+            return
+        self.identities.append(record.identity)
         self.address = self.address or record.host
         self.ports += [p for p in (record.ports if ports is None else ports) if p not in self.ports]
         if record.run_id not in self.run_ids:
             self.run_ids += (record.run_id,)
 
     def script(self, grace: float) -> str:
-        sections = [("stop", stop_groups_command(self.pgids, grace))]
+        sections = [("stop", detach.stop_script(self.identities, grace, RUN_ID_ENV))]
         sweep = self._sweep()
         if sweep:
             sections.append(("sweep", sweep))
+        for i, (run_dir, pattern) in enumerate(dict.fromkeys(self.prune)):
+            sections.append((f"prune{i}", detach.prune_script(run_dir, pattern, RUN_ID_ENV)))
         if self.ports:
             sections.append(("ports", ports_free_command(self.ports, self.address)))
         if self.gpu:
@@ -163,9 +169,11 @@ def stop_hosts(engine: Engine, work: dict[Host, StopWork], grace: float,
 def parse_host_stop(item: StopWork, sections: dict[str, shell.Section]) -> HostStop:
     """A host's `HostStop` from the sections of its stop script."""
     stop = HostStop(servers=list(item.labels))
-    groups = parse_stop_groups(sections["stop"].output) if "stop" in sections else {}
+    groups = detach.parse_stop(sections["stop"].output) if "stop" in sections else {}
     hows = set()
-    for result in groups.values():
+    for group, result in groups.items():
+        if result.verdict == detach.REUSED:
+            stop.pid_reused.append(group)
         stop.stopped_pids += list(result.pids)
         stop.killed_after_grace += list(result.killed)
         stop.survivors += list(result.alive)
@@ -177,6 +185,9 @@ def parse_host_stop(item: StopWork, sections: dict[str, shell.Section]) -> HostS
         swept = parse_sweep(sections["sweep"].output)
         stop.leftovers = list(swept.killed)
         stop.survivors += list(swept.survived)
+    for key, section in sections.items():
+        if key.startswith("prune"):
+            stop.pruned += detach.parse_pruned(section.output)
     if "ports" in sections:
         stop.ports = parse_ports_free(sections["ports"].output)
     if "gpu" in sections:
@@ -220,7 +231,7 @@ def no_deployment(deployment: str | None) -> ParameterError:
 
 
 def stop_pd(engine: Engine, manifest: Manifest | None, *, hosts: Sequence[Host] | None = None,
-            run_dir: str | None = None, grace: float = DEFAULT_GRACE_S, sweep: str = "user",
+            run_dir: str | None = None, grace: float = DEFAULT_GRACE_S, sweep: str = DEFAULT_SWEEP,
             keep_router: bool = False, fanout: int | None = None,
             deployment: str | None = None) -> StopResult:
     """Stop the recorded deployment (``hosts`` None), or what start-pd started on ``hosts``.
@@ -228,10 +239,13 @@ def stop_pd(engine: Engine, manifest: Manifest | None, *, hosts: Sequence[Host] 
     Whole deployment: every recorded server, and the router unless ``keep_router``.
     ``hosts``: the servers recorded on those hosts — in the manifest, and in the
     per-server records in ``run_dir`` on each host (so it works without a manifest);
-    the router is kept. ``sweep``: ``user`` kills leftovers of the engine owned by the
-    login user by command line (DESIGN.md), ``deployment`` only those carrying the run id
-    marker of what is stopped, ``none`` skips it. Raises `ParameterError` for a bad
-    ``sweep`` / ``grace``, and when nothing is recorded and no host was named.
+    the router is kept. Every group is signalled only after its identity is verified on
+    its host (a reused pid is reported in ``pid_reused``, untouched). ``sweep``:
+    ``deployment`` (default) kills leftovers carrying the run id marker of what is
+    stopped, ``user`` every process of the engine owned by the login user (by command
+    line), ``none`` skips it. Then the per-host records of processes that are gone are
+    removed. Raises `ParameterError` for a bad ``sweep`` / ``grace``, and when nothing is
+    recorded and no host was named.
     """
     check_sweep(sweep)
     grace = check_grace(grace)
@@ -240,20 +254,20 @@ def stop_pd(engine: Engine, manifest: Manifest | None, *, hosts: Sequence[Host] 
     failures: dict[Host, Failure] = {}
     if hosts is None:
         assert manifest is not None
-        records = [r for r in manifest.servers if r.pid]
+        records = list(manifest.servers)
         order = list(dict.fromkeys(r.ssh_host for r in manifest.servers))
     else:
         order = list(dict.fromkeys(hosts))
-        found, failures = records_on_hosts(engine, manifest, order, run_dir, fanout)
-        records = [r for r in found if r.pid]  # a server that never got a pid has nothing to stop
+        records, failures = records_on_hosts(engine, manifest, order, run_dir, fanout)
     engine_name = manifest.engine if manifest else (records[0].engine if records else "sglang")
     router = manifest.router if (manifest and hosts is None and not keep_router) else None
+    fill_identities(engine, records + ([router] if router else []), fanout)
     work = stop_work(order, records, router, engine_name, sweep, failures)
     results = stop_hosts(engine, work, grace, fanout)
     report = Report(_host_outcomes(order, work, failures, results), task="stop-pd")
     path = None
     if manifest is not None:
-        mark_stopped(manifest, records, router, report)
+        mark_stopped(manifest, [r for r in records if r.pid], router, report)
         path = save_manifest(manifest)
     report.extra.update(deployment=manifest.name if manifest else deployment,
                         router_stopped=router is not None, manifest=str(path) if path else None)
@@ -289,17 +303,23 @@ def stop_work(order: Sequence[Host], records: Sequence[ServerRecord], router: Se
         item = work.get(record.ssh_host)
         if item is not None:
             item.add(record)
-    if router is not None and router.pid:
+            item.prune.append(_host_records(record))
+    if router is not None:
         rhost = router.ssh_host
         item = work.setdefault(rhost, StopWork(host=rhost, engine=engine_name, sweep=sweep,
                                                sweep_servers=False, gpu=False))
         item.add(router, ports=[router.port])
+        item.prune.append(_host_records(router))
         item.sweep_router = True
     for item in work.values():
-        item.pgids = [g for g in dict.fromkeys(item.pgids) if g > 1]
         if item.host.is_local and not item.labels:
             item.gpu = False
     return work
+
+
+def _host_records(record: ServerRecord) -> tuple[str, str]:
+    """(run dir, slot glob) of the per-host records of ``record``'s host address."""
+    return record.spec.run_dir, f"*-{safe_name(record.spec.host)}-[0-9]*"
 
 
 def stop_failure(stop: HostStop) -> Failure | None:

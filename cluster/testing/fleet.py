@@ -402,9 +402,32 @@ class Fleet:
         sftp_dir = self.sftp_home(server.addresses[0]) if self.sftp_home_per_host else None
         config = sshd_config(server.addresses, self._listen_port(), host_key, authorized, envs,
                              sshd_version(self.sshd_path), sftp_dir=sftp_dir)
+        (server.directory / "sshd_config").write_text(config)
+        return self._sshd_command(server)
+
+    def _sshd_command(self, server: _Server) -> list[str]:
         config_path = server.directory / "sshd_config"
-        config_path.write_text(config)
         return [str(self.sshd_path), "-D", "-f", str(config_path), "-E", str(server.log)]
+
+    def restart_sshd(self, address: str) -> None:
+        """Kill the sshd serving ``address`` with its sessions, start it again (same port,
+        same host key) and wait until it listens: the SSH side of a host that rebooted
+        (the test kills whatever else the "reboot" should take)."""
+        server = self._server_of.get(address)
+        if server is None or server.proc is None:
+            raise FleetError(f"{address} is not served by a running sshd of this fleet")
+        doomed = descendants([server.proc.pid])
+        _signal(server.proc.pid, signal.SIGTERM)
+        for pid in doomed:
+            _signal(pid, signal.SIGKILL)
+        server.proc.wait(timeout=5)
+        server.log.write_text("")  # a fresh "listening" line to wait for (connection counts restart)
+        argv = self._sshd_command(server)
+        if self.die_with_parent:
+            argv = with_death_signal(argv)
+        with open(server.stderr, "ab") as err:
+            server.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
+        wait_listening([server], self.port or 22, self.start_timeout)
 
     def _session_env(self, address: str) -> dict[str, str]:
         root = self.host_dir(address)
