@@ -304,3 +304,20 @@ def test_errors_name_the_manifest_asked_for_and_corrupt_ones_never_trace(fleet, 
     assert code == 0 and "corrupt" in stop["manifest_error"], stop
     assert all(e["stopped_pids"] for e in stop["hosts"]), stop
     _wait(lambda: not processes_of(ids, pd.ports), "stopped from the host records", 30)
+
+
+def test_an_interrupted_start_without_pids_in_the_manifest_still_blocks_a_new_one(make_pd):
+    pd = make_pd()
+    assert pd.start("--no-wait", router=False)[0] == 0
+    path = pd.state_dir / "default.json"
+    doc = json.loads(path.read_text())
+    for server in doc["servers"]:  # as if Ctrl-C came before the launches answered
+        server["pid"] = server["pgid"] = server["start"] = None
+    path.write_text(json.dumps(doc))
+    code, status = pd.cli_json("pd-status")
+    assert all(e["alive"] and e["pid"] for e in status["hosts"]), status  # (maybe still loading)
+    code, elsewhere = pd.cli_json("start-pd", "--prefill", "127.0.1.4", "--decode", "127.0.1.5", "--no-wait")
+    assert code == 1 and any("still runs here" in (e["error"] or {}).get("message", "") for e in elsewhere["hosts"])
+    assert not list(pd.run_dir.glob("*-127.0.1.4-*@*"))
+    assert pd.stop()[0] == 0
+    _wait(lambda: not everything(pd), "nothing left running", 30)
