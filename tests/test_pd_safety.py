@@ -38,6 +38,17 @@ def everything(pd: PD) -> dict[int, str]:
     return processes_of(run_ids_on_disk(pd), pd.ports)
 
 
+def kill_all(pd: PD) -> dict[int, str]:
+    """SIGKILL every live process of ``pd``; what was found."""
+    found = everything(pd)
+    for pid in found:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return found
+
+
 def popen(pd: PD, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     full = {**os.environ, "CLUSTER_STATE_DIR": str(pd.state_dir), "HF_HUB_OFFLINE": "1", **(env or {})}
     full.pop("CLUSTER_ROLES", None)
@@ -61,11 +72,7 @@ def make_pd(fleet, tmp_path):
     yield make
     for pd in made:
         for _ in range(3):
-            for pid in processes_of(run_ids_on_disk(pd), pd.ports):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
+            kill_all(pd)
 
 
 # --------------------------------------------------------------------------- 1 process identity
@@ -248,13 +255,9 @@ def test_two_deployments_on_one_host_get_their_own_rows(make_pd):
 def test_a_stale_vllm_record_and_a_live_sglang_server_get_their_own_verdicts(make_pd):
     old = make_pd("vllm")
     assert old.start("--no-wait", router=False)[0] == 0
-    gone = {p for p in everything(old)}
-    for pid in gone:  # the vLLM run dies without stop-pd: its records stay
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    _wait(lambda: not everything(old), "the vLLM run is gone", 30)
+    # The vLLM run dies without stop-pd (its records stay); children still being spawned
+    # are caught by the next round.
+    _wait(lambda: not kill_all(old), "the vLLM run is gone", 30)
     new = make_pd("sglang")
     new.state_dir = old.state_dir
     new.run_dir = old.run_dir
