@@ -199,8 +199,9 @@ def test_a_forwarded_secret_never_appears_in_outputs_manifest_or_records(make_pd
     pd.write_roles()
     os.environ["HF_AUTH"] = SECRET  # the CLI subprocesses inherit it
     try:
-        outputs = [pd.cli(*start_args("--dry-run")), pd.cli(*start_args("--dry-run", "--json"))]
-        outputs.append(pd.cli(*start_args("--json")))
+        given = ("--env", f"EXTRA_AUTH={SECRET}-given")  # a value given on the command line
+        outputs = [pd.cli(*start_args("--dry-run", *given)), pd.cli(*start_args("--dry-run", "--json", *given))]
+        outputs.append(pd.cli(*start_args("--json", *given)))
         assert outputs[-1][0] == 0, outputs[-1]
         outputs += [pd.cli("pd-status", "--json"), pd.cli("pd-status")]
         manifest = pd.state_dir / "default.json"
@@ -209,7 +210,7 @@ def test_a_forwarded_secret_never_appears_in_outputs_manifest_or_records(make_pd
         # nor on any process's command line (the value reaches the host on stdin only)
         texts += [cmd for cmd in everything(pd).values()]
         assert not [t for t in texts if SECRET in t]
-        assert "HF_AUTH=***" in outputs[0][1]
+        assert "HF_AUTH=***" in outputs[0][1] and "EXTRA_AUTH=***" in outputs[0][1]
         assert stat.S_IMODE(manifest.stat().st_mode) == 0o600
         assert stat.S_IMODE(pd.state_dir.stat().st_mode) == 0o700
         for record in files[1:]:
@@ -217,7 +218,9 @@ def test_a_forwarded_secret_never_appears_in_outputs_manifest_or_records(make_pd
         # the server itself got the value
         server = next(p for p, c in everything(pd).items() if "--disaggregation-mode prefill" in c)
         env = Path(f"/proc/{server}/environ").read_bytes().split(b"\0")
-        assert f"HF_AUTH={SECRET}".encode() in env
+        assert f"HF_AUTH={SECRET}".encode() in env and f"EXTRA_AUTH={SECRET}-given".encode() in env
+        code, out, err = pd.cli(*start_args("--dry-run", "--env", f"NO_EQUALS_{SECRET}"))
+        assert code == 2 and "--env expects NAME=VALUE" in err and SECRET not in err
         outputs.append(pd.cli("stop-pd", "--grace", "1", "--json"))
         assert not [t for t in (o[1] + o[2] for o in outputs[-1:]) if SECRET in t]
     finally:
