@@ -68,7 +68,7 @@ METAVARS = {
     "save": "DIR", "state_dir": "DIR", "env_file": "PATH", "deployment": "NAME", "engine": "ENGINE",
     "model_path": "MODEL", "extra_args": "ARGS", "prefill": "EXPR", "decode": "EXPR", "router": "HOST",
     "base": "PREFIX", "sweep": "SCOPE", "command": "COMMAND", "names": "NAMES", "local": "PATH",
-    "remote": "PATH", "localdir": "DIR", "job": "NAME", "detach": "NAME",
+    "remote": "PATH", "localdir": "DIR", "job": "NAME", "detach": "NAME", "env": "NAME=VAL",
 }
 
 # Short flags are explicit: invoke would derive -h from "hosts", clashing with --help.

@@ -36,7 +36,7 @@ START_HELP = {
     "prefill_port": "HTTP port of the prefill servers (SGLang default 30000, vLLM 8100).",
     "decode_port": "HTTP port of the decode servers (SGLang default 30001, vLLM 8200).",
     "bootstrap_port": "SGLang prefill bootstrap port (default 8998).",
-    "env": "NAME=VALUE exported to every server (repeatable); treated as a secret: never "
+    "env": "Environment variable NAME=VAL for every server (repeatable); treated as a secret: never "
            "printed, recorded or put on a command line.",
     "env_file": "File sourced on each host before launching (e.g. /opt/deepep/unified-env.sh); "
                 "missing on a host = nothing starts anywhere.",
