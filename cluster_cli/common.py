@@ -15,17 +15,23 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from invoke import Exit, Task
 
-from cluster.api import Cluster
 from cluster.errors import InputError, ParameterError
-from cluster.render import core as render
-from cluster.render import fold as fold_view
-from cluster.render.fold import ViewOptions
+from cluster.lazy import lazy
 from cluster.render.text import shown
-from cluster.result import Report
+
+if TYPE_CHECKING:
+    from cluster.api import Cluster
+    from cluster.render.fold import ViewOptions
+    from cluster.result import Report
+
+# Loaded when a task runs, not when `inv --list` imports this module (cluster/lazy.py).
+api = lazy("cluster.api")
+render = lazy("cluster.render.core")
+fold_view = lazy("cluster.render.fold")
 
 COMMON_HELP = {
     "hosts": "Host expression: 'a,b c', 'user@host:port', ranges '10.8.0.[81-83]', "
@@ -186,7 +192,7 @@ def _with_metavar(spec: str, arguments: dict[str, Any]) -> str:
 def open_cluster(roles_file: str | None = None, fanout: int | None = None,
                  **ssh_overrides: Any) -> Cluster:
     """Load the roles file and apply CLI overrides (raises InputError on bad input)."""
-    return Cluster.from_roles(roles_file, fanout=fanout, **ssh_overrides)
+    return api.Cluster.from_roles(roles_file, fanout=fanout, **ssh_overrides)
 
 
 @contextmanager

@@ -11,17 +11,21 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from invoke import Exit
-from rich.live import Live
 
-from cluster import serving
 from cluster.errors import ParameterError
-from cluster.render import core as render
-from cluster.render import serving as view
-from cluster.serving.records import ServerRecord
+from cluster.lazy import lazy
 
 from .common import VIEW_HELP, cluster_task, opened, show, view_options
+
+if TYPE_CHECKING:
+    from cluster.serving.records import ServerRecord
+
+serving = lazy("cluster.serving")
+render = lazy("cluster.render.core")
+view = lazy("cluster.render.serving")
 
 START_HELP = {
     "prefill": "Prefill hosts (host expression). Default: the roles file's 'prefill' role.",
@@ -160,6 +164,8 @@ def _waiting(as_json: bool, recorded: Callable[[], str]) -> Iterator[Callable[[l
     """A live progress view on stderr (a terminal, not --json) while servers start; Ctrl-C
     stops only the waiting (exit 130): what was launched keeps starting, and is recorded
     (``recorded()`` says where, asked at that moment)."""
+    from rich.live import Live
+
     live = None if as_json or not sys.stderr.isatty() else Live(
         console=render.stderr_console(), auto_refresh=False, transient=True)
 
