@@ -86,7 +86,8 @@ class Cluster:
     def engine(self) -> Engine:
         """The shared SSH engine (created on first use)."""
         if self._engine is None:
-            check_known_hosts_path(self.settings.known_hosts)  # a local problem: exit 2 up front
+            if self.settings.known_hosts:  # unset: each host's UserKnownHostsFile (ssh_config)
+                check_known_hosts_path(self.settings.known_hosts)  # a local problem: exit 2 up front
             self._engine = Engine(self.settings)
         return self._engine
 
