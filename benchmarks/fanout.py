@@ -53,6 +53,11 @@ Tables
     ``inv-true`` is ``inv run true -H @hosts`` and ``inv-gpu-status`` is
     ``inv gpu-status -H @hosts`` (fresh interpreter, imports, table on stdout),
     each as a subprocess of the measuring child (its CPU counts as client CPU).
+``--whole 64,1000``     the whole commands again (``inv-true``, ``inv-gpu-status``) against
+    ``pssh`` running ``true`` in the same run, and the issue-19 targets checked from
+    those medians (``inv run true`` at 64 hosts <= 0.6x pssh's wall and <= 6 ms CPU per
+    host for the whole inv process; ``inv gpu-status`` at 1,000 hosts <= 0.8x pssh).
+    The project's bytecode caches are written first, as an install has them.
 ``--second-round``      opens every connection in a first round, then times
     only a second ``true`` round on the open connections: ``engine``
     (``keep_open=True``) and ``pssh`` (its cached clients).
@@ -92,6 +97,7 @@ RUN_METHODS = ("engine", "fabric", "pssh", "clush")
 GPU_METHODS = ("engine", "engine-two-sh", "engine-gpu-cmd", "engine-gpu")
 TWO_SH = "sh -c :; sh -c :"  # the floor of any probe that starts two processes
 CLI_METHODS = ("inv-true", "inv-gpu-status")
+WHOLE_METHODS = ("inv-true", "inv-gpu-status", "pssh")
 # Measured only up to --baseline-max-hosts: at 1,000 hosts one raw Fabric run took
 # 241 s and 380 s of CPU (1,191 threads), one clush run minutes of both cores.
 SLOW_METHODS = ("fabric", "clush")
@@ -652,6 +658,8 @@ SECTIONS = {
             GPU_METHODS, "engine"),
     "cli": ("`inv gpu-status` vs `inv run true`: whole commands (interpreter start, imports, table)",
             CLI_METHODS, "inv-true"),
+    "whole": ("whole `inv` commands (interpreter start, imports, table to a file) against "
+              "parallel-ssh running `true`", WHOLE_METHODS, "pssh"),
     "second": ("second round on already-open connections (only that round is timed)",
                SECOND_METHODS, "pssh"),
     "first": ("first contact: every host key unknown (accept-new records them all)",
@@ -705,6 +713,8 @@ def sections(args: argparse.Namespace) -> list[tuple[str, list[int]]]:
     if args.probe:
         plan.append(("gpu", _counts(args.extra_hosts)))
         plan.append(("cli", _counts(args.extra_hosts)))
+    if args.whole:
+        plan.append(("whole", _counts(args.whole)))
     if args.second_round:
         plan.append(("second", _counts(args.extra_hosts)))
     if args.first_contact:
@@ -722,8 +732,10 @@ def _counts(text: str) -> list[int]:
 def run_benchmark(args: argparse.Namespace, info: FleetInfo,
                   plan: list[tuple[str, list[int]]]) -> int:
     needed = max(max(counts) for _, counts in plan)
-    if any(mode in ("gpu", "cli") for mode, _ in plan):
+    if any(mode in ("gpu", "cli", "whole") for mode, _ in plan):
         install_gpu_standin(info, info.addresses[:needed])
+    if any(mode in ("cli", "whole") for mode, _ in plan):
+        compile_project()
     log(f"warm-up (recording host keys) ... load {load_average()}")
     warm_up(info, needed, args.fanout)
     results: dict[str, list[list[Row]]] = {}
@@ -747,6 +759,8 @@ def run_benchmark(args: argparse.Namespace, info: FleetInfo,
         for rows in tables:
             print(render(rows, reference if reference in methods else None, args.fanout) + "\n")
         print(LEGEND + "\n")
+        if mode == "whole":
+            print(whole_targets(tables) + "\n")
         skipped = [m for m in methods if m in SLOW_METHODS and counts[-1] > args.baseline_max_hosts]
         if skipped:
             missing.append(f"{', '.join(skipped)} above {args.baseline_max_hosts} hosts "
@@ -760,6 +774,37 @@ def run_benchmark(args: argparse.Namespace, info: FleetInfo,
                       "samples": [asdict(s) for s in r.samples]} for r in rows] for rows in tables]
              for mode, tables in results.items()}, indent=1))
     return 0
+
+
+def compile_project() -> None:
+    """Write the bytecode caches of cluster/ and cluster_cli/, as an install has them (a
+    PYTHONDONTWRITEBYTECODE shell would otherwise compile every module in every inv run)."""
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "cluster"),
+                    str(ROOT / "cluster_cli")], check=True, stdout=subprocess.DEVNULL)
+
+
+# (method, host count, what is compared, limit) for the "whole" table (issue 19).
+WHOLE_TARGETS = (("inv-true", 64, "wall vs pssh", 0.6), ("inv-true", 64, "CPU ms/host", 6.0),
+                 ("inv-gpu-status", 1000, "wall vs pssh", 0.8))
+
+
+def whole_targets(tables: list[list[Row]]) -> str:
+    """The issue-19 targets, checked against the medians of this run's "whole" table."""
+    lines = ["| target | measured | status |", "|---|---|---|"]
+    for method, count, what, limit in WHOLE_TARGETS:
+        rows = next((t for t in tables if t[0].hosts == count), None)
+        if rows is None:
+            continue
+        by = {r.method: r for r in rows}
+        if what == "CPU ms/host":
+            value = by[method].median("cpu") / count * 1000
+            shown = f"{value:.1f} ms"
+        else:
+            value = by[method].median("wall") / by["pssh"].median("wall")
+            shown = f"{value:.2f}x ({by[method].median('wall'):.2f} s vs {by['pssh'].median('wall'):.2f} s)"
+        lines.append(f"| `{method}` N={count}: {what} <= {limit:g} | {shown} | "
+                     f"{'met' if value <= limit else 'missed'} |")
+    return "\n".join(lines)
 
 
 def log(message: str) -> None:
@@ -787,6 +832,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--extra-hosts", default="64,128",
                         help="host counts of the --probe and --second-round tables "
                              "(default 64,128)")
+    parser.add_argument("--whole", metavar="COUNTS",
+                        help="add the table of whole inv commands against pssh `true` at these host "
+                             "counts (e.g. 64,1000) with the issue-19 targets")
     parser.add_argument("--no-run", action="store_true", help="skip the `true` table")
     parser.add_argument("--engine-ref", metavar="DIR",
                         help="also time `engine-ref`: the engine of another checkout in DIR "

@@ -13,33 +13,60 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import checks, gpu, kill, logs, options, service, status, system, transfer
-from . import jobs as jobs_op
+from . import gpu, kill, logs, options, service, status, transfer
 from .errors import InputError, ParameterError
 from .gpu_health import HealthLimits, parse_limits
 from .hostkeys import check_known_hosts_path
 from .hosts import Host
 from .inventory import Inventory, load_inventory
+from .lazy import lazy
 from .logs import LogSource
-from .preflight import checks as preflight_checks
-from .preflight import run as preflight_run
 from .probe import Probe, run_probe
-from .render import basic as basic_view
-from .render import gpu as gpu_view
-from .render import jobs as jobs_view
-from .render import kill as kill_view
-from .render import logs as logs_view
-from .render import system as system_view
 from .result import Outcome, Report, build_report
-from .serving import records as serving_records
-from .serving import start as serving_start
-from .serving import status as serving_status
-from .serving import stop as serving_stop
-from .serving.config import ServingConfig, parse_serving
-from .serving.plan import StartPlan, plan_start
 from .ssh import Engine, HostSession
+
+# Loaded by the first call that needs them: `inv run` loads no serving or table code
+# (cluster/lazy.py); the type checker sees the modules themselves. The modules imported
+# above give the methods' default values.
+if TYPE_CHECKING:
+    from . import checks, system
+    from . import jobs as jobs_op
+    from .preflight import checks as preflight_checks
+    from .preflight import run as preflight_run
+    from .render import basic as basic_view
+    from .render import gpu as gpu_view
+    from .render import jobs as jobs_view
+    from .render import kill as kill_view
+    from .render import logs as logs_view
+    from .render import system as system_view
+    from .serving import config as serving_cfg
+    from .serving import plan as serving_plan
+    from .serving import records as serving_records
+    from .serving import start as serving_start
+    from .serving import status as serving_status
+    from .serving import stop as serving_stop
+    from .serving.config import ServingConfig
+    from .serving.plan import StartPlan
+else:
+    checks = lazy("cluster.checks")
+    jobs_op = lazy("cluster.jobs")
+    system = lazy("cluster.system")
+    basic_view = lazy("cluster.render.basic")
+    gpu_view = lazy("cluster.render.gpu")
+    jobs_view = lazy("cluster.render.jobs")
+    kill_view = lazy("cluster.render.kill")
+    logs_view = lazy("cluster.render.logs")
+    system_view = lazy("cluster.render.system")
+    preflight_checks = lazy("cluster.preflight.checks")
+    preflight_run = lazy("cluster.preflight.run")
+    serving_cfg = lazy("cluster.serving.config")
+    serving_plan = lazy("cluster.serving.plan")
+    serving_records = lazy("cluster.serving.records")
+    serving_start = lazy("cluster.serving.start")
+    serving_status = lazy("cluster.serving.status")
+    serving_stop = lazy("cluster.serving.stop")
 
 Targets = str | Iterable[str] | None
 OnDone = Callable[[HostSession, Any], None]
@@ -63,7 +90,8 @@ class Cluster:
     def engine(self) -> Engine:
         """The shared SSH engine (created on first use)."""
         if self._engine is None:
-            check_known_hosts_path(self.settings.known_hosts)  # a local problem: exit 2 up front
+            if self.settings.known_hosts:  # unset: each host's UserKnownHostsFile (ssh_config)
+                check_known_hosts_path(self.settings.known_hosts)  # a local problem: exit 2 up front
             self._engine = Engine(self.settings)
         return self._engine
 
@@ -252,13 +280,14 @@ class Cluster:
         return _described(report, "jobs", jobs_view.jobs_fields)
 
     def stop_job(self, name: str, *, hosts: Targets = None, role: Targets = None,
-                 grace: float = jobs_op.DEFAULT_GRACE_S, on_done: OnDone | None = None) -> Report:
-        """Stop job ``name`` (``inv stop --job``): verified TERM, ``grace`` seconds, KILL,
-        checked gone; then the name is free on those hosts (logs kept). ``.data``:
-        `cluster.jobs.JobStop`."""
+                 grace: float | None = None, on_done: OnDone | None = None) -> Report:
+        """Stop job ``name`` (``inv stop --job``): verified TERM, ``grace`` seconds (None:
+        ``cluster.jobs.DEFAULT_GRACE_S``), KILL, checked gone; then the name is free on those
+        hosts (logs kept). ``.data``: `cluster.jobs.JobStop`."""
         name = jobs_op.check_name(name, "name")
         targets = self._targets(hosts, role)
-        report = jobs_op.stop(self.engine, jobs_op.load_job(name), name, targets, grace=grace,
+        wait = jobs_op.DEFAULT_GRACE_S if grace is None else grace
+        report = jobs_op.stop(self.engine, jobs_op.load_job(name), name, targets, grace=wait,
                               fanout=self.settings.fanout, on_done=on_done)
         return _described(report, "stop", jobs_view.stop_fields)
 
@@ -298,7 +327,7 @@ class Cluster:
         """The roles file's ``serving:`` section with overrides (None = not given), validated."""
         source = str(self.inventory.path) if self.inventory.path else "roles.yaml"
         raw = self.inventory.sections.get("serving")
-        return parse_serving(raw, source=source).with_overrides(**overrides)
+        return serving_cfg.parse_serving(raw, source=source).with_overrides(**overrides)
 
     def plan_pd(self, prefill: Targets = None, decode: Targets = None, *, router: str | None = None,
                 deployment: str | None = None, run_id: str | None = None,
@@ -309,33 +338,34 @@ class Cluster:
         config = self.serving_config(**overrides)
         prefill_hosts = self.hosts(prefill) if prefill is not None else self.inventory.role_hosts("prefill")
         decode_hosts = self.hosts(decode) if decode is not None else self.inventory.role_hosts("decode")
-        return plan_start(config, prefill_hosts, decode_hosts, router=router,
-                          deployment=_deployment(deployment), run_id=run_id)
+        return serving_plan.plan_start(config, prefill_hosts, decode_hosts, router=router,
+                                       deployment=_deployment(deployment), run_id=run_id)
 
     def start_pd(self, plan: StartPlan, *, wait: bool = True,
-                 timeout: float = serving_start.DEFAULT_TIMEOUT_S, restart: bool = False,
-                 grace: float = serving_stop.DEFAULT_GRACE_S,
+                 timeout: float | None = None, restart: bool = False, grace: float | None = None,
                  on_progress: serving_start.ProgressFn | None = None,
                  preflight: bool = True) -> serving_start.StartResult:
         """Start the planned servers (and router) and wait until they are ready: exactly
         the scripts ``serving.dry_run_scripts(plan)`` shows, with the plan's run id.
+        ``timeout`` / ``grace`` None: ``serving.DEFAULT_TIMEOUT_S`` / ``DEFAULT_GRACE_S``.
 
         ``preflight`` (default): first the fast checks of :meth:`preflight` (GPUs free, env
         file, engine importable, model present); a failing one on any host starts nothing
         anywhere. Ports are left to the start's own check (it tells a running server from
         another listener); with ``restart``, busy GPUs are expected and not checked."""
+        limit, pause = _wait_limit(timeout), _grace(grace)
         refused = None
         if preflight:
             # Bad input is exit 2 before any host is contacted, the checks' round trip included.
-            serving_start.check_timeout(timeout)
-            serving_stop.check_grace(grace)
+            serving_start.check_timeout(limit)
+            serving_stop.check_grace(pause)
             serving_records.ensure_state_dir()
             checked = preflight_run.preflight(self.engine, plan, fast=True, fanout=self.settings.fanout,
                                               keep_open=True)
             ignore = (preflight_checks.PORTS,) + ((preflight_checks.GPU_FREE,) if restart else ())
             refused = preflight_run.refusals(checked, ignore)
-        return serving_start.start_pd(self.engine, plan, wait=wait, timeout=timeout,
-                                      restart=restart, grace=grace, fanout=self.settings.fanout,
+        return serving_start.start_pd(self.engine, plan, wait=wait, timeout=limit,
+                                      restart=restart, grace=pause, fanout=self.settings.fanout,
                                       on_progress=on_progress, refused=refused)
 
     def preflight(self, plan: StartPlan, *, deep: bool = False, fast: bool = False,
@@ -349,8 +379,7 @@ class Cluster:
 
     def restart_pd(self, *, hosts: Targets = None, role: Targets = None,
                    deployment: str | None = None, wait: bool = True,
-                   timeout: float = serving_start.DEFAULT_TIMEOUT_S,
-                   grace: float = serving_stop.DEFAULT_GRACE_S,
+                   timeout: float | None = None, grace: float | None = None,
                    on_progress: serving_start.ProgressFn | None = None) -> serving_start.RestartResult:
         """Replace servers of the recorded deployment: those on the selected hosts (every
         rank of each), or with no selection those whose process is gone; others are left
@@ -361,19 +390,22 @@ class Cluster:
         arguments = {"prefill": config.prefill.extra_args, "decode": config.decode.extra_args,
                      "router": config.router.extra_args}
         return serving_start.restart_pd(self.engine, manifest, hosts=targets, arguments=arguments,
-                                        secrets=self._secret_values(), wait=wait, timeout=timeout,
-                                        grace=grace, fanout=self.settings.fanout,
+                                        secrets=self._secret_values(), wait=wait,
+                                        timeout=_wait_limit(timeout), grace=_grace(grace),
+                                        fanout=self.settings.fanout,
                                         on_progress=on_progress)
 
     def stop_pd(self, *, hosts: Targets = None, role: Targets = None, deployment: str | None = None,
-                grace: float = serving_stop.DEFAULT_GRACE_S, sweep: str = serving_stop.DEFAULT_SWEEP,
+                grace: float | None = None, sweep: str | None = None,
                 keep_router: bool = False) -> serving_stop.StopResult:
-        """Stop the recorded deployment, or what start-pd started on the selected hosts."""
+        """Stop the recorded deployment, or what start-pd started on the selected hosts.
+        ``grace`` / ``sweep`` None: ``serving.DEFAULT_GRACE_S`` / ``DEFAULT_SWEEP``."""
         targets = self._targets(hosts, role)
         deployment = _deployment(deployment)
         manifest, problem = self._manifest_for(deployment, targets)
         result = serving_stop.stop_pd(self.engine, manifest, hosts=targets,
-                                      run_dir=self.serving_config().run_dir, grace=grace, sweep=sweep,
+                                      run_dir=self.serving_config().run_dir, grace=_grace(grace),
+                                      sweep=serving_stop.DEFAULT_SWEEP if sweep is None else sweep,
                                       keep_router=keep_router, fanout=self.settings.fanout,
                                       deployment=deployment)
         if problem:
@@ -455,3 +487,13 @@ def _deployment(name: str | None) -> str | None:
     """A deployment name as given (None: the default one), checked: it names a file and
     reaches remote command lines (`cluster.options.name`)."""
     return None if name is None else options.name(name, "deployment")
+
+
+# Defaults resolved on use, not in the signatures: a default read at class definition
+# would load the serving code with `import cluster.api` (cluster/lazy.py).
+def _wait_limit(timeout: float | None) -> float:
+    return serving_start.DEFAULT_TIMEOUT_S if timeout is None else timeout
+
+
+def _grace(grace: float | None) -> float:
+    return serving_stop.DEFAULT_GRACE_S if grace is None else grace

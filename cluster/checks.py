@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import time
@@ -10,11 +11,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import InputError
 from .hostkeys import fingerprint
 from .hosts import Host
 from .inventory import GCE_KEY, SSHSettings
+from .keys import ENCRYPTED, IN_AGENT, MISSING, KeyRing
 from .result import Report, build_report
+from .shell import framed, unframed
 from .ssh import Engine, HostSession, load_private_key
+from .sshconfig import DEFAULT_IDENTITIES
 
 CHECK_COMMAND = "uname -n"
 
@@ -39,11 +44,11 @@ def _check_one(session: HostSession) -> Any:
         session.open()
         connect_ms = (time.monotonic() - started) * 1000
     mark = time.monotonic()
-    result = session.run(CHECK_COMMAND, timeout=session.engine.settings.connect_timeout)
+    result = session.run(framed(CHECK_COMMAND), timeout=session.connect_timeout)
     command_ms = (time.monotonic() - mark) * 1000
     if not result.ok:
         return result
-    return CheckInfo(result.stdout.strip(), connect_ms, command_ms)
+    return CheckInfo(unframed(result.stdout).strip(), connect_ms, command_ms)
 
 
 def check(engine: Engine, hosts: Sequence[Host], *, fanout: int | None = None,
@@ -100,10 +105,11 @@ class KeyReport:
     description: str
     actions: list[str] = field(default_factory=list)
     steps: list[str] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)  # every key ssh would offer, with its state
 
     def to_json(self) -> dict[str, Any]:
         return {"ok": self.ok, "key": self.key_path, "description": self.description,
-                "actions": self.actions, "steps": self.steps}
+                "actions": self.actions, "steps": self.steps, "keys": self.keys}
 
 
 MANUAL_STEPS = [
@@ -130,13 +136,42 @@ def ensure_key(settings: SSHSettings, *, gcloud: str | None = None,
                 return KeyReport(False, None, f"`{' '.join(command)}` failed with exit code {code}",
                                  actions, MANUAL_STEPS)
     try:
-        path, key = load_private_key(settings)
-    except Exception as exc:  # InputError: configured key missing/encrypted
+        first = load_private_key(settings)
+    except InputError as exc:  # a configured key file that does not exist
         return KeyReport(False, settings.resolved_key(), str(exc), actions, MANUAL_STEPS)
-    if key is None:
+    return _key_inventory(first, actions, gce)
+
+
+def _key_inventory(first: str | None, actions: list[str], gce: Path) -> KeyReport:
+    """Every key ``ssh`` would offer: the agent's by fingerprint, files by path and state."""
+    ring = KeyRing()
+    agent = ring.agent_keys(None)
+    in_agent = {k.fingerprint for k in agent}
+    lines = [f"agent: {k.get_name()} {k.fingerprint}" for k in agent]
+    paths = ([first] if first else []) + [os.path.expanduser(p) for p in DEFAULT_IDENTITIES]
+    usable, encrypted = list(agent), []
+    for path in dict.fromkeys(paths):
+        loaded = ring.file(path)
+        if loaded.state == MISSING:
+            continue
+        state = IN_AGENT if loaded.state == ENCRYPTED and loaded.fingerprint in in_agent else loaded.state
+        shown = f" ({loaded.pkey.get_name()} {loaded.fingerprint})" if loaded.pkey is not None else ""
+        lines.append(f"{path}: {state}{shown}")
+        if loaded.pkey is not None:
+            usable.append(loaded.pkey)
+        elif state == ENCRYPTED:
+            encrypted.append(path)
+    if not usable:
+        if encrypted:
+            return KeyReport(False, encrypted[0], f"{encrypted[0]} is encrypted and not in ssh-agent: "
+                             f"run `ssh-add {encrypted[0]}`", actions, [], lines)
         return KeyReport(False, None, f"no SSH key found ({gce} is missing and gcloud is not on PATH)",
-                         actions, MANUAL_STEPS)
-    return KeyReport(True, path, f"{key.get_name()} {fingerprint(key)}", actions)
+                         actions, MANUAL_STEPS, lines)
+    key = usable[0]
+    path = first if first and ring.file(first).pkey is not None else None
+    where = path or ("ssh-agent" if key in agent else None)
+    return KeyReport(True, path, f"{key.get_name()} {fingerprint(key)}" + (f" ({where})" if where == "ssh-agent" else ""),
+                     actions, [], lines)
 
 
 def _run(command: list[str]) -> int:

@@ -75,7 +75,7 @@ def open_sftp(session: HostSession, timeout: float) -> paramiko.SFTPClient:
         session.open()
         transport = session.connection.client.get_transport()
     channel = transport.open_session(window_size=SFTP_WINDOW, max_packet_size=SFTP_MAX_PACKET,
-                                     timeout=session.engine.settings.connect_timeout)
+                                     timeout=session.connect_timeout)
     channel.settimeout(timeout)
     try:
         channel.invoke_subsystem("sftp")

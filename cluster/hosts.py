@@ -138,9 +138,13 @@ def range_count(name: str) -> int:
 
 
 def expand_item(item: str, budget: _Budget | None = None) -> list[str]:
-    """Expand the ranges of one item, keeping ``user@`` and ``:port`` around them."""
+    """Expand the ranges of one item, keeping ``user@`` and ``:port`` around them.
+
+    A bracketed IPv6 address (``[::1]``, ``user@[::1]:2222``) is one host, not a
+    range: it is recognised before anything reaches NodeSet.
+    """
     budget = budget or _Budget(MAX_HOSTS)
-    if "[" not in item:
+    if "[" not in item or _BRACKETED_V6.match(item):
         budget.take(1, item)
         return [item]
     user, at, rest = item.partition("@") if "@" in item.split("[", 1)[0] else ("", "", item)

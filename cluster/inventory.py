@@ -35,18 +35,30 @@ MAX_ROLES_FILE_BYTES = 16 * 1024 * 1024
 MAX_YAML_NODES = 1_000_000
 
 
+DEFAULT_CONNECT_TIMEOUT = 10.0
+
+
 @dataclass(frozen=True)
 class SSHSettings:
-    """The ``ssh:`` section. ``None`` means "not set here": ssh_config/defaults apply."""
+    """The ``ssh:`` section. ``None`` means "not set here": ssh_config, then the defaults apply.
+
+    Precedence (docs/roles.md): command line > these values > ssh_config > defaults.
+    """
 
     user: str | None = None
     port: int | None = None
     key_filename: str | None = None
-    connect_timeout: float = 10.0
+    connect_timeout: float | None = None  # None: ConnectTimeout, else DEFAULT_CONNECT_TIMEOUT
     fanout: int = 64
-    host_key_policy: str = "accept-new"
-    known_hosts: str = "~/.ssh/known_hosts"
+    host_key_policy: str | None = None  # None: StrictHostKeyChecking yes -> strict, else accept-new
+    known_hosts: str | None = None  # None: UserKnownHostsFile
     ssh_config: str | None = None  # None: ~/.ssh/config (and /etc/ssh/ssh_config)
+    proxy_jump: str | None = None  # None: ProxyJump/ProxyCommand of ssh_config; "none": direct
+
+    @property
+    def timeout_or_default(self) -> float:
+        """The connect timeout where no host's ssh_config is at hand (messages, local work)."""
+        return self.connect_timeout if self.connect_timeout is not None else DEFAULT_CONNECT_TIMEOUT
 
     def resolved_key(self) -> str | None:
         """The private key to use: ssh.key_filename, else the GCE key when it exists."""
@@ -242,6 +254,7 @@ _SSH_KEYS: dict[str, type | tuple[type, ...]] = {
     "host_key_policy": str,
     "known_hosts": str,
     "ssh_config": str,
+    "proxy_jump": str,
 }
 
 

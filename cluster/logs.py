@@ -414,8 +414,8 @@ def _follow_outcome(engine: Engine, session: HostSession, value: Any) -> Outcome
     if isinstance(value, BaseException):
         failure = classify_exception(value, host, port=_port(session),
                                      key_description=engine.key_description,
-                                     known_hosts=engine.settings.known_hosts,
-                                     connect_timeout=engine.settings.connect_timeout)
+                                     known_hosts=engine.settings.known_hosts or "~/.ssh/known_hosts",
+                                     connect_timeout=session.connect_timeout)
         return Outcome(host, False, error=failure, elapsed=session.elapsed)
     outcome = Outcome(host, False, stdout="", stderr=value.stderr, exit_code=value.exited,
                       elapsed=session.elapsed)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .result import Failure, Outcome, Report, build_report
+from .shell import framed, unframed
 
 if TYPE_CHECKING:
     from .hosts import Host
@@ -36,6 +37,7 @@ class Probe:
 
     def interpret(self, outcome: Outcome) -> None:
         """Parse stdout into ``outcome.data`` and let the probe judge the exit code."""
+        outcome.stdout = unframed(outcome.stdout)  # rc-file banners around it dropped
         try:
             outcome.data = self.parse(outcome.stdout)
         except Exception as exc:  # a parser bug must not hide the other hosts
@@ -56,6 +58,6 @@ def run_probe(engine: Engine, hosts: Sequence[Host], probe: Probe, *, timeout: f
               fanout: int | None = None, keep_open: bool = False,
               on_done: Callable[[HostSession, Any], None] | None = None) -> Report:
     """Run ``probe`` on every host and return parsed, classified outcomes in host order."""
-    results = engine.run(hosts, probe.command, timeout=timeout or probe.timeout, fanout=fanout,
+    results = engine.run(hosts, framed(probe.command), timeout=timeout or probe.timeout, fanout=fanout,
                          keep_open=keep_open, on_done=on_done)
     return build_report(results, engine, probe.interpret)

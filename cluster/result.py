@@ -223,9 +223,21 @@ def classify_exception(
     import paramiko
     from invoke.exceptions import CommandTimedOut
 
+    from .connect import ChannelOpenError, HopError, ProxyCommandError
     from .hostkeys import HostKeyError
+    from .keys import AuthError
     from .ssh import HandshakeTimeout
 
+    if isinstance(exc, HopError):  # the jump host's own failure, named after it
+        cause = classify_exception(exc.cause, Host(exc.hop), connect_timeout=connect_timeout)
+        return Failure(cause.kind, f"jump host {exc.hop}: {cause.message}",
+                       f"{cause.hint} (on the jump host, not {host})")
+    if isinstance(exc, ChannelOpenError):
+        return Failure(UNREACHABLE, str(exc), f"is sshd running on {exc.target}, and may {exc.hop} reach it?")
+    if isinstance(exc, ProxyCommandError):
+        return Failure(UNREACHABLE, str(exc), "run the ProxyCommand by hand to see why it fails")
+    if isinstance(exc, AuthError):
+        return Failure(AUTH, f"authentication failed: {exc}", exc.hint)
     if isinstance(exc, HandshakeTimeout):
         return Failure(TIMEOUT, str(exc), "the port accepts TCP but no SSH server answers: overloaded "
                        "sshd, a firewall/tarpit, or not an SSH port")
@@ -302,9 +314,10 @@ def _ssh_protocol_failure(exc: BaseException, connect_timeout: float | None) -> 
     text = str(exc)
     lowered = text.lower()
     if "banner" in lowered or "timeout" in lowered or "timed out" in lowered:
+        limit = f" within {connect_timeout:g} s" if connect_timeout else ""
         return Failure(
             TIMEOUT,
-            f"SSH handshake did not complete: {text}",
+            f"SSH handshake did not complete{limit}: {text}",
             "the port answers but no SSH banner came (overloaded sshd, or not an SSH "
             "server on that port)",
         )
@@ -382,8 +395,8 @@ def build_report(results: Any, engine: Any, interpret: Any = None) -> Report:
     for session, value in results.items():
         outcome = to_outcome(session.host, value, session.elapsed, port=session.port,
                              key_description=engine.key_description,
-                             known_hosts=settings.known_hosts,
-                             connect_timeout=settings.connect_timeout)
+                             known_hosts=settings.known_hosts or "~/.ssh/known_hosts",
+                             connect_timeout=session.connect_timeout)
         if interpret is not None and outcome.exit_code is not None:
             interpret(outcome)
         outcomes.append(outcome)

@@ -188,6 +188,31 @@ def sections_script(sections: Sequence[tuple[str, str]]) -> str:
     return "\n".join(out) + "\n"
 
 
+PROBE_BEGIN, PROBE_END = "@@cluster-probe-begin", "@@cluster-probe-end"
+
+
+def framed(command: str) -> str:
+    """``command`` between marker lines its own shell prints, exit code kept.
+
+    Login shells may print banners from rc files (``~/.bashrc`` is read by
+    ``bash -c`` under sshd) before or after the command: `unframed` keeps only
+    what the command wrote. The command runs in a subshell, so its ``exit``
+    still reaches the end marker.
+    """
+    return (f"echo '{PROBE_BEGIN}'\n(\n{command.rstrip()}\n)\n"
+            f"rc=$?; printf '\\n{PROBE_END}\\n'; exit $rc")
+
+
+def unframed(stdout: str) -> str:
+    """What the framed command printed (no markers: the text as it is; cut off: up to the end)."""
+    begin = stdout.find(PROBE_BEGIN + "\n")
+    if begin < 0:
+        return stdout
+    body = stdout[begin + len(PROBE_BEGIN) + 1:]
+    end = body.rfind("\n" + PROBE_END)
+    return body[:end] if end >= 0 else body
+
+
 def parse_sections(stdout: str) -> dict[str, Section]:
     """``{key: Section}`` from :func:`sections_script` output (a cut-off part has rc None)."""
     found: dict[str, Section] = {}

@@ -29,7 +29,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 import paramiko
@@ -38,13 +37,15 @@ from fabric.group import GroupResult
 
 from . import interrupt
 from .command import AFTER_EXIT_S, Capture, CommandResult, Lines, OnOutput, text
+from .connect import JumpPool, Keepalive, ShellProxy, expand_tokens, hop_name, open_channel, parse_proxy_jump
 from .errors import InputError
-from .hostkeys import HostKeyStore, HostKeyTarget, fingerprint, peer_address
+from .hostkeys import ACCEPT_NEW, STRICT_HOST_KEY_CHECKING, HostKeyError, HostKeyStore, HostKeyTarget, peer_address
 from .hosts import Host
-from .inventory import SSHSettings
+from .inventory import DEFAULT_CONNECT_TIMEOUT, SSHSettings
+from .keys import KeyAuth, KeyRing
 from .localrun import run_local
+from .sshconfig import HostConfig, Resolver
 
-DEFAULT_KEYS = ("~/.ssh/id_ed25519", "~/.ssh/id_ecdsa", "~/.ssh/id_rsa")
 _READ_SIZE = 65536
 
 
@@ -97,8 +98,11 @@ class LeanPacketizer(paramiko.packet.Packetizer):  # paramiko.Packetizer too, bu
         self._quickack = quickack if isinstance(sock, socket.socket) else None
         self._sock = sock
 
+    last_read = 0.0  # monotonic time of the latest packet (keepalive: the peer is alive)
+
     def read_message(self) -> tuple[int, paramiko.Message]:
         message = super().read_message()
+        self.last_read = time.monotonic()
         if self._quickack is not None:
             try:
                 self._sock.setsockopt(socket.IPPROTO_TCP, self._quickack, 1)
@@ -171,6 +175,11 @@ class LeanConnection(Connection):  # type: ignore[misc]  # fabric ships no types
     """
 
     inline_ssh_env = None
+    host_config = None  # the HostConfig it was built from (Engine.make_connection)
+
+    def open_gateway(self) -> Any:
+        """The `Route`'s socket (ProxyCommand or a channel through the shared jump connection)."""
+        return self.gateway.open()
 
     def __setattr__(self, key: str, value: Any) -> None:
         if key in _CONNECTION_ATTRIBUTES:
@@ -210,6 +219,7 @@ class HostSession:
         self.engine = engine
         self._connection: Connection | None = None
         self._port: int | None = None
+        self._timeout: float | None = None  # kept after release(): failures name it
         self.elapsed = 0.0
         # The command in flight (for Ctrl-C, `BoundedGroup._run_pool`), set by the runner thread.
         self.running: interrupt.Stoppable | None = None
@@ -225,6 +235,7 @@ class HostSession:
         if self._connection is None:
             self._connection = self.engine.make_connection(self.host)
             self._port = int(self._connection.port)
+            self._timeout = float(self._connection.connect_timeout)
         return self._connection
 
     @property
@@ -233,8 +244,16 @@ class HostSession:
         if self.host.is_local:
             return None
         if self._port is None:
-            self._port = int(self.connection.port)
+            try:
+                self._port = int(self.connection.port)
+            except Exception:  # its config could not be resolved: reported as the host's failure
+                return None
         return self._port
+
+    @property
+    def connect_timeout(self) -> float:
+        """This host's connect timeout (roles/CLI, else its ConnectTimeout, else the default)."""
+        return self._timeout if self._timeout is not None else self.engine.settings.timeout_or_default
 
     @property
     def is_connected(self) -> bool:
@@ -250,24 +269,34 @@ class HostSession:
             # paramiko's start_client() gives up waiting after the timeout but
             # carries on, and the failure surfaces later as "No existing
             # session": report what really happened, a handshake that never ended.
+            route = self._connection.gateway
+            if isinstance(route, Route) and route.failure(exc) is not exc:
+                raise route.failure(exc) from None
             if "No existing session" in str(exc):
                 raise HandshakeTimeout(
-                    f"no SSH banner/handshake within {self.engine.settings.connect_timeout:g} s"
+                    f"no SSH banner/handshake within {self.connect_timeout:g} s"
                 ) from None
             raise
-        _relax_polling(self.connection.client.get_transport())
+        transport = self._connection.client.get_transport()
+        _relax_polling(transport)
+        if transport is not None and self._connection.host_config is not None:
+            start_keepalive(transport, self._connection.host_config)
 
     def handshake(self) -> paramiko.PKey:
         """Key exchange and host-key check (`HostKeyStore.verify`), no authentication.
 
-        Returns the server's host key (keyscan). Direct TCP connections to the
-        host's HostName and port.
+        Returns the server's host key (keyscan). Reaches the host as a
+        connection does: directly, or through its jump hosts / ProxyCommand.
         """
         cxn = self.connection
         hostname, port = cxn.host, int(cxn.port)
-        timeout = self.engine.settings.connect_timeout
-        sock = socket.create_connection((hostname, port), timeout=timeout)
-        target = self.engine.host_key_target(hostname, port, peer_address(sock))
+        timeout = self.connect_timeout
+        if isinstance(cxn.gateway, Route):  # behind a jump host or proxy: reach it the same way
+            sock, address = cxn.gateway.open(), None
+        else:
+            sock = socket.create_connection((hostname, port), timeout=timeout)
+            address = peer_address(sock)
+        target = self.engine.host_key_target(hostname, port, address, config=cxn.host_config)
         transport = HopTransport(self.engine.host_keys, target)(sock)
         try:
             transport.banner_timeout = timeout
@@ -359,7 +388,9 @@ class HostSession:
             self.connection.close()
             self.connection.open()
             transport = self.connection.client.get_transport()
-        channel: paramiko.Channel = transport.open_session(timeout=self.engine.settings.connect_timeout)
+        channel: paramiko.Channel = transport.open_session(timeout=self.connect_timeout)
+        if self.connection.forward_agent:  # ForwardAgent yes: this command may use our agent
+            paramiko.agent.AgentRequestHandler(channel)
         channel.exec_command(command)
         if stdin:
             channel.sendall(stdin.encode())
@@ -706,35 +737,33 @@ def _timed(fn: Callable[[HostSession], Any], session: HostSession) -> Any:
 
 
 class Engine:
-    """Shared SSH state for a set of hosts: config, key, host keys, open connections."""
+    """Shared SSH state for a set of hosts: config, keys, host keys, jump hosts, open connections."""
 
     def __init__(self, settings: SSHSettings | None = None) -> None:
         self.settings = settings or SSHSettings()
         self.config = self._make_config()
-        self.key_path, self.pkey = load_private_key(self.settings)
+        self.resolver = Resolver(self.settings.ssh_config)
+        self.keys = KeyRing()
+        self.key_path = load_private_key(self.settings)
         self.host_keys = HostKeyStore()
+        self.jumps = JumpPool(self._login_hop)
         self._sessions: dict[Host, HostSession] = {}
         self._lock = threading.Lock()
 
     def _make_config(self) -> Config:
         overrides: dict[str, Any] = {
             "run": {"hide": True, "warn": True, "in_stream": False},
-            "timeouts": {"connect": self.settings.connect_timeout},
-            "load_ssh_configs": True,
+            "timeouts": {"connect": self.settings.timeout_or_default},
+            # ssh_config is evaluated per host by `sshconfig.Resolver` (ssh -G), not by Fabric.
+            "load_ssh_configs": False,
         }
-        if self.settings.ssh_config:
-            path = Path(self.settings.ssh_config).expanduser()
-            if not path.exists():
-                raise InputError(f"ssh.ssh_config: file not found: {path}")
-            return LeanConfig(overrides=overrides, runtime_ssh_path=str(path))
         return LeanConfig(overrides=overrides)
 
     @functools.cached_property
     def key_description(self) -> str:
-        """Which key authenticates (named in auth failure hints); computed once."""
-        if self.pkey is None:
-            return "ssh-agent and default keys"
-        return f"{self.key_path} ({self.pkey.get_name()} {fingerprint(self.pkey)})"
+        """Which keys authenticate (named in auth failure hints that do not list them)."""
+        return f"{self.key_path}, ssh-agent and IdentityFile keys" if self.key_path else \
+            "ssh-agent and IdentityFile keys"
 
     def session(self, host: Host) -> HostSession:
         """The (cached) session of ``host``; connections are reused across calls."""
@@ -743,48 +772,131 @@ class Engine:
                 self._sessions[host] = HostSession(host, self)
             return self._sessions[host]
 
+    # -- per-host configuration (docs/roles.md: CLI > roles.yaml ssh: > ssh_config > defaults) --
+    def host_config(self, host: Host) -> HostConfig:
+        """The effective ssh_config of ``host``: host expression / roles user and port act as ``ssh -l/-p``."""
+        return self.resolver.resolve(host.hostname, host.user or self.settings.user,
+                                     host.port or self.settings.port)
+
+    def connect_timeout(self, config: HostConfig) -> float:
+        """roles.yaml/CLI ``connect_timeout`` when set, else ConnectTimeout, else the default."""
+        if self.settings.connect_timeout is not None:
+            return float(self.settings.connect_timeout)
+        return config.connect_timeout or DEFAULT_CONNECT_TIMEOUT
+
     def make_connection(self, host: Host) -> Connection:
-        """A Fabric Connection with our settings, host-key store and shared key."""
-        user = host.user or self.settings.user
+        """A Fabric Connection with the host's effective config, our host-key store and keys."""
+        config = self.host_config(host)
+        timeout = self.connect_timeout(config)
+        route = self.route(config, timeout)
         connection = LeanConnection(
-            host.hostname,
-            user=user,
-            port=host.port or self.settings.port,
+            config.hostname,
+            user=config.user,
+            port=config.port,
             config=self.config,
-            connect_kwargs=self._connect_kwargs(),
+            connect_kwargs=self._connect_kwargs(config, timeout),
+            gateway=route or False,
+            forward_agent=config.forward_agent,
         )
-        timeout = self.settings.connect_timeout
+        connection.host_config = config
         # Fabric truncates connect_timeout with int(); keep fractions ourselves.
         connection.connect_timeout = timeout
         # Host keys: the store orders the host-key algorithms before the key
         # exchange and checks the key after it (paramiko's own, empty HostKeys
         # hands every key to the policy, before authentication).
-        target = self.host_key_target(connection.host, int(connection.port))
+        target = self.host_key_target(config.hostname, config.port, config=config)
         connection.connect_kwargs["transport_factory"] = HopTransport(self.host_keys, target)
         connection.client.set_missing_host_key_policy(self.host_keys.client_policy(target))
         return connection
 
-    def host_key_target(self, hostname: str, port: int, address: str | None = None) -> HostKeyTarget:
-        """How the host-key store sees a direct connection to ``hostname:port`` (roles-file settings)."""
+    def host_key_target(self, hostname: str, port: int, address: str | None = None,
+                        config: HostConfig | None = None) -> HostKeyTarget:
+        """How the host-key store sees one hop: its ssh_config, with roles.yaml known_hosts/policy first."""
         settings = self.settings
-        user_files = ((settings.known_hosts,) if settings.known_hosts != SSHSettings.known_hosts
-                      else HostKeyTarget.user_files)  # ssh's default list: known_hosts, known_hosts2
-        return HostKeyTarget(hostname, port, user_files=user_files,
-                             policy=settings.host_key_policy, address=address)
+        if config is None:
+            return HostKeyTarget(hostname, port, user_files=self._user_files(None),
+                                 policy=settings.host_key_policy or ACCEPT_NEW, address=address)
+        # `ssh -G` prints ssh's default "ask" when nothing is set: that stays our default (accept-new).
+        checking = config.strict_host_key_checking
+        policy = settings.host_key_policy or (
+            ACCEPT_NEW if checking == "ask" else STRICT_HOST_KEY_CHECKING.get(checking, ACCEPT_NEW))
+        return HostKeyTarget(hostname, port, alias=config.host_key_alias, user_files=self._user_files(config),
+                             global_files=config.global_known_hosts, policy=policy,
+                             hash_new=config.hash_known_hosts, check_host_ip=config.check_host_ip,
+                             address=address)
 
-    def _connect_kwargs(self) -> dict[str, Any]:
-        timeout = self.settings.connect_timeout
-        kwargs: dict[str, Any] = {
+    def _user_files(self, config: HostConfig | None) -> tuple[str, ...]:
+        if self.settings.known_hosts:
+            return (self.settings.known_hosts,)
+        return config.user_known_hosts if config is not None else HostKeyTarget.user_files
+
+    def _connect_kwargs(self, config: HostConfig, timeout: float) -> dict[str, Any]:
+        return {
             "banner_timeout": timeout,
             "auth_timeout": timeout,
             "channel_timeout": timeout,
-            "look_for_keys": False,
-            "allow_agent": True,
+            "auth_strategy": self.auth_strategy(config),
             "transport_factory": make_transport,
         }
-        if self.pkey is not None:
-            kwargs["pkey"] = self.pkey
-        return kwargs
+
+    def auth_strategy(self, config: HostConfig) -> KeyAuth:
+        """The keys offered to this host, in OpenSSH's order (`keys.KeyRing.candidates`)."""
+        first = [self.key_path] if self.key_path else []
+        offered, skipped = self.keys.candidates(first, config.identity_files, config.certificate_files,
+                                                config.identity_agent, config.identities_only)
+        return self.keys.strategy(config.user, offered, skipped)
+
+    # -- routes: direct, ProxyCommand, jump hosts (connect.py) --
+    def route(self, config: HostConfig, timeout: float) -> Route | None:
+        """How to reach a target: None (direct TCP), or a `Route` (ProxyCommand / jump chain)."""
+        jump = self.settings.proxy_jump if self.settings.proxy_jump is not None else config.proxy_jump
+        if jump is not None and jump.strip().lower() != "none":
+            return Route(self, config, timeout, chain=self.jump_chain(jump))
+        if self.settings.proxy_jump is None and config.proxy_command:
+            return Route(self, config, timeout, proxy_command=expand_tokens(config.proxy_command, config))
+        return None
+
+    def jump_chain(self, jump: str, depth: int = 0) -> tuple[HostConfig, ...]:
+        """The hops of a ProxyJump value, first hop first; the first hop's own ProxyJump comes before it."""
+        try:
+            specs = parse_proxy_jump(jump)
+        except ValueError as exc:
+            raise InputError(f"ProxyJump: {exc}") from None
+        if depth > 8:
+            raise InputError(f"ProxyJump: more than 8 nested jump hosts at {jump!r}")
+        hops = [self.resolver.resolve(s.host, s.user, s.port) for s in specs]
+        first = hops[0]
+        # A jump host's own ProxyJump counts, unless it names the jump host itself (a `Host *` line).
+        own = [(j.host, j.port) for j in parse_proxy_jump(first.proxy_jump)] if first.proxy_jump else []
+        loops = (specs[0].host, specs[0].port) in own or (first.hostname, first.port) in own
+        before = self.jump_chain(first.proxy_jump, depth + 1) if own and not loops else ()
+        return before + tuple(hops)
+
+    def _login_hop(self, config: HostConfig, sock: Any) -> paramiko.Transport:
+        """Connect, check the host key and authenticate one jump host (`JumpPool`)."""
+        timeout = self.connect_timeout(config)
+        proxy = None
+        if sock is None and config.proxy_command:
+            sock = proxy = ShellProxy(expand_tokens(config.proxy_command, config))
+        client = paramiko.SSHClient()
+        target = self.host_key_target(config.hostname, config.port, config=config)
+        client.set_missing_host_key_policy(self.host_keys.client_policy(target))
+        try:
+            client.connect(config.hostname, config.port, config.user, sock=sock, timeout=timeout,
+                           banner_timeout=timeout, auth_timeout=timeout, channel_timeout=timeout,
+                           transport_factory=HopTransport(self.host_keys, target),
+                           auth_strategy=self.auth_strategy(config))
+        except paramiko.SSHException as exc:
+            client.close()
+            if proxy is not None and not isinstance(exc, (HostKeyError, paramiko.AuthenticationException)):
+                raise proxy.failure(exc) from None
+            if "No existing session" in str(exc):
+                raise HandshakeTimeout(f"no SSH banner/handshake within {timeout:g} s") from None
+            raise
+        transport = client.get_transport()
+        assert transport is not None
+        start_keepalive(transport, config)
+        return transport
 
     def group(self, hosts: Sequence[Host], fanout: int | None = None,
               on_done: Callable[[HostSession, Any], None] | None = None) -> BoundedGroup:
@@ -819,6 +931,9 @@ class Engine:
             sessions = list(self._sessions.values())
         for session in sessions:
             session.close()
+        self.jumps.close()
+        self.keys.close()
+        self.resolver.close()  # its temporary wrapper config (rebuilt if the engine is used again)
 
     def __enter__(self) -> Engine:
         return self
@@ -837,36 +952,48 @@ def _closing(fn: Callable[[HostSession], Any]) -> Callable[[HostSession], Any]:
     return work
 
 
-def load_private_key(settings: SSHSettings) -> tuple[str | None, paramiko.PKey | None]:
-    """Load the configured key (or GCE key, or first default key) once.
+def load_private_key(settings: SSHSettings) -> str | None:
+    """The key file offered first: ``ssh.key_filename``, else the GCE key when it exists.
 
-    A configured key that is missing or unreadable is bad input (exit 2);
-    an encrypted default key is skipped (ssh-agent may hold it).
+    A configured key that does not exist is bad input (exit 2). Its content is
+    read by `keys.KeyRing` with every other key: an encrypted one is skipped
+    there (the agent may hold it), never a prompt or a traceback.
     """
     configured = settings.resolved_key()
-    if configured:
-        return configured, _load_key(configured, required=True)
-    for candidate in DEFAULT_KEYS:
-        path = os.path.expanduser(candidate)
-        if os.path.exists(path):
-            key = _load_key(path, required=False)
-            if key is not None:
-                return path, key
-    return None, None
+    if configured and settings.key_filename and not os.path.exists(configured):
+        raise InputError(f"ssh key not found: {configured} "
+                         "(set ssh.key_filename, or run `inv ensure-key`)")
+    return configured
 
 
-def _load_key(path: str, required: bool) -> paramiko.PKey | None:
-    try:
-        return paramiko.PKey.from_path(path)
-    except FileNotFoundError:
-        if required:
-            raise InputError(f"ssh key not found: {path} "
-                             "(set ssh.key_filename, or run `inv ensure-key`)") from None
-    except paramiko.PasswordRequiredException:
-        if required:
-            raise InputError(f"ssh key {path} is passphrase-protected: load it into ssh-agent "
-                             "(ssh-add) and leave ssh.key_filename unset") from None
-    except (paramiko.SSHException, ValueError, OSError) as exc:
-        if required:
-            raise InputError(f"cannot load ssh key {path}: {exc}") from None
-    return None
+class Route:
+    """The way to one target through a ProxyCommand or a jump chain (the connection's ``gateway``)."""
+
+    def __init__(self, engine: Engine, config: HostConfig, timeout: float, *,
+                 chain: tuple[HostConfig, ...] = (), proxy_command: str | None = None) -> None:
+        self.engine, self.config, self.timeout = engine, config, timeout
+        self.chain, self.proxy_command = chain, proxy_command
+        self.proxy: ShellProxy | None = None
+
+    def open(self) -> Any:
+        """A socket-like object to the target: a ProxyCommand's pipes or a direct-tcpip channel."""
+        if self.proxy_command is not None:
+            self.proxy = ShellProxy(self.proxy_command)
+            return self.proxy
+        transport = self.engine.jumps.transport(self.chain)
+        return open_channel(transport, hop_name(self.chain[-1]), self.config.hostname, self.config.port,
+                            self.timeout)
+
+    def failure(self, exc: BaseException) -> BaseException:
+        """What a failed connection through this route is reported as (a ProxyCommand shows its stderr)."""
+        if self.proxy is not None and not isinstance(exc, (HostKeyError, paramiko.AuthenticationException)):
+            return self.proxy.failure(exc)
+        return exc
+
+
+KEEPALIVE = Keepalive()  # one thread for every connection of the process that asks for keepalives
+
+
+def start_keepalive(transport: paramiko.Transport, config: HostConfig) -> None:
+    """ServerAliveInterval / ServerAliveCountMax as ssh does them (`connect.Keepalive`)."""
+    KEEPALIVE.watch(transport, config.server_alive_interval, config.server_alive_count_max)

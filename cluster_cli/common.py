@@ -9,21 +9,29 @@ from __future__ import annotations
 
 import functools
 import inspect
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from invoke import Exit, Task
 
-from cluster.api import Cluster
 from cluster.errors import InputError, ParameterError
-from cluster.render import core as render
-from cluster.render import fold as fold_view
-from cluster.render.fold import ViewOptions
+from cluster.lazy import lazy
 from cluster.render.text import shown
-from cluster.result import Report
+
+if TYPE_CHECKING:
+    from cluster.api import Cluster
+    from cluster.render.fold import ViewOptions
+    from cluster.result import Report
+
+# Loaded when a task runs, not when `inv --list` imports this module (cluster/lazy.py).
+api = lazy("cluster.api")
+render = lazy("cluster.render.core")
+fold_view = lazy("cluster.render.fold")
 
 COMMON_HELP = {
     "hosts": "Host expression: 'a,b c', 'user@host:port', ranges '10.8.0.[81-83]', "
@@ -48,6 +56,22 @@ VIEW_HELP = {
 
 MAX_ERROR_LINE = 500
 
+# What an option's value is, shown in --help instead of invoke's STRING (every option
+# takes a string, which the library validates). Unlisted: VALUE.
+METAVARS = {
+    "hosts": "EXPR", "role": "NAMES", "roles_file": "PATH", "fanout": "N", "timeout": "SECONDS",
+    "watch": "SECONDS", "interval": "SECONDS", "grace": "SECONDS", "wait": "SECONDS",
+    "load_seconds": "SECONDS", "count": "N", "samples": "N", "lines": "N", "gpus": "N",
+    "tp_size": "N", "nnodes": "N", "prefill_port": "PORT", "decode_port": "PORT",
+    "bootstrap_port": "PORT", "router_port": "PORT", "state": "STATE", "policy": "POLICY",
+    "pattern": "REGEX", "grep": "REGEX", "signal": "SIGNAL", "user": "USER", "file": "PATH",
+    "save": "DIR", "state_dir": "DIR", "env_file": "PATH", "deployment": "NAME", "engine": "ENGINE",
+    "model_path": "MODEL", "extra_args": "ARGS", "prefill": "EXPR", "decode": "EXPR", "router": "HOST",
+    "base": "PREFIX", "sweep": "SCOPE", "command": "COMMAND", "names": "NAMES", "local": "PATH",
+    "remote": "PATH", "localdir": "DIR", "job": "NAME", "detach": "NAME", "env": "NAME=VAL",
+    "defects": "LIST",
+}
+
 # Short flags are explicit: invoke would derive -h from "hosts", clashing with --help.
 COMMON_SHORTFLAGS = {"hosts": "H", "role": "r"}
 
@@ -57,11 +81,15 @@ class ClusterTask(Task):
 
     def __init__(self, *args: Any, shortflags: dict[str, str] | None = None, **kwargs: Any) -> None:
         self.shortflags = {**COMMON_SHORTFLAGS, **(shortflags or {})}
+        # invoke pops each help text when it builds the parser; --help after a positional
+        # argument (print_task_help) builds the options again and needs them.
+        self.help_texts = dict(kwargs.get("help") or {})
         kwargs.setdefault("auto_shortflags", False)
         super().__init__(*args, **kwargs)
 
     def arg_opts(self, name: str, default: Any, taken_names: set[str]) -> dict[str, Any]:
         opts = super().arg_opts(name, default, taken_names)
+        opts.setdefault("help", self.help_texts.get(name))
         short = self.shortflags.get(name)
         if short and short not in taken_names:
             opts["names"] = list(opts["names"]) + [short]
@@ -106,7 +134,7 @@ def _map_errors(body: Callable, positional: list[str], holder: list[ClusterTask]
         # invoke hands `inv run --help` to a positional argument as its value.
         if any(kwargs.get(name) in ("-h", "--help") for name in positional) or any(
                 a in ("-h", "--help") for a in args[1:]):
-            print_task_help(holder[0])
+            print_task_help(holder[0], binary="cluster" if Path(sys.argv[0]).name == "cluster" else "inv")
             return None
         try:
             return body(*args, **kwargs)
@@ -128,22 +156,44 @@ def error_line(message: str) -> str:
     return "error: " + (text if len(text) <= MAX_ERROR_LINE else text[:MAX_ERROR_LINE] + "...")
 
 
-def print_task_help(task_obj: ClusterTask) -> None:
-    """Help for a task whose positional argument swallowed ``--help``."""
+def print_task_help(task_obj: ClusterTask, binary: str = "inv") -> None:
+    """``TASK --help``, one format for every task (ClusterProgram uses it too, and
+    `_map_errors` when a positional argument swallowed ``--help``): usage with the
+    positional arguments, the docstring, each option with its metavar and help."""
+    import textwrap
+
+    from invoke.parser import ParserContext
+
     name = task_obj.name.replace("_", "-")
-    positional = " ".join(p.upper() for p in task_obj.positional)
-    lines = [f"Usage: inv[oke] [--core-opts] {name} [--options] {positional}", "",
-             "Docstring:", f"  {inspect.getdoc(task_obj.body) or ''}", "", "Options:"]
-    for arg in sorted(task_obj.get_arguments(), key=lambda a: a.name):
-        flags = ", ".join(("-" if len(n) == 1 else "--") + n for n in sorted(arg.names, key=len))
-        lines.append(f"  {flags:<28} {arg.help or ''}")
+    positional = "".join(f" {p.upper()}" for p in task_obj.positional)
+    lines = [f"Usage: {binary} [--core-opts] {name} [--options]{positional}", "", "Docstring:"]
+    lines += [f"  {line}" if line.strip() else "" for line in (inspect.getdoc(task_obj.body) or "none").splitlines()]
+    lines += ["", "Options:"]
+    arguments = {a.name: a for a in task_obj.get_arguments()}
+    rows = [(_with_metavar(spec, arguments), help_text or "")
+            for spec, help_text in ParserContext(name=name, args=arguments.values()).help_tuples()]
+    width = max((len(spec) for spec, _ in rows), default=0)
+    wrap = textwrap.TextWrapper(width=max(40, shutil.get_terminal_size().columns - width - 6))
+    for spec, help_text in rows:
+        chunks = wrap.wrap(help_text) or [""]
+        lines.append(f"  {spec:<{width}}    {chunks[0]}".rstrip())
+        lines += [f"  {'':<{width}}    {chunk}" for chunk in chunks[1:]]
     print("\n".join(lines))
+
+
+def _with_metavar(spec: str, arguments: dict[str, Any]) -> str:
+    """invoke's ``-H STRING, --hosts=STRING`` with the option's own metavar (`METAVARS`)."""
+    long_name = next((part for part in spec.replace("=", " ").split() if part.startswith("--")), "")
+    key = long_name[2:].replace("-", "_")
+    argument = arguments.get(key) or next((a for a in arguments.values() if long_name[2:] in a.names), None)
+    metavar = METAVARS.get(argument.name if argument else key, "VALUE")
+    return spec.replace("STRING", metavar).replace("INT", metavar)
 
 
 def open_cluster(roles_file: str | None = None, fanout: int | None = None,
                  **ssh_overrides: Any) -> Cluster:
     """Load the roles file and apply CLI overrides (raises InputError on bad input)."""
-    return Cluster.from_roles(roles_file, fanout=fanout, **ssh_overrides)
+    return api.Cluster.from_roles(roles_file, fanout=fanout, **ssh_overrides)
 
 
 @contextmanager

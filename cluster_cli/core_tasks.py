@@ -6,13 +6,15 @@ import time
 
 from invoke import Exit
 
-from cluster.checks import ensure_key as ensure_key_op
-from cluster.render import basic
-from cluster.render import core as render
-from cluster.render.output import RunOutput
+from cluster.lazy import lazy
 from cluster.result import Outcome, Report
 
 from .common import VIEW_HELP, cluster_task, emit, finish, host_task, opened, view_options
+
+checks = lazy("cluster.checks")
+basic = lazy("cluster.render.basic")
+render = lazy("cluster.render.core")
+run_output = lazy("cluster.render.output")
 
 
 @cluster_task
@@ -57,7 +59,7 @@ def run(c, command, hosts=None, role=None, roles_file=None, json=False, fanout=N
     started = time.monotonic()
     with opened(roles_file, fanout) as cluster:
         targets = cluster.hosts(hosts, role)
-        writer = None if json else RunOutput.for_stdout(targets, stream=stream)
+        writer = None if json else run_output.RunOutput.for_stdout(targets, stream=stream)
         live = writer is not None and (writer.live is not None or writer.ordered is not None)
         with render.progress(len(targets), "run", enabled=False if live else None) as tick:
             report = cluster.run(command, hosts=hosts, role=role, timeout=timeout,
@@ -102,7 +104,7 @@ def _policy(policy):
 def ensure_key(c, roles_file=None, json=False):
     """Show the SSH key in use; create ~/.ssh/google_compute_engine with gcloud if missing."""
     with opened(roles_file) as cluster:
-        report = ensure_key_op(cluster.settings)
+        report = checks.ensure_key(cluster.settings)
     if json:
         render.print_json({"task": "ensure-key", **report.to_json()})
     else:

@@ -17,7 +17,6 @@ import os
 import random
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,12 +24,16 @@ from typing import Any
 
 import yaml
 from invoke import Context, Exit
-from rich.text import Text
 
 from cluster.errors import InputError
-from cluster.render import core as render
+from cluster.lazy import lazy
 
 from .common import cluster_task
+
+# Loaded when the demo runs, not when `inv --list` imports this module (cluster/lazy.py).
+render = lazy("cluster.render.core")
+rich_text = lazy("rich.text")
+urllib_request = lazy("urllib.request")
 
 DEMO_HOSTS = 4
 
@@ -40,7 +43,7 @@ def _console():
 
 
 def _step(title: str) -> None:
-    _console().print(Text(f"\n$ {title}", style="bold cyan"), soft_wrap=True)
+    _console().print(rich_text.Text(f"\n$ {title}", style="bold cyan"), soft_wrap=True)
 
 
 def _run_task(name: str, **options: Any) -> bool:
@@ -51,7 +54,7 @@ def _run_task(name: str, **options: Any) -> bool:
         ns[name](Context(), **options)
     except Exit as exc:
         if exc.message:
-            _console().print(Text(str(exc.message), style="red"), soft_wrap=True)
+            _console().print(rich_text.Text(str(exc.message), style="red"), soft_wrap=True)
         return exc.code == 0
     return True
 
@@ -95,21 +98,21 @@ def _add_router(roles_file: str, router_port: int, metrics_port: int) -> None:
 def _request(url: str) -> bool:
     """One generate request through the router; prints the answer."""
     body = jsonlib.dumps({"text": "Hello from inv demo", "sampling_params": {"max_new_tokens": 8}}).encode()
-    request = urllib.request.Request(url + "/generate", data=body, method="POST",
+    request = urllib_request.Request(url + "/generate", data=body, method="POST",
                                      headers={"Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(request, timeout=30) as response:
+        with urllib_request.urlopen(request, timeout=30) as response:
             answer = response.read().decode(errors="replace")
-            _console().print(Text(f"POST {url}/generate -> HTTP {response.status}: {answer[:200]}"),
+            _console().print(rich_text.Text(f"POST {url}/generate -> HTTP {response.status}: {answer[:200]}"),
                              soft_wrap=True)
             return response.status == 200
     except OSError as exc:
-        _console().print(Text(f"POST {url}/generate failed: {exc}", style="red"), soft_wrap=True)
+        _console().print(rich_text.Text(f"POST {url}/generate failed: {exc}", style="red"), soft_wrap=True)
         return False
 
 
 def _without_sshd(hint: str) -> list[bool]:
-    _console().print(Text(f"No OpenSSH server here, so no rehearsal cluster: {hint}.\n"
+    _console().print(rich_text.Text(f"No OpenSSH server here, so no rehearsal cluster: {hint}.\n"
                           "Meanwhile, what works on this machine alone ('local', no SSH):",
                           style="bold yellow"), soft_wrap=True)
     results = []
@@ -159,7 +162,7 @@ def demo(c, keep=False):
     _step(f"inv sim-up --count {DEMO_HOSTS} --base {base} --state-dir {state_dir}")
     try:
         state = sim.up(state_dir, hosts=DEMO_HOSTS, gpus=8, base=base, load_seconds=1)
-        _console().print(Text(f"rehearsal cluster up: {DEMO_HOSTS} hosts {state.folded} "
+        _console().print(rich_text.Text(f"rehearsal cluster up: {DEMO_HOSTS} hosts {state.folded} "
                               f"(real sshd, stand-in GPUs and SGLang servers)"), soft_wrap=True)
         router_port = pick_port(["127.0.0.1"])
         _add_router(state.roles_file, router_port, pick_port(["127.0.0.1"]))
@@ -167,11 +170,11 @@ def demo(c, keep=False):
             results = _walkthrough(sim, state, router_port)
     finally:
         if keep:
-            _console().print(Text(f"\nkept running: stop it with inv sim-down --state-dir {state_dir}"))
+            _console().print(rich_text.Text(f"\nkept running: stop it with inv sim-down --state-dir {state_dir}"))
         else:
             _step(f"inv sim-down --state-dir {state_dir}")
             result = sim.down(state_dir)
-            _console().print(Text(f"stopped; removed {len(result.removed)} paths, "
+            _console().print(rich_text.Text(f"stopped; removed {len(result.removed)} paths, "
                                   f"{len(result.swept)} leftover processes"), soft_wrap=True)
             if Path(state_dir).exists() and not any(Path(state_dir).iterdir()):
                 Path(state_dir).rmdir()
@@ -181,7 +184,7 @@ def demo(c, keep=False):
 def _finish(results: list[bool], started: float) -> None:
     elapsed = time.monotonic() - started
     failed = results.count(False)
-    line = Text(f"\ndemo: {render.counted(len(results), 'step')}, {len(results) - failed} ok"
+    line = rich_text.Text(f"\ndemo: {render.counted(len(results), 'step')}, {len(results) - failed} ok"
                 + (f", {failed} failed" if failed else "") + f" in {elapsed:.1f} s", style="bold")
     _console().print(line, soft_wrap=True)
     if failed:

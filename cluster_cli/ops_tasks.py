@@ -11,15 +11,17 @@ import json as jsonlib
 import sys
 import time
 
-from cluster import kill as kill_op
-from cluster import logs as logs_op
 from cluster import status
 from cluster.errors import InputError
-from cluster.render import core as render
-from cluster.render import kill as kill_render
-from cluster.render import logs as logs_render
+from cluster.lazy import lazy
 
 from .common import cluster_task, finish, host_task, opened, show
+
+kill_op = lazy("cluster.kill")
+logs_op = lazy("cluster.logs")
+render = lazy("cluster.render.core")
+kill_render = lazy("cluster.render.kill")
+logs_render = lazy("cluster.render.logs")
 
 LOGS_HELP = {
     "lines": "Last N lines per host (default 100; with --follow 10; with --save the whole file "

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import time
 
-from cluster.render import core as render
-from cluster.render import preflight as view
+from cluster.lazy import lazy
 
 from .common import cluster_task, opened, show
-from .serving_tasks import SERVING_FLAGS, START_HELP
+from .serving_tasks import SERVING_FLAGS, START_HELP, env_items
+
+render = lazy("cluster.render.core")
+view = lazy("cluster.render.preflight")
 
 IGNORED = "start-pd's option, accepted so a start-pd command line can be checked as is; ignored here."
 PREFLIGHT_HELP = {
@@ -26,9 +28,9 @@ PREFLIGHT_HELP = {
 }
 
 
-@cluster_task(name="preflight", help=PREFLIGHT_HELP, flags=SERVING_FLAGS)
+@cluster_task(name="preflight", help=PREFLIGHT_HELP, flags=SERVING_FLAGS, iterable=["env"])
 def preflight(c, prefill=None, decode=None, model_path=None, tp_size=None, nnodes=None,
-              prefill_port=None, decode_port=None, bootstrap_port=None, env_file=None,
+              prefill_port=None, decode_port=None, bootstrap_port=None, env_file=None, env=None,
               extra_args=None, router=None, router_port=None, engine=None, deployment=None,
               deep=False, no_wait=False, timeout=None, dry_run=False, restart=False, grace=None,
               skip_preflight=False, roles_file=None, json=False, fanout=None):
@@ -36,7 +38,7 @@ def preflight(c, prefill=None, decode=None, model_path=None, tp_size=None, nnode
     started = time.monotonic()
     overrides = dict(model_path=model_path, tp_size=tp_size, nnodes=nnodes, prefill_port=prefill_port,
                      decode_port=decode_port, bootstrap_port=bootstrap_port, env_file=env_file,
-                     extra_args=extra_args, router_port=router_port, engine=engine)
+                     extra_args=extra_args, router_port=router_port, engine=engine, env=env_items(env))
     with opened(roles_file, fanout) as cluster:
         plan = cluster.plan_pd(prefill, decode, router=router, deployment=deployment, **overrides)
         count = len({s.target for s in plan.processes})

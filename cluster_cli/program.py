@@ -107,16 +107,37 @@ class ClusterProgram(Program):
 
     def parse_tasks(self) -> None:
         with _parse_errors():
-            super().parse_tasks()
+            try:
+                super().parse_tasks()
+            except ParseError:
+                # `inv put --help`: --help became the first positional and the second is
+                # "missing"; the user asked for help, not for a parse error.
+                words = list(getattr(self.core, "unparsed", []) or [])
+                if words and words[0] in self.collection and {"-h", "--help"} & set(words[1:]):
+                    self.print_task_help(words[0])
+                    raise Exit(code=0) from None
+                raise
 
     def parse_cleanup(self) -> None:
         # --list and --help print here: `--list | head` must end quietly.
         with _parse_errors(), _guard(self._debug()):
-            super().parse_cleanup()
+            try:
+                super().parse_cleanup()
+            except Exit as exc:
+                # `--list NAME` with no such collection: invoke's Exit(code 1) is bad input.
+                if exc.code == 1 and str(exc.message or "").startswith("Sub-collection "):
+                    raise Exit(f"error: {shown(str(exc.message))[:QUOTE_LIMIT]} (see: inv --list)", code=2) from None
+                raise
 
     def execute(self) -> None:
         with _guard(self._debug()):
             super().execute()
+
+    def print_task_help(self, name: str) -> None:
+        """`inv TASK --help` in the one format every task shares (`common.print_task_help`)."""
+        from .common import print_task_help
+
+        print_task_help(self.collection[name], binary=self.binary)
 
 
 def adopt_running_program() -> None:

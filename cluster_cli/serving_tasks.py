@@ -11,16 +11,21 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from invoke import Exit
-from rich.live import Live
 
-from cluster import serving
-from cluster.render import core as render
-from cluster.render import serving as view
-from cluster.serving.records import ServerRecord
+from cluster.errors import ParameterError
+from cluster.lazy import lazy
 
 from .common import VIEW_HELP, cluster_task, opened, show, view_options
+
+if TYPE_CHECKING:
+    from cluster.serving.records import ServerRecord
+
+serving = lazy("cluster.serving")
+render = lazy("cluster.render.core")
+view = lazy("cluster.render.serving")
 
 START_HELP = {
     "prefill": "Prefill hosts (host expression). Default: the roles file's 'prefill' role.",
@@ -31,6 +36,8 @@ START_HELP = {
     "prefill_port": "HTTP port of the prefill servers (SGLang default 30000, vLLM 8100).",
     "decode_port": "HTTP port of the decode servers (SGLang default 30001, vLLM 8200).",
     "bootstrap_port": "SGLang prefill bootstrap port (default 8998).",
+    "env": "Environment variable NAME=VAL for every server (repeatable); treated as a secret: never "
+           "printed, recorded or put on a command line.",
     "env_file": "File sourced on each host before launching (e.g. /opt/deepep/unified-env.sh); "
                 "missing on a host = nothing starts anywhere.",
     "extra_args": "More server arguments for both roles, one quoted string: "
@@ -82,9 +89,9 @@ STATUS_HELP = {
 SERVING_FLAGS = {"hosts": "--hosts/--role"}
 
 
-@cluster_task(name="start-pd", help=START_HELP, flags=SERVING_FLAGS)
+@cluster_task(name="start-pd", help=START_HELP, flags=SERVING_FLAGS, iterable=["env"])
 def start_pd(c, prefill=None, decode=None, model_path=None, tp_size=None, nnodes=None,
-             prefill_port=None, decode_port=None, bootstrap_port=None, env_file=None,
+             prefill_port=None, decode_port=None, bootstrap_port=None, env_file=None, env=None,
              extra_args=None, router=None, router_port=None, engine=None, deployment=None,
              no_wait=False, timeout=None, dry_run=False, restart=False, grace=None,
              skip_preflight=False, roles_file=None, json=False, fanout=None):
@@ -94,7 +101,7 @@ def start_pd(c, prefill=None, decode=None, model_path=None, tp_size=None, nnodes
     overrides = dict(model_path=model_path, tp_size=tp_size, nnodes=nnodes,
                      prefill_port=prefill_port, decode_port=decode_port,
                      bootstrap_port=bootstrap_port, env_file=env_file, extra_args=extra_args,
-                     router_port=router_port, engine=engine)
+                     router_port=router_port, engine=engine, env=env_items(env))
     with opened(roles_file, fanout) as cluster:
         plan = cluster.plan_pd(prefill, decode, router=router, deployment=deployment, **overrides)
         if dry_run:
@@ -132,6 +139,19 @@ def _wait_options(timeout: str | None, grace: str | None) -> tuple[float, float]
             check_grace(serving.DEFAULT_GRACE_S if grace is None else grace))
 
 
+def env_items(items: list[str] | None) -> dict[str, str] | None:
+    """``--env NAME=VALUE`` (repeatable) as a mapping; the value is never echoed back."""
+    if not items:
+        return None
+    env = {}
+    for item in items:
+        name, eq, value = item.partition("=")
+        if not eq:
+            raise ParameterError("env", "{name} expects NAME=VALUE (an item has no '=')")
+        env[name] = value
+    return env
+
+
 def _where_recorded(plan: serving.StartPlan | None, deployment: str | None = None) -> str:
     """Where what was launched is recorded, naming only files that exist (asked at Ctrl-C)."""
     path = serving.manifest_file(plan.deployment if plan else deployment)
@@ -147,6 +167,8 @@ def _waiting(as_json: bool, recorded: Callable[[], str]) -> Iterator[Callable[[l
     """A live progress view on stderr (a terminal, not --json) while servers start; Ctrl-C
     stops only the waiting (exit 130): what was launched keeps starting, and is recorded
     (``recorded()`` says where, asked at that moment)."""
+    from rich.live import Live
+
     live = None if as_json or not sys.stderr.isatty() else Live(
         console=render.stderr_console(), auto_refresh=False, transient=True)
 

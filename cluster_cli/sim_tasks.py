@@ -12,17 +12,20 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from invoke import Exit
-from rich.text import Text
 
 from cluster.errors import InputError
 from cluster.hosts import Host
-from cluster.render import core as render
+from cluster.lazy import lazy
 from cluster.result import Outcome, Report
 
 from .common import cluster_task
 
 if TYPE_CHECKING:
+    from rich.text import Text
+
     from cluster.testing import sim as sim_module
+
+render = lazy("cluster.render.core")
 
 
 def _sim() -> Any:
@@ -108,6 +111,8 @@ def _roles_of(state: sim_module.SimState, host: Host) -> list[str]:
 
 def up_text(state: sim_module.SimState, *, already: bool, elapsed: float) -> list[Text]:
     """What sim-up prints: the hosts, the roles, the roles file and how to use it."""
+    from rich.text import Text
+
     from cluster.hosts import fold_names
 
     head = "rehearsal cluster already running" if already else "rehearsal cluster up"
@@ -151,6 +156,8 @@ def stop_command(state: sim_module.SimState) -> str:
 
 def down_text(result: sim_module.DownResult) -> list[Text]:
     """What sim-down prints."""
+    from rich.text import Text
+
     if not result.was_running and not result.removed:
         return [Text(f"no rehearsal cluster in {result.state_dir}: nothing to stop")]
     what = ("stopped the rehearsal cluster" if result.was_running

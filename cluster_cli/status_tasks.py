@@ -23,21 +23,26 @@ from __future__ import annotations
 import json as jsonlib
 import sys
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from invoke import Exit
-from rich.console import Group
-from rich.live import Live
-from rich.text import Text
 
-from cluster import gpu, service, status, system
+from cluster import status
 from cluster.errors import InputError
-from cluster.render import core as render
-from cluster.render import gpu as gpu_render
-from cluster.render import system as sys_render
+from cluster.lazy import lazy
 from cluster.result import Report
 
 from .common import VIEW_HELP, cluster_task, finish, host_task, opened, view_options
+
+if TYPE_CHECKING:
+    from rich.console import Group
+
+gpu = lazy("cluster.gpu")
+service = lazy("cluster.service")
+system = lazy("cluster.system")
+render = lazy("cluster.render.core")
+gpu_render = lazy("cluster.render.gpu")
+sys_render = lazy("cluster.render.system")
 
 GPU_HELP = {
     **VIEW_HELP,
@@ -87,6 +92,9 @@ class _GpuFrames:
         self.interval, self.host_count, self.rounds = interval, host_count, rounds
 
     def frame(self, tick: status.Tick) -> Group:
+        from rich.console import Group
+        from rich.text import Text
+
         when = datetime.fromtimestamp(tick.started_at).strftime("%H:%M:%S")
         header = Text(f"Every {self.interval:g} s: gpu-status on {self.host_count} hosts · "
                       f"round {tick.number} at {when}", style="bold")
@@ -112,6 +120,8 @@ def _watch_gpus(cluster, hosts, role, view: _GpuFrames, as_json: bool, limit: fl
         else:  # not a terminal: one frame after the other, like `watch` into a file
             console.print(view.frame(tick), crop=False)
             console.print()
+
+    from rich.live import Live
 
     console = render.stdout_console()
     live = None if as_json or not console.is_terminal else Live(console=console,

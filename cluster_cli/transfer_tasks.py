@@ -11,17 +11,21 @@ import sys
 import time
 
 from cluster import options
-from cluster import transfer as transfer_op
-from cluster.render import transfer as transfer_render
+from cluster.lazy import lazy
 
 from .common import cluster_task, emit, opened
+
+transfer_op = lazy("cluster.transfer")
+transfer_render = lazy("cluster.render.transfer")
 
 SHARED_HELP = {
     "recursive": "Copy a directory and everything below it (symlinked directories and special "
                  "files are not copied).",
     "force": "Copy even files the destination already has with the same size and sha256.",
-    "timeout": f"Seconds a host may go without moving a byte before it fails as `stalled` "
-               f"(default {transfer_op.IDLE_TIMEOUT_S:g}).",
+    # The default is cluster.transfer.IDLE_TIMEOUT_S, written out so that the help loads no
+    # SSH code (tests/test_startup.py checks the two agree).
+    "timeout": "Seconds a host may go without moving a byte before it fails as `stalled` "
+               "(default 60).",
 }
 PUT_HELP = {
     **SHARED_HELP,

@@ -114,7 +114,9 @@ def test_roles_file_lists_the_good_hosts_and_ssh_settings(fleet: Fleet) -> None:
     assert doc["ssh"] == {"user": fleet.user, "port": fleet.port,
                           "key_filename": str(fleet.key_file),
                           "known_hosts": str(fleet.known_hosts),
-                          "host_key_policy": "accept-new", "connect_timeout": 5}
+                          "host_key_policy": "accept-new", "connect_timeout": 5,
+                          "ssh_config": str(fleet.ssh_config)}
+    assert fleet.ssh_config.read_text() == ""  # the machine's ssh_config stays out of tests
     assert [h.hostname for h in parse_hosts(doc["roles"]["all"])] == fleet.addresses
 
 

@@ -221,7 +221,7 @@ def engine_for(case: Case, world: World, side: Side, policy: str) -> Engine:
                            known_hosts=str(side.user_files[0]), host_key_policy=policy, connect_timeout=10)
     engine = Engine(settings)
     # What the ssh_config resolution will build for this hop (HostKeyAlias etc.).
-    engine.host_key_target = lambda hostname, port, address=None: case.target(side, policy, address)
+    engine.host_key_target = lambda hostname, port, address=None, config=None: case.target(side, policy, address)
     return engine
 
 

@@ -38,6 +38,17 @@ def everything(pd: PD) -> dict[int, str]:
     return processes_of(run_ids_on_disk(pd), pd.ports)
 
 
+def kill_all(pd: PD) -> dict[int, str]:
+    """SIGKILL every live process of ``pd``; what was found."""
+    found = everything(pd)
+    for pid in found:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return found
+
+
 def popen(pd: PD, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     full = {**os.environ, "CLUSTER_STATE_DIR": str(pd.state_dir), "HF_HUB_OFFLINE": "1", **(env or {})}
     full.pop("CLUSTER_ROLES", None)
@@ -61,11 +72,7 @@ def make_pd(fleet, tmp_path):
     yield make
     for pd in made:
         for _ in range(3):
-            for pid in processes_of(run_ids_on_disk(pd), pd.ports):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
+            kill_all(pd)
 
 
 # --------------------------------------------------------------------------- 1 process identity
@@ -192,8 +199,9 @@ def test_a_forwarded_secret_never_appears_in_outputs_manifest_or_records(make_pd
     pd.write_roles()
     os.environ["HF_AUTH"] = SECRET  # the CLI subprocesses inherit it
     try:
-        outputs = [pd.cli(*start_args("--dry-run")), pd.cli(*start_args("--dry-run", "--json"))]
-        outputs.append(pd.cli(*start_args("--json")))
+        given = ("--env", f"EXTRA_AUTH={SECRET}-given")  # a value given on the command line
+        outputs = [pd.cli(*start_args("--dry-run", *given)), pd.cli(*start_args("--dry-run", "--json", *given))]
+        outputs.append(pd.cli(*start_args("--json", *given)))
         assert outputs[-1][0] == 0, outputs[-1]
         outputs += [pd.cli("pd-status", "--json"), pd.cli("pd-status")]
         manifest = pd.state_dir / "default.json"
@@ -202,7 +210,7 @@ def test_a_forwarded_secret_never_appears_in_outputs_manifest_or_records(make_pd
         # nor on any process's command line (the value reaches the host on stdin only)
         texts += [cmd for cmd in everything(pd).values()]
         assert not [t for t in texts if SECRET in t]
-        assert "HF_AUTH=***" in outputs[0][1]
+        assert "HF_AUTH=***" in outputs[0][1] and "EXTRA_AUTH=***" in outputs[0][1]
         assert stat.S_IMODE(manifest.stat().st_mode) == 0o600
         assert stat.S_IMODE(pd.state_dir.stat().st_mode) == 0o700
         for record in files[1:]:
@@ -210,7 +218,9 @@ def test_a_forwarded_secret_never_appears_in_outputs_manifest_or_records(make_pd
         # the server itself got the value
         server = next(p for p, c in everything(pd).items() if "--disaggregation-mode prefill" in c)
         env = Path(f"/proc/{server}/environ").read_bytes().split(b"\0")
-        assert f"HF_AUTH={SECRET}".encode() in env
+        assert f"HF_AUTH={SECRET}".encode() in env and f"EXTRA_AUTH={SECRET}-given".encode() in env
+        code, out, err = pd.cli(*start_args("--dry-run", "--env", f"NO_EQUALS_{SECRET}"))
+        assert code == 2 and "--env expects NAME=VALUE" in err and SECRET not in err
         outputs.append(pd.cli("stop-pd", "--grace", "1", "--json"))
         assert not [t for t in (o[1] + o[2] for o in outputs[-1:]) if SECRET in t]
     finally:
@@ -248,13 +258,9 @@ def test_two_deployments_on_one_host_get_their_own_rows(make_pd):
 def test_a_stale_vllm_record_and_a_live_sglang_server_get_their_own_verdicts(make_pd):
     old = make_pd("vllm")
     assert old.start("--no-wait", router=False)[0] == 0
-    gone = {p for p in everything(old)}
-    for pid in gone:  # the vLLM run dies without stop-pd: its records stay
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    _wait(lambda: not everything(old), "the vLLM run is gone", 30)
+    # The vLLM run dies without stop-pd (its records stay); children still being spawned
+    # are caught by the next round.
+    _wait(lambda: not kill_all(old), "the vLLM run is gone", 30)
     new = make_pd("sglang")
     new.state_dir = old.state_dir
     new.run_dir = old.run_dir
@@ -304,3 +310,20 @@ def test_errors_name_the_manifest_asked_for_and_corrupt_ones_never_trace(fleet, 
     assert code == 0 and "corrupt" in stop["manifest_error"], stop
     assert all(e["stopped_pids"] for e in stop["hosts"]), stop
     _wait(lambda: not processes_of(ids, pd.ports), "stopped from the host records", 30)
+
+
+def test_an_interrupted_start_without_pids_in_the_manifest_still_blocks_a_new_one(make_pd):
+    pd = make_pd()
+    assert pd.start("--no-wait", router=False)[0] == 0
+    path = pd.state_dir / "default.json"
+    doc = json.loads(path.read_text())
+    for server in doc["servers"]:  # as if Ctrl-C came before the launches answered
+        server["pid"] = server["pgid"] = server["start"] = None
+    path.write_text(json.dumps(doc))
+    code, status = pd.cli_json("pd-status")
+    assert all(e["alive"] and e["pid"] for e in status["hosts"]), status  # (maybe still loading)
+    code, elsewhere = pd.cli_json("start-pd", "--prefill", "127.0.1.4", "--decode", "127.0.1.5", "--no-wait")
+    assert code == 1 and any("still runs here" in (e["error"] or {}).get("message", "") for e in elsewhere["hosts"])
+    assert not list(pd.run_dir.glob("*-127.0.1.4-*@*"))
+    assert pd.stop()[0] == 0
+    _wait(lambda: not everything(pd), "nothing left running", 30)

@@ -293,7 +293,9 @@ def test_watch_cli_ctrl_c_exits_with_last_round_code(fleet, gpu_fleet):
 
 def _killer_nvidia_smi() -> str:
     # Kills the sshd session process serving this command: the connection drops mid-round.
-    return "#!/bin/sh\nkill -9 $(ps -o ppid= -p $PPID)\nsleep 30\n"
+    # (Its nearest sshd ancestor: probes run inside a framing subshell, one level deeper.)
+    return ("#!/bin/sh\np=$PPID\nwhile [ \"$(ps -o comm= -p $p)\" != sshd ]; do p=$(ps -o ppid= -p $p | tr -d ' '); "
+            "[ \"$p\" -gt 1 ] || exit 1; done\nkill -9 $p\nsleep 30\n")
 
 
 def test_watch_host_that_drops_is_shown_failed_then_reconnected(fleet, gpu_fleet):

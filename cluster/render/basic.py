@@ -115,6 +115,8 @@ def print_key_report(report: Any, console: Console) -> None:
     console.print(Text(("key in use: " if report.ok else "no usable key: ") + report.description, style=style))
     if report.key_path:
         console.print(f"  file: {report.key_path}")
+    for line in getattr(report, "keys", ()):
+        console.print(f"  {line}", highlight=False, markup=False)
     for action in report.actions:
         console.print(f"  ran: {action}")
     if report.steps:

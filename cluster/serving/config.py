@@ -91,6 +91,8 @@ class ServingConfig:
     env_file: str | None = None
     env: tuple[tuple[str, str], ...] = ()
     forward_env: tuple[str, ...] = ()
+    # Variables given on the command line (``start-pd --env``): secret like forward_env's.
+    given_env: tuple[str, ...] = ()
     run_dir: str = DEFAULT_RUN_DIR
     bootstrap_port: int = DEFAULT_BOOTSTRAP_PORT
     side_channel_port: int = DEFAULT_SIDE_CHANNEL_PORT
@@ -115,7 +117,8 @@ class ServingConfig:
         """Copy with CLI overrides applied; a value of None means "not given".
 
         Accepted keys: engine, model_path, python, env_file, run_dir, bootstrap_port,
-        side_channel_port, env (dict, merged over the file's), tp_size / nnodes /
+        side_channel_port, env (dict, merged over the file's; its values are secret:
+        never shown or recorded), tp_size / nnodes /
         dist_init_port (both roles), prefill_port, decode_port, prefill_tp_size,
         decode_tp_size, prefill_nnodes, decode_nnodes, extra_args (string or list,
         appended to both roles' args, so later flags win), prefill_extra_args,
@@ -137,8 +140,10 @@ class ServingConfig:
                 top[key] = _port(given[key], ctx.at(key))
         if "env" in given:
             merged = dict(self.env)
-            merged.update(_env(given["env"], ctx.at("env")))
+            extra = _env(given["env"], ctx.at("env"))
+            merged.update(extra)
             top["env"] = tuple(merged.items())
+            top["given_env"] = tuple(dict.fromkeys(self.given_env + tuple(extra)))
         roles = {PREFILL: self.prefill, DECODE: self.decode}
         for role in ROLES:
             roles[role] = _role_overrides(roles[role], role, given, ctx)

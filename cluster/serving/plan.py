@@ -421,7 +421,7 @@ def _plan_role(config: ServingConfig, role: str, hosts: list[Host], run_id: str,
                 bootstrap_port=config.bootstrap_port, model_path=config.model_path or "",
                 python=config.python, extra_args=settings.extra_args,
                 env=tuple(env.items()), env_file=config.env_file, run_dir=config.run_dir,
-                run_id=run_id, secret_env=config.forward_env,
+                run_id=run_id, secret_env=tuple(dict.fromkeys(config.forward_env + config.given_env)),
             ))
     return specs
 

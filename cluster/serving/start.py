@@ -64,6 +64,7 @@ from .records import (
     Manifest,
     ServerRecord,
     ensure_state_dir,
+    fill_identities,
     host_of,
     load_manifest,
     manifest_file,
@@ -458,6 +459,9 @@ def _start(run: StartRun, plan: StartPlan, state: dict[str, Any], result: Callab
            wait: bool, restart: bool, grace: float, deadline: float) -> StartResult:
     """start-pd once the deployment's lock is held (the steps: this module's docstring)."""
     previous = _Previous(run, load_manifest(plan.deployment), plan, restart)
+    if previous.manifest is not None and previous.manifest.stopped_at is None:
+        # An interrupted start left records without pids: the hosts' pid files have them.
+        fill_identities(run.engine, [r for r in previous.manifest.records if r.stopped_at is None], run.fanout)
 
     def record() -> None:
         state["manifest"] = _record(run, plan, state["manifest"])

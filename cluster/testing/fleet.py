@@ -111,7 +111,8 @@ class Fleet:
                  port: int | None = None, specials: bool = True, hosts_per_sshd: int = 1, *,
                  special_base: str = "127.0.2.", sshd_path: Path = SSHD,
                  start_timeout: float = 30.0, die_with_parent: bool = True,
-                 sftp_home_per_host: bool = False) -> None:
+                 sftp_home_per_host: bool = False, session_env: dict[str, str] | None = None,
+                 sshd_options: Iterable[str] = ()) -> None:
         self.workdir = Path(workdir).resolve()
         self.count, self.base, self.start_at = count, base, start
         self.port, self._fixed_port = port, port is not None
@@ -122,6 +123,8 @@ class Fleet:
         if sftp_home_per_host and self.hosts_per_sshd != 1:
             raise FleetError("sftp_home_per_host needs one sshd per host (hosts_per_sshd=1)")
         self.sftp_home_per_host = sftp_home_per_host
+        self.extra_env = dict(session_env or {})  # e.g. HOME: a home whose ~/.bashrc prints banners
+        self.sshd_options = list(sshd_options)  # first in sshd_config: they win (e.g. stock MaxStartups)
         self.user = ""
         self.addresses = address_range(base, start, count)
         self.special = special_addresses(special_base) if specials else {}
@@ -304,7 +307,13 @@ class Fleet:
         """The ``ssh:`` section of this fleet's roles files."""
         return {"user": self.user, "port": self.port, "key_filename": str(self.key_file),
                 "known_hosts": str(self.known_hosts), "host_key_policy": "accept-new",
-                "connect_timeout": 5}
+                "connect_timeout": 5, "ssh_config": str(self.ssh_config)}
+
+    @property
+    def ssh_config(self) -> Path:
+        """The client ssh_config of this fleet's roles files: empty, so the machine's
+        /etc/ssh/ssh_config (e.g. Debian's HashKnownHosts yes) does not leak into tests."""
+        return self.workdir / "ssh_config"
 
     def kill_user_processes(self, everything: bool = False) -> list[int]:
         """SIGKILL the login user's processes left by tests (servers started in sessions).
@@ -331,6 +340,7 @@ class Fleet:
         (keys / "authorized_keys").write_text(client_public + "\n")
         (keys / "denied_authorized_keys").write_text(new_public_key() + "\n")
         self.known_hosts.write_text("")
+        self.ssh_config.write_text("")
         login = pwd.getpwnam(self.user)
         homes = [self.sftp_home(a) for a in self.addresses] if self.sftp_home_per_host else []
         for address in self._all_addresses():
@@ -402,7 +412,7 @@ class Fleet:
         envs = {a: self._session_env(a) for a in server.addresses}
         sftp_dir = self.sftp_home(server.addresses[0]) if self.sftp_home_per_host else None
         config = sshd_config(server.addresses, self._listen_port(), host_key, authorized, envs,
-                             sshd_version(self.sshd_path), sftp_dir=sftp_dir)
+                             sshd_version(self.sshd_path), sftp_dir=sftp_dir, first=self.sshd_options)
         (server.directory / "sshd_config").write_text(config)
         return self._sshd_command(server)
 
@@ -436,7 +446,7 @@ class Fleet:
         # copy (cluster/preflight/probe.py), so each address can have its own.
         return {"PATH": f"{root / 'bin'}:/usr/local/bin:/usr/bin:/bin",
                 "CLUSTER_SIM_HOST": address, "CLUSTER_SIM_ROOT": str(root),
-                "CLUSTER_PREFLIGHT_ROOT": str(root / "root")}
+                "CLUSTER_PREFLIGHT_ROOT": str(root / "root"), **self.extra_env}
 
     def _seed_known_hosts(self) -> None:
         """Record a key that is *not* badkey's real one, so connecting to it is a changed key."""
@@ -475,7 +485,7 @@ def known_hosts_name(address: str, port: int) -> str:
 
 def sshd_config(addresses: list[str], port: int, host_key: Path, authorized_keys: Path,
                 envs: dict[str, dict[str, str]], version: tuple[int, int] = (9, 2),
-                sftp_dir: Path | None = None) -> str:
+                sftp_dir: Path | None = None, first: Iterable[str] = ()) -> str:
     """The sshd_config text for one sshd serving ``addresses`` with a per-address environment.
 
     ``sftp_dir``: the SFTP server's start directory (``internal-sftp -d``)
@@ -487,7 +497,7 @@ def sshd_config(addresses: list[str], port: int, host_key: Path, authorized_keys
             v for env in envs.values() for v in env.values()]:
         if '"' in value or "\n" in value:
             raise FleetError(f"path not usable in sshd_config: {value!r}")
-    lines = [f"ListenAddress {a}:{port}" for a in addresses] + [
+    lines = list(first) + [f"ListenAddress {a}:{port}" for a in addresses] + [
         f"HostKey {host_key}",
         "PidFile none",
         "StrictModes no",

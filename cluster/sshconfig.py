@@ -1,0 +1,292 @@
+"""The effective OpenSSH client configuration of each host, as ``ssh`` itself evaluates it.
+
+Where an OpenSSH client is installed, ``ssh -G [-F FILE] [-l USER] [-p PORT] HOST``
+is the resolver: it prints OpenSSH's own evaluation (Include, Match, Host
+patterns, first-obtained-value-wins, tokens in paths, defaults), so there is no
+second implementation of ssh_config semantics to drift from it. One subprocess
+per distinct (host, user, port), cached; callers resolve from their worker
+threads, so distinct hosts resolve in parallel. Without an ``ssh`` binary,
+paramiko's parser is the fallback, with ``Include`` expanded first (paramiko
+does not know it).
+
+``~`` means ``$HOME`` here as everywhere in this library (Python's rule);
+``ssh`` expands it to the passwd entry's home. When the two differ (tests,
+sandboxes) the user config is read from ``$HOME/.ssh/config`` and paths that
+``ssh -G`` expanded under the passwd home are mapped back under ``$HOME``.
+
+`parse_g` and `host_config` are pure; `Resolver` runs the subprocesses.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import InputError
+
+SYSTEM_CONFIG = "/etc/ssh/ssh_config"
+DEFAULT_IDENTITIES = ("~/.ssh/id_rsa", "~/.ssh/id_ecdsa", "~/.ssh/id_ecdsa_sk", "~/.ssh/id_ed25519",
+                      "~/.ssh/id_ed25519_sk", "~/.ssh/id_xmss", "~/.ssh/id_dsa")
+# Keys that may appear several times in `ssh -G` output; every other key has one value.
+_MULTI = frozenset({"identityfile", "certificatefile", "localforward", "remoteforward",
+                    "dynamicforward", "sendenv", "setenv"})
+_RESOLVE_TIMEOUT_S = 10.0
+
+
+class SSHConfigError(InputError):
+    """The ssh_config cannot be evaluated (``ssh -G`` refused it): bad input, exit 2."""
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    """What the library takes from one host's effective ssh_config (`ssh -G` keys, honoured)."""
+
+    alias: str  # the name as given (``%n``)
+    hostname: str
+    user: str
+    port: int
+    identity_files: tuple[str, ...] = ()
+    identities_only: bool = False
+    identity_agent: str | None = None  # None: $SSH_AUTH_SOCK; "none": no agent
+    certificate_files: tuple[str, ...] = ()
+    proxy_jump: str | None = None  # None also for ``ProxyJump none``
+    proxy_command: str | None = None  # tokens not expanded yet (see connect.expand_tokens)
+    connect_timeout: float | None = None
+    server_alive_interval: int = 0
+    server_alive_count_max: int = 3
+    forward_agent: bool = False
+    user_known_hosts: tuple[str, ...] = ("~/.ssh/known_hosts", "~/.ssh/known_hosts2")
+    global_known_hosts: tuple[str, ...] = ("/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2")
+    host_key_alias: str | None = None
+    strict_host_key_checking: str = "ask"
+    hash_known_hosts: bool = False
+    check_host_ip: bool = False
+
+
+def parse_g(text: str) -> dict[str, list[str]]:
+    """``ssh -G`` output -> lower-case key -> values (in order; one for single-valued keys)."""
+    values: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        key, _, value = line.strip().partition(" ")
+        if not key:
+            continue
+        key = key.lower()
+        if key in _MULTI:
+            values.setdefault(key, []).append(value.strip())
+        else:
+            values.setdefault(key, [value.strip()])  # first value wins, as in ssh
+    return values
+
+
+def _yes(value: str | None) -> bool:
+    return (value or "").lower() in ("yes", "true")
+
+
+def _none(value: str | None) -> str | None:
+    return None if value is None or value.lower() == "none" else value
+
+
+def host_config(alias: str, values: dict[str, list[str]], home_map: tuple[str, str] | None = None) -> HostConfig:
+    """A `HostConfig` from ``ssh -G``-style values (also what the paramiko fallback produces)."""
+    def one(key: str, default: str | None = None) -> str | None:
+        got = values.get(key)
+        return got[0] if got else default
+
+    def paths(text: str | None) -> tuple[str, ...]:
+        return tuple(_map_home(p, home_map) for p in (text or "").split())
+
+    timeout = _none(one("connecttimeout"))
+    return HostConfig(
+        alias=alias,
+        hostname=one("hostname", alias) or alias,
+        user=one("user") or _local_user(),
+        port=int(one("port", "22") or 22),
+        identity_files=tuple(_map_home(p, home_map) for p in values.get("identityfile", [])),
+        identities_only=_yes(one("identitiesonly")),
+        identity_agent=one("identityagent"),
+        certificate_files=tuple(_map_home(p, home_map) for p in values.get("certificatefile", [])),
+        proxy_jump=_none(one("proxyjump")),
+        proxy_command=_none(one("proxycommand")),
+        connect_timeout=float(timeout) if timeout else None,
+        server_alive_interval=int(one("serveraliveinterval", "0") or 0),
+        server_alive_count_max=int(one("serveralivecountmax", "3") or 3),
+        forward_agent=_yes(one("forwardagent")),
+        user_known_hosts=paths(one("userknownhostsfile", " ".join(HostConfig.user_known_hosts))),
+        global_known_hosts=paths(one("globalknownhostsfile", " ".join(HostConfig.global_known_hosts))),
+        host_key_alias=_none(one("hostkeyalias")),
+        strict_host_key_checking=(one("stricthostkeychecking", "ask") or "ask").lower(),
+        hash_known_hosts=_yes(one("hashknownhosts")),
+        check_host_ip=_yes(one("checkhostip")),
+    )
+
+
+def _map_home(path: str, home_map: tuple[str, str] | None) -> str:
+    """A path ssh expanded under the passwd home, moved under ``$HOME`` (see the module doc)."""
+    if home_map and (path == home_map[0] or path.startswith(home_map[0] + "/")):
+        return home_map[1] + path[len(home_map[0]):]
+    return path
+
+
+def _local_user() -> str:
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return os.environ.get("USER", "root")
+
+
+class Resolver:
+    """Effective config per (host, user, port), cached; ``config_file`` is ``ssh -F`` (None: the defaults)."""
+
+    def __init__(self, config_file: str | None = None, ssh_path: str | None = None) -> None:
+        self.config_file = str(Path(config_file).expanduser()) if config_file else None
+        if self.config_file and not Path(self.config_file).is_file():
+            raise InputError(f"ssh.ssh_config: file not found: {self.config_file}")
+        self.ssh = ssh_path if ssh_path is not None else shutil.which("ssh")
+        self._cache: dict[tuple[str, str | None, int | None], HostConfig] = {}
+        self._pending: dict[tuple[str, str | None, int | None], threading.Event] = {}
+        self._lock = threading.Lock()
+        self._wrapper: str | None = None
+        self._home_map = _home_map()
+
+    def resolve(self, alias: str, user: str | None = None, port: int | None = None) -> HostConfig:
+        """The effective config of ``alias``; ``user``/``port`` act as ``ssh -l/-p`` (command line wins)."""
+        key = (alias, user, port)
+        while True:
+            with self._lock:
+                if key in self._cache:
+                    return self._cache[key]
+                waiting = self._pending.get(key)
+                if waiting is None:
+                    self._pending[key] = threading.Event()
+                    break
+            waiting.wait()  # another thread is resolving the same host
+        try:
+            config = self._resolve(alias, user, port)
+            with self._lock:
+                self._cache[key] = config
+            return config
+        finally:
+            with self._lock:
+                self._pending.pop(key).set()
+
+    def _resolve(self, alias: str, user: str | None, port: int | None) -> HostConfig:
+        if self.ssh:
+            values = self._ssh_g(alias, user, port)
+        else:
+            values = fallback_values(alias, self._fallback_files())
+            if user:
+                values["user"] = [user]
+            if port:
+                values["port"] = [str(port)]
+        return host_config(alias, values, self._home_map)
+
+    def _ssh_g(self, alias: str, user: str | None, port: int | None) -> dict[str, list[str]]:
+        argv = [self.ssh, "-G"]
+        config = self.config_file or self._home_config()
+        if config:
+            argv += ["-F", config]
+        if user:
+            argv += ["-l", user]
+        if port:
+            argv += ["-p", str(port)]
+        argv += ["--", alias]
+        try:
+            done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                  timeout=_RESOLVE_TIMEOUT_S)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise SSHConfigError(f"ssh -G {alias}: {exc}") from None
+        if done.returncode != 0:
+            detail = next((line for line in done.stderr.splitlines() if "Pseudo-terminal" not in line), "")
+            raise SSHConfigError(f"ssh_config for {alias}: {detail or f'ssh -G exited {done.returncode}'}")
+        return parse_g(done.stdout)
+
+    def _home_config(self) -> str | None:
+        """With ``$HOME`` not the passwd home: a config that reads $HOME/.ssh/config, then the system one."""
+        if not self._home_map:
+            return None
+        with self._lock:
+            if self._wrapper is None:
+                lines = []
+                user_config = Path(self._home_map[1]) / ".ssh" / "config"
+                if user_config.is_file():
+                    lines.append(f'Include "{user_config}"')
+                if Path(SYSTEM_CONFIG).is_file():
+                    lines.append(f'Include "{SYSTEM_CONFIG}"')
+                fd, path = tempfile.mkstemp(prefix="cluster-ssh-config-")
+                with os.fdopen(fd, "w") as out:
+                    out.write("\n".join(lines) + "\n")
+                self._wrapper = path
+            return self._wrapper
+
+    def _fallback_files(self) -> list[str]:
+        if self.config_file:
+            return [self.config_file]
+        return [str(Path("~/.ssh/config").expanduser()), SYSTEM_CONFIG]
+
+    def close(self) -> None:
+        if self._wrapper:
+            try:
+                os.unlink(self._wrapper)
+            except OSError:
+                pass
+            self._wrapper = None
+
+
+def _home_map() -> tuple[str, str] | None:
+    home = os.environ.get("HOME")
+    try:
+        passwd_home = pwd.getpwuid(os.getuid()).pw_dir
+    except KeyError:
+        return None
+    if not home or os.path.realpath(home) == os.path.realpath(passwd_home):
+        return None
+    return passwd_home.rstrip("/") or "/", home.rstrip("/")
+
+
+# ------------------------------------------------------------ paramiko fallback
+def fallback_values(alias: str, files: list[str]) -> dict[str, list[str]]:
+    """paramiko's evaluation of ``files`` (Include expanded) for ``alias``, in `parse_g`'s shape."""
+    import paramiko
+
+    parsed = paramiko.SSHConfig()
+    text = "".join(expand_includes(Path(f)) for f in files if Path(f).is_file())
+    parsed.parse(_lines(text))
+    found = parsed.lookup(alias)
+    values: dict[str, list[str]] = {}
+    for key, value in found.items():
+        values[key] = list(value) if isinstance(value, list) else [str(value)]
+    if "identityfile" not in values:
+        values["identityfile"] = list(DEFAULT_IDENTITIES)
+    return values
+
+
+def _lines(text: str):
+    import io
+
+    return io.StringIO(text)
+
+
+def expand_includes(path: Path, depth: int = 0) -> str:
+    """The text of ``path`` with each ``Include`` replaced by the files it names (relative: ~/.ssh)."""
+    if depth > 16:
+        raise SSHConfigError(f"ssh_config: Include nested too deeply at {path}")
+    out = []
+    for line in path.read_text().splitlines():
+        words = line.strip().split(None, 1)
+        if words and words[0].lower() == "include" and len(words) > 1:
+            for pattern in words[1].split():
+                pattern = os.path.expanduser(pattern.strip('"'))
+                if not os.path.isabs(pattern):
+                    pattern = str(Path("~/.ssh").expanduser() / pattern)
+                for name in sorted(glob.glob(pattern)):
+                    out.append(expand_includes(Path(name), depth + 1))
+        else:
+            out.append(line + "\n")
+    return "".join(out)
