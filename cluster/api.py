@@ -33,6 +33,8 @@ from .ssh import Engine, HostSession
 if TYPE_CHECKING:
     from . import checks, system
     from . import jobs as jobs_op
+    from .preflight import checks as preflight_checks
+    from .preflight import run as preflight_run
     from .render import basic as basic_view
     from .render import gpu as gpu_view
     from .render import jobs as jobs_view
@@ -57,6 +59,8 @@ else:
     kill_view = lazy("cluster.render.kill")
     logs_view = lazy("cluster.render.logs")
     system_view = lazy("cluster.render.system")
+    preflight_checks = lazy("cluster.preflight.checks")
+    preflight_run = lazy("cluster.preflight.run")
     serving_cfg = lazy("cluster.serving.config")
     serving_plan = lazy("cluster.serving.plan")
     serving_records = lazy("cluster.serving.records")
@@ -339,13 +343,39 @@ class Cluster:
 
     def start_pd(self, plan: StartPlan, *, wait: bool = True,
                  timeout: float | None = None, restart: bool = False, grace: float | None = None,
-                 on_progress: serving_start.ProgressFn | None = None) -> serving_start.StartResult:
+                 on_progress: serving_start.ProgressFn | None = None,
+                 preflight: bool = True) -> serving_start.StartResult:
         """Start the planned servers (and router) and wait until they are ready: exactly
         the scripts ``serving.dry_run_scripts(plan)`` shows, with the plan's run id.
-        ``timeout`` / ``grace`` None: ``serving.DEFAULT_TIMEOUT_S`` / ``DEFAULT_GRACE_S``."""
-        return serving_start.start_pd(self.engine, plan, wait=wait, timeout=_wait_limit(timeout),
-                                      restart=restart, grace=_grace(grace), fanout=self.settings.fanout,
-                                      on_progress=on_progress)
+        ``timeout`` / ``grace`` None: ``serving.DEFAULT_TIMEOUT_S`` / ``DEFAULT_GRACE_S``.
+
+        ``preflight`` (default): first the fast checks of :meth:`preflight` (GPUs free, env
+        file, engine importable, model present); a failing one on any host starts nothing
+        anywhere. Ports are left to the start's own check (it tells a running server from
+        another listener); with ``restart``, busy GPUs are expected and not checked."""
+        limit, pause = _wait_limit(timeout), _grace(grace)
+        refused = None
+        if preflight:
+            # Bad input is exit 2 before any host is contacted, the checks' round trip included.
+            serving_start.check_timeout(limit)
+            serving_stop.check_grace(pause)
+            serving_records.ensure_state_dir()
+            checked = preflight_run.preflight(self.engine, plan, fast=True, fanout=self.settings.fanout,
+                                              keep_open=True)
+            ignore = (preflight_checks.PORTS,) + ((preflight_checks.GPU_FREE,) if restart else ())
+            refused = preflight_run.refusals(checked, ignore)
+        return serving_start.start_pd(self.engine, plan, wait=wait, timeout=limit,
+                                      restart=restart, grace=pause, fanout=self.settings.fanout,
+                                      on_progress=on_progress, refused=refused)
+
+    def preflight(self, plan: StartPlan, *, deep: bool = False, fast: bool = False,
+                  on_done: OnDone | None = None) -> Report:
+        """Check that every host can serve its part of ``plan`` (docs/preflight.md): one
+        round trip per host; each outcome's ``data`` holds its checks (ok / warn / fail),
+        a host with a failing check is failed (kind ``preflight``). ``fast``: start-pd's
+        subset; ``deep``: also hash the model's top-level JSON files."""
+        return preflight_run.preflight(self.engine, plan, deep=deep, fast=fast,
+                                       fanout=self.settings.fanout, on_done=on_done)
 
     def restart_pd(self, *, hosts: Targets = None, role: Targets = None,
                    deployment: str | None = None, wait: bool = True,

@@ -69,6 +69,7 @@ METAVARS = {
     "model_path": "MODEL", "extra_args": "ARGS", "prefill": "EXPR", "decode": "EXPR", "router": "HOST",
     "base": "PREFIX", "sweep": "SCOPE", "command": "COMMAND", "names": "NAMES", "local": "PATH",
     "remote": "PATH", "localdir": "DIR", "job": "NAME", "detach": "NAME", "env": "NAME=VAL",
+    "defects": "LIST",
 }
 
 # Short flags are explicit: invoke would derive -h from "hosts", clashing with --help.

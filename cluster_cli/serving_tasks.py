@@ -51,6 +51,8 @@ START_HELP = {
     "dry_run": "Print each host's exact launch script (secrets masked); connect nowhere.",
     "restart": "Stop what runs on those hosts/ports (and the recorded deployment) first.",
     "grace": "With --restart: seconds between SIGTERM and SIGKILL (default 30).",
+    "skip_preflight": "Launch without the fast checks first (GPUs free, env file, engine "
+                      "importable, model present: see inv preflight).",
 }
 
 RESTART_HELP = {
@@ -92,14 +94,14 @@ def start_pd(c, prefill=None, decode=None, model_path=None, tp_size=None, nnodes
              prefill_port=None, decode_port=None, bootstrap_port=None, env_file=None, env=None,
              extra_args=None, router=None, router_port=None, engine=None, deployment=None,
              no_wait=False, timeout=None, dry_run=False, restart=False, grace=None,
-             roles_file=None, json=False, fanout=None):
+             skip_preflight=False, roles_file=None, json=False, fanout=None):
     """Start SGLang/vLLM prefill + decode servers (and the router); wait until healthy."""
     started = time.monotonic()
     limit, pause = _wait_options(timeout, grace)
     overrides = dict(model_path=model_path, tp_size=tp_size, nnodes=nnodes,
                      prefill_port=prefill_port, decode_port=decode_port,
                      bootstrap_port=bootstrap_port, env_file=env_file, extra_args=extra_args,
-                     router_port=router_port, engine=engine, env=_env_items(env))
+                     router_port=router_port, engine=engine, env=env_items(env))
     with opened(roles_file, fanout) as cluster:
         plan = cluster.plan_pd(prefill, decode, router=router, deployment=deployment, **overrides)
         if dry_run:
@@ -107,7 +109,8 @@ def start_pd(c, prefill=None, decode=None, model_path=None, tp_size=None, nnodes
             return
         with _waiting(json, lambda: _where_recorded(plan)) as show_progress:
             result = cluster.start_pd(plan, wait=not no_wait, timeout=limit, restart=restart,
-                                      grace=pause, on_progress=show_progress)
+                                      grace=pause, on_progress=show_progress,
+                                      preflight=not skip_preflight)
     show(result.report, json, lambda report: view.start_view(result), started,
          lambda report, elapsed: render.summary_line(report, elapsed, noun="server"))
 
@@ -136,7 +139,7 @@ def _wait_options(timeout: str | None, grace: str | None) -> tuple[float, float]
             check_grace(serving.DEFAULT_GRACE_S if grace is None else grace))
 
 
-def _env_items(items: list[str] | None) -> dict[str, str] | None:
+def env_items(items: list[str] | None) -> dict[str, str] | None:
     """``--env NAME=VALUE`` (repeatable) as a mapping; the value is never echoed back."""
     if not items:
         return None

@@ -40,12 +40,16 @@ SIM_HELP = {
                  "(default ./.sim).",
     "base": "Address prefix of the hosts (default 127.0.5.; loopback only).",
     "load_seconds": "How long the stand-in servers take to become ready (default 2).",
+    "defects": "Rehearse an inv preflight failure: 'all', or comma-separated defects given to one "
+               "host each (from the second host), or ADDRESS=DEFECT: model-file, sglang-version, nic, "
+               "ib-down, port, gpu-busy, env-file (docs/preflight.md).",
     "json": "Print one JSON document instead of the text.",
 }
 
 
 @cluster_task(name="sim-up", help=SIM_HELP)
-def sim_up(c, count=None, hosts=None, gpus=None, state_dir=None, base=None, load_seconds=None, json=False):
+def sim_up(c, count=None, hosts=None, gpus=None, state_dir=None, base=None, load_seconds=None,
+           defects=None, json=False):
     """Start a rehearsal cluster: N simulated GPU hosts on loopback (real sshd, stand-in GPUs)."""
     started = time.monotonic()
     sim = _sim()
@@ -61,7 +65,7 @@ def sim_up(c, count=None, hosts=None, gpus=None, state_dir=None, base=None, load
     try:
         state = current or sim.up(state_dir, hosts=count,
                                   gpus=sim.DEFAULT_GPUS if gpus is None else gpus, base=base,
-                                  load_seconds=seconds)
+                                  load_seconds=seconds, defects=defects)
     except sim.SimError as exc:
         raise Exit(f"error: {exc}", code=1) from None
     report = _report(state)
@@ -117,6 +121,8 @@ def up_text(state: sim_module.SimState, *, already: bool, elapsed: float) -> lis
                   + ("" if already else f" ({elapsed:.1f} s)"), style="bold green")]
     for role, members in state.roles.items():
         lines.append(Text(f"  {role:<8} {fold_names(members)}"))
+    for address, defect in state.defects.items():
+        lines.append(Text(f"  defect   {address}: {defect}  (inv preflight flags it)", style="yellow"))
     lines += [
         Text(f"  roles file {state.roles_file}"),
         Text(""),
@@ -125,6 +131,7 @@ def up_text(state: sim_module.SimState, *, already: bool, elapsed: float) -> lis
         Text(f"  {state.exports()}"),
         Text("  inv check"),
         Text("  inv gpu-status"),
+        Text("  inv preflight           # can every host serve its part? (ok / warn / fail)"),
         Text("  inv start-pd            # prefill/decode hosts from the roles file"),
         Text("  inv pd-status"),
         Text("  inv logs -r decode -n 20"),

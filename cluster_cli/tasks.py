@@ -2,9 +2,20 @@
 
 from invoke import Collection, Task
 
-from . import core_tasks, demo, job_tasks, ops_tasks, serving_tasks, sim_tasks, status_tasks, transfer_tasks
+from . import (
+    core_tasks,
+    demo,
+    job_tasks,
+    ops_tasks,
+    preflight_tasks,
+    serving_tasks,
+    sim_tasks,
+    status_tasks,
+    transfer_tasks,
+)
 
-TASK_MODULES = (core_tasks, status_tasks, ops_tasks, transfer_tasks, job_tasks, serving_tasks, sim_tasks, demo)
+TASK_MODULES = (core_tasks, status_tasks, ops_tasks, transfer_tasks, job_tasks, serving_tasks,
+                preflight_tasks, sim_tasks, demo)
 
 ns = Collection()
 for module in TASK_MODULES:

@@ -322,8 +322,9 @@ def parse_http_call(stdout: str) -> tuple[int, str]:
 # --------------------------------------------------------------------------- ports
 
 
-def listen_scan(host: str | None, ports: Sequence[int]) -> str:
-    """awk over /proc/net/tcp{,6} printing the decimal port of each matching LISTEN socket."""
+def listen_keys(host: str | None, ports: Sequence[int]) -> list[str]:
+    """``ADDR:PORT=port`` in /proc/net/tcp{,6} spelling (hex) for each port at ``host`` and
+    the wildcards (``*:PORT=port``: any address); also read by inv preflight's probe."""
     keys = []
     for port in ports:
         hexport = f"{int(port):04X}"
@@ -332,7 +333,12 @@ def listen_scan(host: str | None, ports: Sequence[int]) -> str:
             keys.append(f"*:{hexport}={port}")
         else:
             keys.extend(f"{a}:{hexport}={port}" for a in addresses)
-    want = shell.quote(" ".join(keys))
+    return keys
+
+
+def listen_scan(host: str | None, ports: Sequence[int]) -> str:
+    """awk over /proc/net/tcp{,6} printing the decimal port of each matching LISTEN socket."""
+    want = shell.quote(" ".join(listen_keys(host, ports)))
     program = shell.quote(
         'BEGIN{n=split(want,w," ");for(i=1;i<=n;i++){split(w[i],kv,"=");W[kv[1]]=kv[2]}}'
         ' FNR>1 && $4=="0A" {k=$2; p="*:" substr(k, index(k,":")+1);'

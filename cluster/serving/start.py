@@ -406,8 +406,12 @@ def exit_failure(rc: int, lines: Sequence[str]) -> Failure:
 def start_pd(engine: Engine, plan: StartPlan, *, wait: bool = True,
              timeout: float = DEFAULT_TIMEOUT_S, restart: bool = False,
              grace: float = 30.0, fanout: int | None = None,
-             on_progress: ProgressFn | None = None, poll_s: float = POLL_INTERVAL_S) -> StartResult:
+             on_progress: ProgressFn | None = None, poll_s: float = POLL_INTERVAL_S,
+             refused: Mapping[Host, Failure] | None = None) -> StartResult:
     """Start the planned deployment (the steps: this module's docstring).
+
+    ``refused``: hosts that checks run before the start (inv preflight's fast subset)
+    failed; when any is given, nothing starts anywhere (stage ``preflight``).
 
     Per-server results are values (``report``: one outcome per server node-rank, then
     the router), never exceptions; ``stage`` says how far it got. Only bad input
@@ -431,6 +435,13 @@ def start_pd(engine: Engine, plan: StartPlan, *, wait: bool = True,
         return StartResult(report, stage, plan, manifest,
                            manifest_file(plan.deployment) if manifest else None, run.elapsed())
 
+    if refused:  # nothing starts anywhere; the refused hosts' servers carry the reason
+        for key, host in run.hosts.items():
+            if host in refused:
+                run.fail(key, refused[host])
+            else:
+                run.records[key].status = NOT_STARTED
+        return result("preflight")
     if not lock.acquire():
         for key in run.records:
             run.fail(key, Failure(ALREADY_RUNNING, f"deployment '{plan.deployment}' is being started or "

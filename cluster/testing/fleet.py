@@ -12,6 +12,7 @@ Layout under ``workdir``::
     sshd/<name>/host_ed25519     own host key and its own log (-E)
     sshd/<name>/log
     hosts/<address>/bin/         first on the remote PATH for that address
+    hosts/<address>/root/        $CLUSTER_PREFLIGHT_ROOT: the host's own sysfs / model copy
     hosts/<address>/home/        SFTP's start directory for that address
                                  (only with ``sftp_home_per_host``)
     roles.yaml                   a roles file for the good hosts
@@ -441,8 +442,11 @@ class Fleet:
 
     def _session_env(self, address: str) -> dict[str, str]:
         root = self.host_dir(address)
+        # CLUSTER_PREFLIGHT_ROOT: where inv preflight reads this host's sysfs and model
+        # copy (cluster/preflight/probe.py), so each address can have its own.
         return {"PATH": f"{root / 'bin'}:/usr/local/bin:/usr/bin:/bin",
-                "CLUSTER_SIM_HOST": address, "CLUSTER_SIM_ROOT": str(root), **self.extra_env}
+                "CLUSTER_SIM_HOST": address, "CLUSTER_SIM_ROOT": str(root),
+                "CLUSTER_PREFLIGHT_ROOT": str(root / "root"), **self.extra_env}
 
     def _seed_known_hosts(self) -> None:
         """Record a key that is *not* badkey's real one, so connecting to it is a changed key."""

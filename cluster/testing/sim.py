@@ -49,6 +49,7 @@ from typing import Any
 
 from ..errors import ClusterError, InputError
 from ..hosts import fold_names
+from . import defects as defect_kit
 from .fleet import SSHD, Fleet, FleetError, address_range, kill_processes_of, pick_port
 
 DEFAULT_STATE_DIR = ".sim"
@@ -91,6 +92,7 @@ class SimState:
     deployments_dir: str
     fleet_dir: str
     started_at: float
+    defects: dict[str, str] = field(default_factory=dict)   # address -> defect (--defects)
 
     @classmethod
     def load(cls, state_dir: str | os.PathLike[str]) -> "SimState | None":
@@ -257,8 +259,13 @@ def serving_section(standin: Path, run_dir: Path, gpus: int, load_seconds: float
 
 def up(state_dir: str | os.PathLike[str] = DEFAULT_STATE_DIR, hosts: int = DEFAULT_HOSTS,
        gpus: int = DEFAULT_GPUS, base: str = DEFAULT_BASE,
-       load_seconds: float = DEFAULT_LOAD_SECONDS, timeout: float = START_TIMEOUT_S) -> SimState:
+       load_seconds: float = DEFAULT_LOAD_SECONDS, timeout: float = START_TIMEOUT_S,
+       defects: str | None = None) -> SimState:
     """Start the rehearsal cluster in ``state_dir`` and wait until every sshd listens.
+
+    ``defects`` (``--defects``): give hosts stand-in NICs, RDMA ports and a model copy
+    that ``inv preflight`` checks, and break one thing on each named host
+    (:func:`cluster.testing.defects.parse_defects`; ``""``: none broken).
 
     Raises `InputError` (exit 2) without sshd or on bad arguments, `SimError` when
     one is already running there or the start fails (with the supervisor's log).
@@ -267,6 +274,12 @@ def up(state_dir: str | os.PathLike[str] = DEFAULT_STATE_DIR, hosts: int = DEFAU
     hosts = check_count(hosts, "--count", 1, MAX_HOSTS)
     gpus = check_count(gpus, "--gpus", 1, MAX_GPUS)
     base = check_base(base)
+    chosen = None
+    if defects is not None:
+        try:
+            chosen = defect_kit.parse_defects(defects, address_range(base, 1, hosts))
+        except ValueError as exc:
+            raise InputError(f"--defects: {exc}") from None
     directory = Path(state_dir).expanduser().resolve()
     current = status(directory)
     if current is not None:
@@ -280,6 +293,8 @@ def up(state_dir: str | os.PathLike[str] = DEFAULT_STATE_DIR, hosts: int = DEFAU
     argv = [sys.executable, "-m", "cluster.testing.sim", "serve", str(directory),
             "--hosts", str(hosts), "--gpus", str(gpus), "--base", base,
             "--load-seconds", f"{load_seconds:g}"]
+    if chosen is not None:
+        argv += ["--defects", json.dumps(chosen)]
     env = dict(os.environ)
     package_root = str(_TESTING.parent.parent)  # so `-m cluster.testing.sim` imports from any cwd
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
@@ -410,7 +425,7 @@ def _read(path: Path) -> str:
 
 
 def serve(state_dir: str | os.PathLike[str], hosts: int, gpus: int, base: str,
-          load_seconds: float) -> int:
+          load_seconds: float, defects: dict[str, str] | None = None) -> int:
     """The supervisor: start the fleet, write ``state.json``, wait for SIGTERM, stop the fleet."""
     directory = Path(state_dir).resolve()
     done = threading.Event()
@@ -422,7 +437,7 @@ def serve(state_dir: str | os.PathLike[str], hosts: int, gpus: int, base: str,
                   port=_ssh_port(addresses), sshd_path=sshd_path(), die_with_parent=True)
     try:
         fleet.start()
-        state = _prepare(fleet, directory, gpus, load_seconds)
+        state = _prepare(fleet, directory, gpus, load_seconds, defects)
         print(f"rehearsal cluster up: {state.folded} port {state.port}", flush=True)
         state.save()
         while not done.wait(1.0):
@@ -445,7 +460,8 @@ def _ssh_port(addresses: list[str]) -> int:
     raise FleetError("no free SSH port found for the rehearsal cluster")
 
 
-def _prepare(fleet: Fleet, directory: Path, gpus: int, load_seconds: float) -> SimState:
+def _prepare(fleet: Fleet, directory: Path, gpus: int, load_seconds: float,
+             defects: dict[str, str] | None = None) -> SimState:
     """Stand-ins, GPU rows, run dir and roles file for a started fleet; the state to record."""
     standin = _copy_standins(fleet.workdir / "standin")
     template = (standin / "fixtures" / "gpu" / "h100-idle.txt").read_text()
@@ -468,13 +484,36 @@ def _prepare(fleet: Fleet, directory: Path, gpus: int, load_seconds: float) -> S
     deployments = directory / "deployments"
     deployments.mkdir(exist_ok=True)
     roles = plan_roles(fleet.addresses)
-    roles_file = fleet.write_roles(directory / "roles.yaml", roles, extra={
-        "serving": serving_section(standin, run_dir, gpus, load_seconds)})
+    serving = serving_section(standin, run_dir, gpus, load_seconds)
+    if defects is not None:
+        serving = _rehearse_preflight(fleet, serving, roles, defects)
+    roles_file = fleet.write_roles(directory / "roles.yaml", roles, extra={"serving": serving})
     return SimState(state_dir=str(directory), supervisor_pid=os.getpid(),
                     sshd_pids=fleet.sshd_pids, addresses=list(fleet.addresses),
                     port=int(fleet.port or 0), user=fleet.user, gpus=gpus, roles=roles,
                     roles_file=str(roles_file), deployments_dir=str(deployments),
-                    fleet_dir=str(fleet.workdir), started_at=time.time())
+                    fleet_dir=str(fleet.workdir), started_at=time.time(), defects=dict(defects or {}))
+
+
+# Listening sockets of the ``port`` defect, held for the supervisor's lifetime.
+_HELD_PORTS: list[socket.socket] = []
+
+
+def _rehearse_preflight(fleet: Fleet, serving: dict[str, Any], roles: dict[str, list[str]],
+                        defects: dict[str, str]) -> dict[str, Any]:
+    """Stand-in roots on every host, the defects applied, and the serving section that
+    makes preflight check them (cluster/testing/defects.py)."""
+    env_file = defect_kit.write_env_file(fleet.workdir / "env.sh")
+    for index, address in enumerate(fleet.addresses):
+        defect_kit.prepare_host(fleet.host_dir(address), index)
+    for address, defect in defects.items():
+        if defect == "port":
+            role = "decode" if address in roles["decode"] else "prefill"
+            _HELD_PORTS.append(defect_kit.hold_port(address, serving[role]["port"]))
+        else:
+            host_dir = fleet.host_dir(address)
+            defect_kit.apply(host_dir, defect, gpu_fixture=host_dir / "gpus.txt")
+    return defect_kit.serving_settings(serving, env_file)
 
 
 def _copy_standins(target: Path) -> Path:
@@ -510,8 +549,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--gpus", type=int, default=DEFAULT_GPUS)
     run.add_argument("--base", default=DEFAULT_BASE)
     run.add_argument("--load-seconds", type=float, default=DEFAULT_LOAD_SECONDS)
+    run.add_argument("--defects", type=json.loads, default=None, help="JSON {address: defect}")
     args = parser.parse_args(argv)
-    return serve(args.state_dir, args.hosts, args.gpus, args.base, args.load_seconds)
+    return serve(args.state_dir, args.hosts, args.gpus, args.base, args.load_seconds, args.defects)
 
 
 if __name__ == "__main__":

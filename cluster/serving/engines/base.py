@@ -80,6 +80,11 @@ class ServingEngine(ABC):
         """The planned specs with engine-specific per-host ports filled in (vLLM: a NIXL
         side-channel range unique on each host, from ``base``); others: unchanged."""
 
+    def rdma_devices(self, spec: ServerSpec) -> tuple[str, ...]:
+        """RDMA devices this server's KV transfer is told to use (checked by preflight under
+        /sys/class/infiniband); none by default."""
+        return ()
+
     @abstractmethod
     def router_launcher(self, python: str) -> tuple[str, ...]:
         """The router command when ``serving.router.launcher`` is not set."""

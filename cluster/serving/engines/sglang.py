@@ -55,6 +55,10 @@ class SGLang(ServingEngine):
     def assign_ports(self, specs: Sequence[ServerSpec], base: int) -> list[ServerSpec]:
         return list(specs)
 
+    def rdma_devices(self, spec: ServerSpec) -> tuple[str, ...]:
+        # --disaggregation-ib-device mlx5_0,mlx5_1 (or =...): Mooncake's RDMA devices.
+        return option_values(spec.extra_args, "--disaggregation-ib-device")
+
     def router_launcher(self, python: str) -> tuple[str, ...]:
         return (python, "-m", "sglang_router.launch_router")
 
@@ -72,6 +76,17 @@ class SGLang(ServingEngine):
         if role == "prefill" and bootstrap_port is not None:
             doc["bootstrap_port"] = bootstrap_port
         return HttpCall("POST", "/workers", json.dumps(doc, separators=(",", ":")))
+
+
+def option_values(argv: Sequence[str], option: str) -> tuple[str, ...]:
+    """The comma-separated values of every ``option VALUE`` / ``option=VALUE`` in argv."""
+    found: list[str] = []
+    for index, arg in enumerate(argv):
+        if arg == option and index + 1 < len(argv):
+            found.extend(argv[index + 1].split(","))
+        elif arg.startswith(option + "="):
+            found.extend(arg[len(option) + 1:].split(","))
+    return tuple(dict.fromkeys(v.strip() for v in found if v.strip()))
 
 
 def router_common_args(spec: RouterSpec) -> list[str]:

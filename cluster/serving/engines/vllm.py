@@ -69,6 +69,12 @@ class VLLM(ServingEngine):
             used[spec.host] = offset + spec.local_tp
         return out
 
+    def rdma_devices(self, spec: ServerSpec) -> tuple[str, ...]:
+        # NIXL over UCX: UCX_NET_DEVICES=mlx5_0:1,mlx5_1:1 ("all" = let UCX choose).
+        value = dict(spec.env).get("UCX_NET_DEVICES") or ""
+        names = (item.split(":")[0].strip() for item in value.split(","))
+        return tuple(dict.fromkeys(n for n in names if n and n != "all"))
+
     def router_launcher(self, python: str) -> tuple[str, ...]:
         return ("vllm-router",)
 
