@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from .. import gpu, shell
 from ..hosts import Host, parse_host
@@ -76,7 +77,7 @@ def host_plans(plan: StartPlan) -> dict[Host, HostPlan]:
     the start, so a refused connection proves the path (nothing is woken up on the peer; a
     connection to its sshd would start an sshd process per check).
     """
-    by_host: dict[Host, dict] = {}
+    by_host: dict[Host, dict[str, Any]] = {}
     engine = engines.get(plan.config.engine)
     prefill_hosts = [s for s in plan.servers if s.role == PREFILL]
     for spec in plan.servers:
@@ -113,13 +114,13 @@ def host_plans(plan: StartPlan) -> dict[Host, HostPlan]:
     return {host: _host_plan(host, entry) for host, entry in by_host.items()}
 
 
-def _empty() -> dict:
+def _empty() -> dict[str, Any]:
     return {"roles": [], "gpus": 0, "bind": None, "ports": [], "env_file": None, "env": (),
             "python": "python3", "model": None, "run_dir": "~", "package": None, "modules": [],
             "commands": [], "ib": [], "peers": [], "secrets": []}
 
 
-def _launcher(argv: Sequence[str], python: str, package: str | None, entry: dict) -> None:
+def _launcher(argv: Sequence[str], python: str, package: str | None, entry: dict[str, Any]) -> None:
     """A ``PY -m pkg.mod`` launcher needs ``pkg`` importable; any other, its command on PATH."""
     if len(argv) > 2 and argv[1] == "-m":
         module = argv[2].split(".")[0]
@@ -131,7 +132,7 @@ def _launcher(argv: Sequence[str], python: str, package: str | None, entry: dict
             entry["modules"].append((package, package))
 
 
-def _host_plan(host: Host, entry: dict) -> HostPlan:
+def _host_plan(host: Host, entry: dict[str, Any]) -> HostPlan:
     peers = [(address, port) for target, address, port in entry["peers"] if parse_host(target) != host]
     return HostPlan(
         host=host, roles=tuple(dict.fromkeys(entry["roles"])), gpus_needed=entry["gpus"],

@@ -19,9 +19,9 @@ if TYPE_CHECKING:
 def _version() -> str:
     """``$CLUSTER_SIM_ROOT/sglang-version`` when the host has one (a rehearsal host with a
     different sglang, for inv preflight), else the stand-in's own."""
-    root = os.environ.get("CLUSTER_SIM_ROOT")
+    root = os.environ.get("CLUSTER_SIM_ROOT", "")
     try:
-        with open(os.path.join(root, "sglang-version")) as file:
+        with open(os.path.join(root, "sglang-version") if root else "") as file:
             text = file.read().strip()
     except (OSError, TypeError):
         text = ""
