@@ -168,9 +168,9 @@ def _key_inventory(first: str | None, actions: list[str], gce: Path) -> KeyRepor
         return KeyReport(False, None, f"no SSH key found ({gce} is missing and gcloud is not on PATH)",
                          actions, MANUAL_STEPS, lines)
     key = usable[0]
-    path = first if first and ring.file(first).pkey is not None else None
-    where = path or ("ssh-agent" if key in agent else None)
-    return KeyReport(True, path, f"{key.get_name()} {fingerprint(key)}" + (f" ({where})" if where == "ssh-agent" else ""),
+    key_path = first if first and ring.file(first).pkey is not None else None
+    where = key_path or ("ssh-agent" if key in agent else None)
+    return KeyReport(True, key_path, f"{key.get_name()} {fingerprint(key)}" + (f" ({where})" if where == "ssh-agent" else ""),
                      actions, [], lines)
 
 

@@ -26,11 +26,15 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import paramiko
 from paramiko.proxy import ProxyCommand
 
 from .sshconfig import HostConfig
+
+# A jump chain, hop by hop: (hostname, port, user, proxy command).
+ChainKey = tuple[tuple[str, int, str, str | None], ...]
 
 # A failed hop is remembered this long: every target behind it in the same round gets
 # the hop's failure at once instead of retrying the login (a later round retries).
@@ -111,8 +115,8 @@ def expand_tokens(text: str, config: HostConfig) -> str:
         "j": config.proxy_jump or "",
     }
 
-    def swap(match: re.Match) -> str:
-        return tokens.get(match.group(1), match.group(0))
+    def swap(match: re.Match[str]) -> str:
+        return tokens.get(match.group(1), str(match.group(0)))
 
     return re.sub(r"%(.)", swap, text)
 
@@ -171,9 +175,9 @@ class JumpPool:
 
     def __init__(self, connect_hop: Callable[[HostConfig, object | None], paramiko.Transport]) -> None:
         self._connect_hop = connect_hop
-        self._transports: dict[tuple, paramiko.Transport] = {}
-        self._failures: dict[tuple, tuple[float, HopError]] = {}
-        self._locks: dict[tuple, threading.Lock] = {}
+        self._transports: dict[ChainKey, paramiko.Transport] = {}
+        self._failures: dict[ChainKey, tuple[float, HopError]] = {}
+        self._locks: dict[ChainKey, threading.Lock] = {}
         self._lock = threading.Lock()
 
     def transport(self, chain: tuple[HostConfig, ...]) -> paramiko.Transport:
@@ -188,11 +192,12 @@ class JumpPool:
             failed = self._failures.get(key)
             if failed and time.monotonic() - failed[0] < HOP_FAILURE_TTL_S:
                 raise failed[1]
-            sock = self.transport(chain[:-1]) if len(chain) > 1 else None
+            below = self.transport(chain[:-1]) if len(chain) > 1 else None
             hop = chain[-1]
+            sock: object | None = None
             try:
-                if sock is not None:
-                    sock = open_channel(sock, hop_name(chain[-2]), hop.hostname, hop.port, None)
+                if below is not None:
+                    sock = open_channel(below, hop_name(chain[-2]), hop.hostname, hop.port, None)
                 transport = self._connect_hop(hop, sock)
             except HopError as exc:
                 self._failures[key] = (time.monotonic(), exc)
@@ -225,7 +230,7 @@ class Keepalive:
     """
 
     def __init__(self) -> None:
-        self._watched: dict[paramiko.Transport, list] = {}  # transport -> [interval, count_max, missed]
+        self._watched: dict[paramiko.Transport, list[float]] = {}  # transport -> [interval, count_max, missed]
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
@@ -251,7 +256,7 @@ class Keepalive:
             for transport, state in items:
                 self._tick(transport, state)
 
-    def _tick(self, transport: paramiko.Transport, state: list) -> None:
+    def _tick(self, transport: paramiko.Transport, state: list[float]) -> None:
         interval, count_max, missed, sent = state
         now = time.monotonic()
         heard = getattr(transport.packetizer, "last_read", None) or 0.0
@@ -268,7 +273,7 @@ class Keepalive:
         message.add_string("keepalive@openssh.com")
         message.add_boolean(True)
         try:
-            transport._send_user_message(message)
+            transport._send_user_message(message)  # type: ignore[attr-defined]  # paramiko's own sender; no public one
         except (OSError, EOFError, paramiko.SSHException):
             transport.close()
             return
@@ -338,7 +343,7 @@ class GuardedChannel:
         if now:
             self.channel.close()
 
-    def __getattr__(self, name: str):  # settimeout, getpeername, _closed ...: the channel's
+    def __getattr__(self, name: str) -> Any:  # settimeout, getpeername, _closed ...: the channel's
         return getattr(self.channel, name)
 
 

@@ -29,7 +29,8 @@ from pathlib import Path
 
 import paramiko
 from paramiko.agent import AgentSSH
-from paramiko.auth_strategy import AuthFailure, AuthStrategy, InMemoryPrivateKey
+from paramiko.auth_strategy import AuthFailure, AuthStrategy, InMemoryPrivateKey, SourceResult
+from paramiko.pkey import PublicBlob
 
 # File states, as `ensure-key` and auth failures report them.
 OK, MISSING, ENCRYPTED, UNREADABLE = "ok", "missing", "encrypted, not in agent", "unreadable"
@@ -69,7 +70,7 @@ class KeyRing:
 
     def __init__(self) -> None:
         self._files: dict[str, KeyFile] = {}
-        self._agents: dict[str, list[paramiko.PKey]] = {}
+        self._agents: dict[str, list[paramiko.AgentKey]] = {}
         self._lock = threading.Lock()
 
     def file(self, path: str) -> KeyFile:
@@ -87,7 +88,7 @@ class KeyRing:
         with self._lock:
             if path not in self._agents:
                 self._agents[path] = _agent_keys(path)
-            return self._agents[path]
+            return list[paramiko.PKey](self._agents[path])
 
     def candidates(self, first: list[str], identity_files: tuple[str, ...], certificate_files: tuple[str, ...],
                    identity_agent: str | None, identities_only: bool) -> tuple[list[Candidate], list[str]]:
@@ -126,7 +127,7 @@ class KeyRing:
             agents, self._agents = list(self._agents.values()), {}
         for keys in agents:
             if keys:
-                keys[0].agent._close()
+                keys[0].agent._close()  # type: ignore[attr-defined]  # AgentSSH's own close; the stubs lack it
 
     def strategy(self, user: str, offered: list[Candidate], skipped: list[str]) -> KeyAuth:
         return KeyAuth(user, offered, skipped)
@@ -136,14 +137,14 @@ class KeyAuth(AuthStrategy):
     """paramiko's ``auth_strategy`` for one connection: our candidates in order, `AuthError` when none works."""
 
     def __init__(self, user: str, offered: list[Candidate], skipped: list[str]) -> None:
-        super().__init__(ssh_config=None)
+        super().__init__(ssh_config=paramiko.SSHConfig())  # stored, never read by authenticate()
         self.user, self.offered, self.skipped = user, offered, skipped
 
     def get_sources(self) -> Iterator[InMemoryPrivateKey]:
         for candidate in self.offered:
             yield InMemoryPrivateKey(self.user, candidate.pkey)
 
-    def authenticate(self, transport: paramiko.Transport):
+    def authenticate(self, transport: paramiko.Transport) -> list[SourceResult]:
         try:
             return super().authenticate(transport)
         except AuthFailure:
@@ -178,7 +179,7 @@ def load_key_file(path: str) -> KeyFile:
 def public_fingerprint(pub_path: str) -> str | None:
     """SHA256 fingerprint of a ``.pub`` file (how an encrypted key is matched with the agent's)."""
     try:
-        blob = paramiko.PublicBlob.from_file(pub_path)
+        blob = PublicBlob.from_file(pub_path)
         return paramiko.PKey.from_type_string(blob.key_type, blob.key_blob).fingerprint
     except (OSError, ValueError, paramiko.SSHException, TypeError):
         return None
@@ -213,7 +214,7 @@ def agent_socket(identity_agent: str | None) -> str | None:
     return str(Path(identity_agent).expanduser())
 
 
-def _agent_keys(path: str) -> list[paramiko.PKey]:
+def _agent_keys(path: str) -> list[paramiko.AgentKey]:
     """The keys an agent holds; an unreachable agent holds none (as for ssh)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -224,16 +225,16 @@ def _agent_keys(path: str) -> list[paramiko.PKey]:
         return []
     agent = AgentSSH()
     try:
-        agent._connect(sock)
+        agent._connect(sock)  # type: ignore[attr-defined]  # paramiko's own agent-socket setup; no public one
     except (paramiko.SSHException, OSError):
         sock.close()
         return []
     lock = threading.Lock()
-    send = agent._send_message
+    send = agent._send_message  # type: ignore[attr-defined]  # wrapped below: one socket, many threads
 
-    def locked(message):  # one socket, many connecting threads
+    def locked(message: paramiko.Message) -> tuple[int, paramiko.Message]:  # one socket, many connecting threads
         with lock:
-            return send(message)
+            return send(message)  # type: ignore[no-any-return]
 
-    agent._send_message = locked
+    agent._send_message = locked  # type: ignore[attr-defined]
     return list(agent.get_keys())

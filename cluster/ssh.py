@@ -175,7 +175,7 @@ class LeanConnection(Connection):  # type: ignore[misc]  # fabric ships no types
     """
 
     inline_ssh_env = None
-    host_config = None  # the HostConfig it was built from (Engine.make_connection)
+    host_config: HostConfig | None = None  # the HostConfig it was built from (Engine.make_connection)
 
     def open_gateway(self) -> Any:
         """The `Route`'s socket (ProxyCommand or a channel through the shared jump connection)."""
@@ -263,13 +263,14 @@ class HostSession:
         """Connect and authenticate (no-op for ``local`` or when already open)."""
         if self.host.is_local:
             return
+        connection = self.connection
         try:
-            self.connection.open()
+            connection.open()
         except paramiko.SSHException as exc:
             # paramiko's start_client() gives up waiting after the timeout but
             # carries on, and the failure surfaces later as "No existing
             # session": report what really happened, a handshake that never ended.
-            route = self._connection.gateway
+            route = connection.gateway
             if isinstance(route, Route) and route.failure(exc) is not exc:
                 raise route.failure(exc) from None
             if "No existing session" in str(exc):
@@ -277,10 +278,10 @@ class HostSession:
                     f"no SSH banner/handshake within {self.connect_timeout:g} s"
                 ) from None
             raise
-        transport = self._connection.client.get_transport()
+        transport = connection.client.get_transport()
         _relax_polling(transport)
-        if transport is not None and self._connection.host_config is not None:
-            start_keepalive(transport, self._connection.host_config)
+        if transport is not None and connection.host_config is not None:
+            start_keepalive(transport, connection.host_config)
 
     def handshake(self) -> paramiko.PKey:
         """Key exchange and host-key check (`HostKeyStore.verify`), no authentication.
@@ -869,7 +870,7 @@ class Engine:
         # A jump host's own ProxyJump counts, unless it names the jump host itself (a `Host *` line).
         own = [(j.host, j.port) for j in parse_proxy_jump(first.proxy_jump)] if first.proxy_jump else []
         loops = (specs[0].host, specs[0].port) in own or (first.hostname, first.port) in own
-        before = self.jump_chain(first.proxy_jump, depth + 1) if own and not loops else ()
+        before = self.jump_chain(first.proxy_jump, depth + 1) if first.proxy_jump and own and not loops else ()
         return before + tuple(hops)
 
     def _login_hop(self, config: HostConfig, sock: Any) -> paramiko.Transport:
@@ -884,7 +885,8 @@ class Engine:
         try:
             client.connect(config.hostname, config.port, config.user, sock=sock, timeout=timeout,
                            banner_timeout=timeout, auth_timeout=timeout, channel_timeout=timeout,
-                           transport_factory=HopTransport(self.host_keys, target),
+                           # paramiko calls it as (sock, disabled_algorithms=); its stubs describe an older protocol
+                           transport_factory=HopTransport(self.host_keys, target),  # type: ignore[arg-type]
                            auth_strategy=self.auth_strategy(config))
         except paramiko.SSHException as exc:
             client.close()

@@ -20,6 +20,7 @@ sandboxes) the user config is read from ``$HOME/.ssh/config`` and paths that
 from __future__ import annotations
 
 import glob
+import io
 import os
 import pwd
 import shutil
@@ -28,6 +29,7 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .errors import InputError
 
@@ -188,6 +190,7 @@ class Resolver:
         return host_config(alias, values, self._home_map)
 
     def _ssh_g(self, alias: str, user: str | None, port: int | None) -> dict[str, list[str]]:
+        assert self.ssh is not None  # only called when an OpenSSH client was found
         argv = [self.ssh, "-G"]
         config = self.config_file or self._home_config()
         if config:
@@ -260,15 +263,15 @@ def fallback_values(alias: str, files: list[str]) -> dict[str, list[str]]:
     parsed.parse(_lines(text))
     found = parsed.lookup(alias)
     values: dict[str, list[str]] = {}
-    for key, value in found.items():
+    raw: dict[str, Any] = dict(found)  # the stubs say str; identityfile & co. are lists
+    for key, value in raw.items():
         values[key] = list(value) if isinstance(value, list) else [str(value)]
     if "identityfile" not in values:
         values["identityfile"] = list(DEFAULT_IDENTITIES)
     return values
 
 
-def _lines(text: str):
-    import io
+def _lines(text: str) -> io.StringIO:
 
     return io.StringIO(text)
 
