@@ -10,10 +10,12 @@ import time
 
 import pytest
 
+from cluster import localrun
 from cluster.command import Capture, Lines
 from cluster.hosts import Host
 from cluster.interrupt import Interrupted, PidLine, kill_group_command, stop, wrap
 from cluster.localrun import run_local
+from cluster.shell import STDIN_RUNNER
 
 
 def test_pid_line_is_taken_out_of_stderr_and_gives_the_group():
@@ -120,6 +122,22 @@ def test_local_stdin_script_exit_code_and_both_streams():
     code = run_local("bash -s", LOCAL, capture, stdin=script)
     result = capture.result("bash -s", code)
     assert (result.exited, result.stdout, result.stderr) == (3, "got hello\n", "err\n")
+
+
+@pytest.mark.parametrize("runner", ["bash -s", STDIN_RUNNER, "sh -s"])
+def test_local_stdin_shells_started_directly_behave_as_through_a_shell(runner):
+    """The stdin runners skip the outer `bash -c` (one shell start less); the script must
+    see exactly what it would through it: stdin left to read, exit code, both streams."""
+    script = "read first\nhello\necho \"got $first\"\necho err >&2\nexit 7\n"
+    direct, shelled = Capture(), Capture()
+    code = run_local(runner, LOCAL, direct, stdin=script)
+    code_shelled = run_local(f"{runner} ", LOCAL, shelled, stdin=script)  # not a known runner: via bash -c
+    seen = (code, direct.result(runner, code).stdout, direct.result(runner, code).stderr)
+    assert seen == (code_shelled, shelled.result(runner, code_shelled).stdout, shelled.result(runner, code_shelled).stderr)
+    if runner != "sh -s":  # dash reads its script ahead: `read` gets nothing, both ways
+        assert seen == (7, "got hello\n", "err\n")
+    assert code == 7
+    assert localrun._STDIN_SHELLS[runner][-1] == "-s"
 
 
 def test_local_large_stdin_and_output_do_not_deadlock():
