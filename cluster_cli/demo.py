@@ -90,8 +90,7 @@ def _add_router(roles_file: str, router_port: int, metrics_port: int) -> None:
     doc = yaml.safe_load(path.read_text())
     serving = doc.setdefault("serving", {})
     serving.setdefault("env", {})["HF_HUB_OFFLINE"] = "1"
-    serving["router"] = {"host": "local", "port": router_port, "metrics_port": metrics_port,
-                         "extra_args": ["--worker-startup-check-interval", "1"]}
+    serving["router"] = {"host": "local", "port": router_port, "metrics_port": metrics_port}
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
 
 

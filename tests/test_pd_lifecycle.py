@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import http
+from helpers import http, process_alive
 
 from cluster.serving.plan import RUN_ID_ENV
 from cluster.serving.records import Manifest
@@ -519,6 +519,24 @@ def test_timeout_fails_not_ready_and_leaves_the_servers_running(pd_factory):
     assert len(pd.processes(run_ids)) >= 2  # left running for inspection
     code, stop = pd.stop()
     assert code == 0 and pd.processes(run_ids) == {}
+
+
+def test_the_router_starts_with_the_servers_and_waits_for_them(pd_factory):
+    """The router is launched right after the servers, not once they are ready (it would add
+    its own start-up to every start-pd --router): while the servers still load, it runs."""
+    pd = pd_factory()
+    pd.env["STANDIN_LOAD_SECONDS"] = "300"
+    pd.write_roles()
+    code, doc = pd.cli_json("start-pd", "--prefill", PREFILL, "--decode", DECODES[0], "--timeout", "3",
+                            "--router", "local")
+    assert code == 1 and doc["stage"] == "wait", json.dumps(doc, indent=1)
+    manifest = pd.manifest()
+    assert manifest is not None and manifest.router is not None and manifest.router.pid
+    assert process_alive(manifest.router.pid)  # launched before any server was ready, waiting
+    assert all(e["status"] == "not-ready" for e in doc["hosts"] if e["role"] != "router")
+    code, stop = pd.stop()
+    assert code == 0 and pd.processes({manifest.run_id}) == {}
+    assert not process_alive(manifest.router.pid)
 
 
 # --------------------------------------------------------------------------- plan once

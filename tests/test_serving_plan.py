@@ -236,6 +236,7 @@ def test_sglang_router_command():
         "--decode", "http://10.8.0.82:30001", "--decode", "http://10.8.0.83:30001",
         "--host", "10.8.0.90", "--port", "8000",
         "--prometheus-host", "10.8.0.90", "--prometheus-port", "29000", "--policy", "round_robin",
+        "--worker-startup-timeout-secs", "86400", "--worker-startup-check-interval", "1",
     ]
     assert scripts.launch_of(router).ports == (8000, 29000)
     assert router.url == "http://10.8.0.90:8000"
@@ -273,4 +274,5 @@ def test_vllm_router_command():
         "--decode", "http://10.8.0.82:8200", "--kv-connector", "nixl",
         "--host", "10.8.0.90", "--port", "8090",
         "--prometheus-host", "10.8.0.90", "--prometheus-port", "29000",
+        "--worker-startup-timeout-secs", "86400", "--worker-startup-check-interval", "1",
     ]

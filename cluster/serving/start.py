@@ -18,10 +18,11 @@ start (:func:`start_pd`, the plan from :func:`cluster.serving.plan.plan_start`)
        detached (:mod:`cluster.detach`: the per-host record is written before the start,
        under the slot's lock), then write the manifest again with the pids. An interrupt
        at any instant leaves every launched process findable (manifest + host records).
+       The router, if planned, is launched right after the servers: it waits for them.
     4. wait (unless ``wait=False``): poll the engine's health path of each rank 0 *from
        its host*, check every rank's process; a dead server fails fast with its last 30
        log lines; an overall deadline.
-    5. the router, if planned: launch, wait for its readiness.
+    5. the router, if planned: wait for its readiness (it lists every server then).
 
 restart (:func:`restart_pd`): the recorded servers on the chosen hosts (every rank of
 each), or those whose process is gone: stop what is left of them, launch them again
@@ -100,6 +101,7 @@ if TYPE_CHECKING:
 DEFAULT_TIMEOUT_S = 1800.0
 POLL_INTERVAL_S = 1.0
 LOG_TAIL_LINES = 30
+ROUTER_POLL_S = 0.2            # the router is ready within ~1 s of its servers: poll it closer
 ROUTER_MIN_WAIT_S = 60.0       # the router gets at least this long, even late in the timeout
 TRANSPORT_STRIKES = 3          # consecutive failed polls of a host before its servers fail
 
@@ -299,7 +301,7 @@ class StartRun:
         record.status, record.uptime_s = STARTING, 0
 
     # -- wait
-    def wait(self, keys: Sequence[str], deadline: float) -> bool:
+    def wait(self, keys: Sequence[str], deadline: float, poll_s: float | None = None) -> bool:
         """Poll until every API process in ``keys`` answers 200 on its engine's health
         (readiness) path. False (with failures set) when one dies or the deadline passes."""
         pending = [k for k in keys if k not in self.failures]
@@ -318,7 +320,7 @@ class StartRun:
                 self._fail_with_tails([k for k in pending if self.records[k].status != READY], NOT_READY)
                 self.progress()
                 return False
-            time.sleep(self.poll_s)
+            time.sleep(self.poll_s if poll_s is None else poll_s)
 
     def _poll(self, pending: Sequence[str], strikes: dict[Host, int]) -> list[str]:
         """One probe round; the keys whose process died."""
@@ -484,21 +486,25 @@ def _start(run: StartRun, plan: StartPlan, state: dict[str, Any], result: Callab
     if not launched:
         return result("launch")
     run.progress()
+    # The router starts now, not after the servers are ready: it waits for them itself
+    # (engines: router_common_args), and is ready about when they are, instead of adding its
+    # own start-up (~1 s) and a poll step to every start-pd --router.
+    router_launched = bool(plan.router) and run.launch([ROUTER])
+    if plan.router:
+        record()
     if not wait:
-        if plan.router and run.launch([ROUTER]):
+        if router_launched:
             run.records[ROUTER].status = STARTED
-            record()
         for key in server_keys:
             run.records[key].status = STARTED
         return result("done")
     if not run.wait(server_keys, deadline):
         return result("wait")
     if plan.router:
-        launched = run.launch([ROUTER])
-        record()
-        if not launched:
+        if not router_launched:
             return result("router")
-        if not run.wait([ROUTER], max(deadline, time.monotonic() + ROUTER_MIN_WAIT_S)):
+        router_deadline = max(deadline, time.monotonic() + ROUTER_MIN_WAIT_S)
+        if not run.wait([ROUTER], router_deadline, poll_s=ROUTER_POLL_S):
             return result("router")
     return result("done")
 

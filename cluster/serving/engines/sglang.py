@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 
 from .base import HttpCall, ServingEngine
 
+ROUTER_WORKER_WAIT_S = 86400  # see router_common_args
+
 if TYPE_CHECKING:
     from ..plan import RouterSpec, ServerSpec
 
@@ -97,6 +99,12 @@ def router_common_args(spec: RouterSpec) -> list[str]:
             "--prometheus-host", spec.bind, "--prometheus-port", str(spec.metrics_port)]
     if spec.policy:
         argv += ["--policy", spec.policy]
+    # start-pd launches the router together with the servers, so it waits for them while
+    # they load: as long as start-pd does (start-pd's --timeout decides, not the router's
+    # default 600/1800 s), looking every second (default 30 s: up to 30 s of idle router).
+    # The user's extra args come last and win.
+    argv += ["--worker-startup-timeout-secs", str(ROUTER_WORKER_WAIT_S),
+             "--worker-startup-check-interval", "1"]
     return argv + list(spec.extra_args)
 
 
