@@ -45,6 +45,7 @@ import fcntl
 import hashlib
 import hmac
 import ipaddress
+import logging
 import os
 import shlex
 import socket
@@ -60,6 +61,9 @@ from paramiko.hostkeys import HostKeyEntry
 
 from .errors import InputError
 from .hostcert import CERT_SUFFIX, CertificateFormatError, HostCertificate, glob_regex, parse_certificate
+
+# Warnings reach stderr through logging's last-resort handler unless the caller configures logging.
+log = logging.getLogger(__name__)
 
 ACCEPT_NEW, STRICT = "accept-new", "strict"
 POLICIES = (ACCEPT_NEW, STRICT)
@@ -745,6 +749,8 @@ class HostKeyStore:
         self._files: dict[str | os.PathLike[str], KnownHostsFile] = {}  # by the path given and the full path
         self._files_lock = threading.Lock()
         self._local = threading.local()
+        self._warned: set[str] = set()  # user files that could not be written (warned once)
+        self._warned_lock = threading.Lock()
 
     def file(self, path: str | os.PathLike[str]) -> KnownHostsFile:
         """The (cached) `KnownHostsFile` of ``path`` (``~`` expanded)."""
@@ -811,14 +817,32 @@ class HostKeyStore:
         offered = self._offered(target, key, certificate)
         outcome = self._decide(target, offered)
         if isinstance(outcome, _Record):
-            with self.file(target.user_files[0]).locked() as file:
+            outcome = self._record(target, offered, outcome)
+        self._local.verdict = outcome
+        return outcome
+
+    def _record(self, target: HostKeyTarget, offered: _Offered, record: _Record) -> Verdict:
+        """Append the new key to the first user file, then the verdict. A file that cannot
+        be written costs the record, not the connection: OpenSSH warns "Failed to add the
+        host to the list of known hosts" and connects (the key was accepted under
+        accept-new either way); so do we, once per file."""
+        path = target.user_files[0]
+        try:
+            with self.file(path).locked() as file:
                 # Another thread or process may have recorded this host meanwhile.
                 outcome = self._decide(target, offered)
                 if isinstance(outcome, _Record):
                     file.append(outcome.text)
                     outcome = outcome.verdict
-        self._local.verdict = outcome
-        return outcome
+                return outcome
+        except OSError as exc:
+            with self._warned_lock:
+                first = path not in self._warned
+                self._warned.add(path)
+            if first:
+                log.warning("warning: could not add host keys to %s (%s); connecting anyway, as ssh does",
+                            path, exc.strerror or exc)
+            return record.verdict
 
     def _offered(self, target: HostKeyTarget, key: paramiko.PKey, certificate: bytes | None) -> _Offered:
         if certificate is None:

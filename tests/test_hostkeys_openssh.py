@@ -606,3 +606,20 @@ def test_each_hop_through_a_bastion_is_checked_like_ssh(world, tmp_path, case, p
     if case == "nothing-recorded":  # both hops recorded, as ssh records them
         assert sorted(sides["lib"].read_text().splitlines()) == sorted(sides["ssh"].read_text().splitlines())
         assert len(sides["lib"].read_text().splitlines()) == 2
+
+
+def test_unwritable_known_hosts_connects_with_a_warning_like_ssh(world, tmp_path, caplog):
+    """accept-new with a first user file that cannot be written: ssh warns "Failed to add
+    the host to the list of known hosts" and logs in; the library does the same (it used to
+    fail the host as a broken connection)."""
+    case = Case(world.fleet.addresses[1], world.fleet.port)
+    unwritable = Path(f"/proc/cluster-known-hosts-{os.getpid()}")  # /proc takes no new files
+    side = Side([unwritable], tmp_path / "ssh_known_hosts")
+    side.global_file.write_text("")
+    ssh_ok, stderr = ssh_connects(case, world, side, "accept-new")
+    assert ssh_ok and "Failed to add the host" in stderr, stderr
+    with caplog.at_level("WARNING", logger="cluster.hostkeys"):
+        outcome = library_check(case, world, side, "accept-new")
+    assert outcome.ok, outcome.error
+    assert f"could not add host keys to {unwritable}" in caplog.text
+    assert not unwritable.exists()
