@@ -49,8 +49,10 @@ def _hosts_view(inventory, selected):
 })
 def run(c, command, hosts=None, role=None, roles_file=None, json=False, fanout=None, timeout=None,
         stream=False, detach=None):
-    """Run a command on every host. Piped: the hosts' stdout unchanged, host after host
-    (status and stderr on stderr); on a terminal: identical outputs folded into one group."""
+    """Run a shell command on every host; piped output is the hosts' bytes, unchanged.
+
+    Piped: stdout carries each host's stdout, host after host (status and stderr on
+    stderr); on a terminal: identical outputs folded into one group."""
     if detach is not None:
         from .job_tasks import start_detached
 
