@@ -132,3 +132,18 @@ def test_wrap_line_breaks_at_spaces_keeps_styles_and_folds_long_words():
 def test_cells_are_not_interpreted_as_markup():
     lines = ours(TextTable([host_column(), Column("Notes")], [["h", "[bold]x[/bold]"]]), 40)
     assert any("[bold]x[/bold]" in line for line in lines)
+
+
+@pytest.mark.parametrize("width", [60, 80])
+def test_rich_host_tables_never_cut_a_host_name(width):
+    """stop-pd, kill, logs ... still draw with rich: on a narrow terminal their Host column
+    kept shrinking to `127.0.6…` while the other columns had room to wrap."""
+    hosts = [f"user@127.0.66.{i}:2222" for i in range(1, 5)]
+    rows = [[h, "ok", "prefill", "9564 9573 9581", "none", "yes", "8 / 652472 MiB", "SIGTERM in 1 s"] for h in hosts]
+    table = host_table(["Host", "Status", "Role", "Stopped pids", "Leftovers killed", "Ports free",
+                        "GPU memory", "How"], rows)
+    out = io.StringIO()
+    Console(file=out, width=width, force_terminal=False, color_system=None).print(table)
+    text = out.getvalue()
+    assert all(h in text for h in hosts), text
+    assert max(cell_len(line) for line in text.splitlines()) <= width

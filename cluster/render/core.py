@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TextIO
 
+from rich.cells import cell_len
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -60,16 +61,30 @@ def failure_text(outcome: Outcome) -> Text:
 
 def host_table(columns: Sequence[str | tuple[str, dict[str, Any]]], rows: Iterable[Row],
                title: str | None = None) -> Table:
-    """A rich table; ``columns`` are names or (name, column kwargs)."""
+    """A rich table; ``columns`` are names or (name, column kwargs).
+
+    A ``Host`` column is never cut or wrapped (rich would shrink it first on a narrow
+    terminal, to ``127.0.6…``): it keeps the width of its longest name; the other
+    columns wrap instead.
+    """
     table = Table(title=title, title_justify="left", header_style="bold", show_lines=False,
                   expand=False, pad_edge=False)
-    for column in columns:
+    rows = list(rows)
+    for index, column in enumerate(columns):
         name, kwargs = (column, {}) if isinstance(column, str) else column
+        if name == "Host":
+            widest = max((cell_len(line) for row in rows if index < len(row)
+                          for line in _plain(row[index]).splitlines()), default=4)
+            kwargs = {"no_wrap": True, "min_width": max(widest, 4), **kwargs}
         table.add_column(name, **kwargs)
     for row in rows:
         # Plain cells may hold remote text (a process's command line, a user name).
         table.add_row(*[cell if isinstance(cell, Text) else Text(shown_lines(_cell(cell))) for cell in row])
     return table
+
+
+def _plain(cell: Any) -> str:
+    return cell.plain if isinstance(cell, Text) else shown_lines(_cell(cell))
 
 
 def _cell(value: Any) -> str:
