@@ -144,6 +144,18 @@ class RemoteFiles:
         transport = channel.get_transport() if channel is not None else None
         return bool(channel and not channel.closed and transport and transport.is_active())
 
+    def answers(self) -> bool:
+        """Whether the server still answers a request (one round trip). Right after its
+        peer died a transport can still look `alive`, and the dying sftp-server's bare
+        "Failure" must not be taken for a file error."""
+        if not self.alive():
+            return False
+        try:
+            self.sftp.normalize(".")
+            return True
+        except (OSError, EOFError, paramiko.SSHException):
+            return False
+
     def close(self) -> None:
         try:
             self.sftp.close()
@@ -266,6 +278,9 @@ class LocalFiles:
         self.where = where  # "the controller" when it is get's destination, named in failures
 
     def alive(self) -> bool:
+        return True
+
+    def answers(self) -> bool:
         return True
 
     def close(self) -> None:

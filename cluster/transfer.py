@@ -428,23 +428,34 @@ def _remove_temps(job: _Job, timeout: float, fresh: bool = False) -> list[str]:
     if not job.temps:
         return []
     side = job.dst
-    new = None
-    if not side.is_local and (fresh or not side.alive()):
-        try:
-            job.session.release()
-            new = side = RemoteFiles(job.session, open_sftp(job.session, timeout), timeout)
-        except Exception:
-            return list(job.temps)
+    if side.is_local:
+        return _remove_each(side, job.temps)
+    # A transport can look alive right after its peer died: whatever the old channel
+    # could not remove is retried over a new one.
+    left = list(job.temps) if fresh or not side.answers() else _remove_each(side, job.temps)
+    if not left:
+        return []
+    try:
+        job.session.release()
+        new = RemoteFiles(job.session, open_sftp(job.session, timeout), timeout)
+    except Exception:
+        return left
+    try:
+        return _remove_each(new, left)
+    finally:
+        new.close()
+
+
+def _remove_each(side: Files, temps: Sequence[str]) -> list[str]:
+    """Remove ``temps`` on ``side``; the ones that could not be removed."""
     left = []
-    for temp in job.temps:
+    for temp in temps:
         try:
             side.remove(temp)
         except FileNotFoundError:
             pass
         except Exception:
             left.append(temp)
-    if new is not None:
-        new.close()
     return left
 
 
@@ -745,7 +756,7 @@ def _doing(action: str, side: Files, path: str, needed: int = 0,
     try:
         yield
     except OSError as exc:
-        if isinstance(exc, (ConnectionError, TimeoutError)) or not side.alive():
+        if isinstance(exc, (ConnectionError, TimeoutError)) or not side.answers():
             raise
         raise TransferError(file_failure(exc, action, side, path, needed, missing)) from None
 

@@ -21,7 +21,7 @@ import pytest
 from helpers import cli_json
 from helpers import run_cli as cli
 
-from cluster import transfer
+from cluster import hostfiles, transfer
 from cluster.hosts import Host
 from cluster.inventory import load_inventory
 from cluster.ssh import Engine
@@ -222,8 +222,14 @@ def test_a_host_whose_directory_is_not_writable_fails_alone(hosts3, roles, area,
     assert os.listdir(hosts3.sftp_home("127.0.18.2") / area) == []  # no temp, no partial file
 
 
-def test_a_host_that_dies_mid_transfer_keeps_its_old_file(hosts3, area, tmp_path):
-    """SIGKILL the host's SSH session 5 MB into a 50 MB put: the old file stays whole."""
+@pytest.mark.parametrize("unnoticed", [False, True], ids=["noticed", "death-not-yet-noticed"])
+def test_a_host_that_dies_mid_transfer_keeps_its_old_file(hosts3, area, tmp_path, monkeypatch, unnoticed):
+    """SIGKILL the host's SSH session 5 MB into a 50 MB put: the old file stays whole, and
+    the temp file is removed over a new connection — also when the transport has not yet
+    noticed its peer died (it still looked alive right after the EOF: a CI run left the
+    temp file behind)."""
+    if unnoticed:
+        monkeypatch.setattr(hostfiles.RemoteFiles, "alive", lambda self: True)  # only a round trip tells
     address = "127.0.18.3"
     settings = load_inventory(hosts3.write_roles(
         tmp_path / "roles.yaml", {"all": [address]},
