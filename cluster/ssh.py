@@ -843,7 +843,10 @@ class Engine:
     def auth_strategy(self, config: HostConfig) -> KeyAuth:
         """The keys offered to this host, in OpenSSH's order (`keys.KeyRing.candidates`)."""
         first = [self.key_path] if self.key_path else []
-        offered, skipped = self.keys.candidates(first, config.identity_files, config.certificate_files,
+        # `ssh -G` prints IdentityFile/CertificateFile with their % tokens; ssh expands them per host.
+        identity_files = tuple(expand_tokens(p, config) if "%" in p else p for p in config.identity_files)
+        certificate_files = tuple(expand_tokens(p, config) if "%" in p else p for p in config.certificate_files)
+        offered, skipped = self.keys.candidates(first, identity_files, certificate_files,
                                                 config.identity_agent, config.identities_only)
         return self.keys.strategy(config.user, offered, skipped)
 

@@ -5,7 +5,17 @@ is the resolver: it prints OpenSSH's own evaluation (Include, Match, Host
 patterns, first-obtained-value-wins, tokens in paths, defaults), so there is no
 second implementation of ssh_config semantics to drift from it. One subprocess
 per distinct (host, user, port), cached; callers resolve from their worker
-threads, so distinct hosts resolve in parallel. Without an ``ssh`` binary,
+threads, so distinct hosts resolve in parallel.
+
+A fleet of 1,000 hosts usually meets the same few ``Host`` blocks: `HostBlocks`
+reads the files ``ssh`` would read and sorts hosts by which ``Host`` lines
+match them. Hosts alike there (and with the same user and port) go through the
+same directives, so after two of them were resolved by ``ssh -G`` the rest are
+derived from the first (`_Group`), unless the two samples show a host-dependent
+value (a ``%h`` in IdentityFile, say), which sends the group back to one
+``ssh -G`` per host. Configs whose evaluation depends on more than ``Host``
+lines (``Match``, ``CanonicalizeHostname``) are always resolved host by host.
+Without an ``ssh`` binary,
 paramiko's parser is the fallback, with ``Include`` expanded first (paramiko
 does not know it).
 
@@ -23,13 +33,14 @@ import glob
 import io
 import os
 import pwd
+import re
 import shutil
 import subprocess
 import tempfile
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .errors import InputError
 
@@ -144,9 +155,13 @@ def _local_user() -> str:
 
 
 class Resolver:
-    """Effective config per (host, user, port), cached; ``config_file`` is ``ssh -F`` (None: the defaults)."""
+    """Effective config per (host, user, port), cached; ``config_file`` is ``ssh -F`` (None: the defaults).
 
-    def __init__(self, config_file: str | None = None, ssh_path: str | None = None) -> None:
+    ``group``: derive the configs of hosts that the files treat alike (see the module doc);
+    False runs one ``ssh -G`` per host.
+    """
+
+    def __init__(self, config_file: str | None = None, ssh_path: str | None = None, group: bool = True) -> None:
         self.config_file = str(Path(config_file).expanduser()) if config_file else None
         if self.config_file and not Path(self.config_file).is_file():
             raise InputError(f"ssh.ssh_config: file not found: {self.config_file}")
@@ -156,6 +171,10 @@ class Resolver:
         self._lock = threading.Lock()
         self._wrapper: str | None = None
         self._home_map = _home_map()
+        # Read on first use (only with an ssh binary); group=False: one `ssh -G` per host, always.
+        self._blocks: HostBlocks | None = None if group else HostBlocks()
+        self._groups: dict[tuple[Any, ...], _Group] = {}
+        self.ssh_g_runs = 0  # how many `ssh -G` processes ran (tests, benchmarks)
 
     def resolve(self, alias: str, user: str | None = None, port: int | None = None) -> HostConfig:
         """The effective config of ``alias``; ``user``/``port`` act as ``ssh -l/-p`` (command line wins)."""
@@ -180,7 +199,10 @@ class Resolver:
 
     def _resolve(self, alias: str, user: str | None, port: int | None) -> HostConfig:
         if self.ssh:
-            values = self._ssh_g(alias, user, port)
+            group = self._group(alias, user, port)
+            if group is not None:
+                return group.resolve(alias, lambda name: self._resolve_one(name, user, port))
+            return self._resolve_one(alias, user, port)
         else:
             values = fallback_values(alias, self._fallback_files())
             if user:
@@ -189,8 +211,30 @@ class Resolver:
                 values["port"] = [str(port)]
         return host_config(alias, values, self._home_map)
 
+    def _resolve_one(self, alias: str, user: str | None, port: int | None) -> HostConfig:
+        return host_config(alias, self._ssh_g(alias, user, port), self._home_map)
+
+    def _group(self, alias: str, user: str | None, port: int | None) -> _Group | None:
+        """The group of hosts ``ssh`` treats as it treats ``alias`` (None: resolve it alone)."""
+        with self._lock:
+            if self._blocks is None:
+                self._blocks = HostBlocks.read(*self._files_read())
+            key = self._blocks.key(alias)
+            if key is None:
+                return None
+            return self._groups.setdefault((key, user, port), _Group())
+
+    def _files_read(self) -> tuple[list[str], int, bool]:
+        """The files `_ssh_g` makes ssh read, how many of them are user configs, whether $HOME differs."""
+        if self.config_file:  # ssh -F FILE: that file alone, a user config
+            return [self.config_file], 1, self._home_map is not None
+        if self._home_map:  # `_home_config`'s wrapper includes both, from a -F file (user config)
+            return [str(Path(self._home_map[1], ".ssh", "config")), SYSTEM_CONFIG], 2, True
+        return [os.path.expanduser("~/.ssh/config"), SYSTEM_CONFIG], 1, False
+
     def _ssh_g(self, alias: str, user: str | None, port: int | None) -> dict[str, list[str]]:
         assert self.ssh is not None  # only called when an OpenSSH client was found
+        self.ssh_g_runs += 1
         argv = [self.ssh, "-G"]
         config = self.config_file or self._home_config()
         if config:
@@ -240,6 +284,168 @@ class Resolver:
             except OSError:
                 pass
             self._wrapper = None
+
+
+class _Group:
+    """Hosts that match the same ``Host`` lines (same user and port): how their configs relate.
+
+    The first two hosts of the group (distinct names, ignoring case) are resolved by ``ssh -G``.
+    Equal apart from the name, they show how the rest follow: the same ``hostname``
+    (a literal ``Hostname``), or each its own name lower-cased (as ``ssh`` does when no
+    ``Hostname`` applies). Any other difference means a host-dependent value (``%h``, ``%n``,
+    ``%C`` ... in a path the library uses): every host of the group then runs its own ``ssh -G``.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._samples: list[HostConfig] = []
+        self._mode: str | None = None  # "literal", "alias" or "each", once two samples are in
+
+    def resolve(self, alias: str, resolve_one: Callable[[str], HostConfig]) -> HostConfig:
+        with self._lock:
+            if self._mode is None:
+                config = resolve_one(alias)
+                if all(_ascii_lower(s.alias) != _ascii_lower(alias) for s in self._samples):
+                    self._samples.append(config)
+                if len(self._samples) == 2:
+                    self._mode = derivation(*self._samples)
+                return config
+        first = self._samples[0]
+        if self._mode == "literal":
+            return replace(first, alias=alias)
+        if self._mode == "alias":
+            return replace(first, alias=alias, hostname=_ascii_lower(alias))
+        return resolve_one(alias)
+
+
+def derivation(a: HostConfig, b: HostConfig) -> str:
+    """How two hosts of one group relate: ``literal`` / ``alias`` hostname, or ``each`` (unrelated)."""
+    if replace(a, alias="", hostname="") != replace(b, alias="", hostname=""):
+        return "each"
+    if a.hostname == b.hostname:
+        return "literal"
+    if a.hostname == _ascii_lower(a.alias) and b.hostname == _ascii_lower(b.alias):
+        return "alias"
+    return "each"
+
+
+def _ascii_lower(text: str) -> str:
+    """Lower-case as ssh's ``lowercase()`` does (tolower: ASCII letters only)."""
+    return text.translate(_ASCII_LOWER)
+
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+@dataclass(frozen=True)
+class HostBlocks:
+    """The ``Host`` lines of the files ``ssh`` reads, in order; ``groupable`` False: see `key`.
+
+    Only ``Host`` lines decide which directives apply when the files have no ``Match`` and no
+    ``CanonicalizeHostname`` (which re-reads the files with another name): two hosts that
+    match the same ``Host`` lines get the same directives. Anything this reader is unsure of
+    (quoting, a comment on a ``Host`` line, a file it cannot read, an ``Include`` that ssh
+    may expand under a different home) makes the config ungroupable: every host is resolved
+    alone, as before.
+    """
+
+    patterns: tuple[tuple[str, ...], ...] = ()
+    groupable: bool = False
+
+    @classmethod
+    def read(cls, files: list[str], user_files: int = 1, home_differs: bool = False) -> HostBlocks:
+        """``files`` as ssh reads them; the first ``user_files`` are user configs (for Include paths)."""
+        lines: list[tuple[str, ...]] = []
+        try:
+            for number, name in enumerate(files):
+                if Path(name).exists():
+                    _scan(Path(name), number < user_files, home_differs, lines, 0)
+        except _Ungroupable:
+            return cls()
+        return cls(patterns=tuple(lines), groupable=True)
+
+    def key(self, alias: str) -> tuple[bool, ...] | None:
+        """Which ``Host`` lines match ``alias`` (None: ungroupable config)."""
+        if not self.groupable:
+            return None
+        return tuple(_host_line_matches(alias, line) for line in self.patterns)
+
+
+class _Ungroupable(Exception):
+    """`HostBlocks.read` met something that makes hosts' configs depend on more than Host lines."""
+
+
+_UNSURE = ("match", "canonicalizehostname")
+
+
+def _scan(path: Path, user_config: bool, home_differs: bool, out: list[tuple[str, ...]], depth: int) -> None:
+    if depth > 16:
+        raise _Ungroupable
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError):
+        raise _Ungroupable from None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        keyword, args = _keyword(line)
+        if keyword in _UNSURE:
+            raise _Ungroupable
+        if keyword == "host":
+            if any(c in args for c in "\"'#"):
+                raise _Ungroupable
+            out.append(tuple(args.split()))
+        elif keyword == "include":
+            for name in _include_files(args, user_config, home_differs):
+                _scan(Path(name), user_config, home_differs, out, depth + 1)
+
+
+def _keyword(line: str) -> tuple[str, str]:
+    """``Keyword args`` or ``Keyword=args`` (ssh's strdelim: whitespace and one ``=``)."""
+    match = re.match(r"([^\s=]+)\s*(?:=\s*|\s)?(.*)", line)
+    assert match is not None  # a non-empty stripped line always has a first word
+    return match.group(1).lower(), match.group(2).strip()
+
+
+def _include_files(args: str, user_config: bool, home_differs: bool) -> list[str]:
+    if any(c in args for c in "\"'%$"):
+        raise _Ungroupable  # quoting, tokens or variables: leave it to ssh
+    names: list[str] = []
+    for pattern in args.split():
+        if not pattern.startswith("/"):
+            if home_differs:
+                raise _Ungroupable  # glob(GLOB_TILDE) or the passwd home: ssh's libc decides
+            if not pattern.startswith("~"):
+                pattern = ("~/.ssh/" if user_config else "/etc/ssh/") + pattern
+            pattern = os.path.expanduser(pattern)
+        names.extend(sorted(glob.glob(pattern)))
+    return names
+
+
+def _host_line_matches(alias: str, patterns: tuple[str, ...]) -> bool:
+    """OpenSSH's ``Host`` line: some pattern matches and no ``!pattern`` does (case-sensitive)."""
+    found = False
+    for pattern in patterns:
+        negated = pattern.startswith("!")
+        if _pattern_regex(pattern[1:] if negated else pattern).fullmatch(alias):
+            if negated:
+                return False
+            found = True
+    return found
+
+
+def _pattern_regex(pattern: str) -> re.Pattern[str]:
+    """ssh's match_pattern: ``*`` any run, ``?`` one character, everything else literal."""
+    compiled = _PATTERNS.get(pattern)
+    if compiled is None:
+        compiled = re.compile("".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern),
+                              re.DOTALL)
+        _PATTERNS[pattern] = compiled
+    return compiled
+
+
+_PATTERNS: dict[str, re.Pattern[str]] = {}
 
 
 def _home_map() -> tuple[str, str] | None:
