@@ -425,8 +425,14 @@ def _close_connection(connection: Connection | None) -> None:
     if connection is None:
         return
     transport = connection.client.get_transport()
-    if transport is not None:
-        _wake_transport_thread(transport)
+    if (transport is not None and _wake_transport_thread(transport)
+            and transport is not threading.current_thread()):
+        # The thread sees EOF and ends, closing the socket itself. Closing it from here
+        # first freed the descriptor while the thread could be between reading it and
+        # poll(): the number, reused at once by another host's new connection, was then
+        # polled for IDLE_POLL_S (hosts stalled 1 s, one run in three at 64 hosts) and
+        # could have been read from.
+        transport.join(2.0)
     connection.close()
     # paramiko's close() does not wait for the transport thread; joining it
     # keeps the thread count bounded by the fanout during large runs. (A
@@ -454,7 +460,7 @@ def _relax_polling(transport: paramiko.Transport | None) -> None:
         sock.settimeout(IDLE_POLL_S)
 
 
-def _wake_transport_thread(transport: paramiko.Transport) -> None:
+def _wake_transport_thread(transport: paramiko.Transport) -> bool:
     """Make the transport thread see the end of the connection now.
 
     That thread sits in ``recv()`` with a 0.1 s timeout and only then notices
@@ -462,13 +468,16 @@ def _wake_transport_thread(transport: paramiko.Transport) -> None:
     ``recv()``, but ``shutdown()`` does (it returns EOF at once). Without this,
     the join in `HostSession.close` cost up to 100 ms of a worker's time per
     host. Everything we sent has been written already; shutdown keeps it.
+    True when the socket was shut down here (the thread then ends by itself).
     """
     sock = transport.sock
     if isinstance(sock, socket.socket):
         try:
             sock.shutdown(socket.SHUT_RDWR)
+            return True
         except OSError:
             pass  # not connected any more
+    return False
 
 
 def _drain(channel: paramiko.Channel, capture: Capture, deadline: float | None,

@@ -341,3 +341,30 @@ def test_open_connections_poll_slowly_and_close_promptly(wide_fleet, tmp_path):
     assert closing < 0.25 * len(hosts) * IDLE_POLL_S, closing
     assert settled(baseline)
     assert not any(t.is_alive() for t in transports)
+
+
+def test_release_lets_the_transport_thread_end_before_its_socket_is_closed(fleet, tmp_path):
+    """Closing the socket while the transport thread could still poll it freed a descriptor
+    that another host's new connection took at once: that thread then waited IDLE_POLL_S on
+    someone else's socket (1 s stalls at 64 hosts) and could have read from it."""
+    settings = SSHSettings(**{**fleet.ssh_settings(), "known_hosts": str(tmp_path / "known_hosts")})
+    hosts = [Host(a) for a in fleet.addresses[:4]]
+    engine = Engine(settings)
+    try:
+        assert build_report(engine.run(hosts, "true", keep_open=True), engine).all_ok
+        seen = []
+        for host in hosts:
+            connection = engine.session(host).connection
+            transport = connection.client.get_transport()
+            close = connection.close
+
+            def recording_close(close=close, transport=transport):
+                seen.append(transport.is_alive())
+                close()
+
+            connection.close = recording_close
+            engine.session(host).release()
+        assert seen == [False] * len(hosts)
+    finally:
+        engine.close()
+
