@@ -26,6 +26,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import paramiko
 from paramiko.agent import AgentSSH
@@ -72,6 +73,9 @@ class KeyRing:
         self._files: dict[str, KeyFile] = {}
         self._agents: dict[str, list[paramiko.AgentKey]] = {}
         self._lock = threading.Lock()
+        # Hosts of one fleet mostly share their key settings: the offer is worked out once per setting.
+        self._offers: dict[tuple[Any, ...], tuple[list[Candidate], list[str]]] = {}
+        self._offer_lock = threading.Lock()
 
     def file(self, path: str) -> KeyFile:
         path = os.path.expanduser(path)
@@ -93,6 +97,16 @@ class KeyRing:
     def candidates(self, first: list[str], identity_files: tuple[str, ...], certificate_files: tuple[str, ...],
                    identity_agent: str | None, identities_only: bool) -> tuple[list[Candidate], list[str]]:
         """Keys to offer in order, and notes on skipped files (for the failure message)."""
+        key = (tuple(first), identity_files, certificate_files, identity_agent, identities_only)
+        with self._offer_lock:  # one thread works it out; the fleet's other threads wait for it
+            known = self._offers.get(key)
+            if known is None:
+                known = self._candidates(first, identity_files, certificate_files, identity_agent, identities_only)
+                self._offers[key] = known
+        return list(known[0]), list(known[1])
+
+    def _candidates(self, first: list[str], identity_files: tuple[str, ...], certificate_files: tuple[str, ...],
+                    identity_agent: str | None, identities_only: bool) -> tuple[list[Candidate], list[str]]:
         agent = self.agent_keys(identity_agent)
         agent_prints = {k.fingerprint for k in agent}
         files = [self.file(p) for p in dict.fromkeys(list(first) + list(identity_files))]
@@ -123,6 +137,8 @@ class KeyRing:
 
     def close(self) -> None:
         """Close the agent connections (the key lists are read again on next use)."""
+        with self._offer_lock:
+            self._offers.clear()  # they hold agent keys
         with self._lock:
             agents, self._agents = list(self._agents.values()), {}
         for keys in agents:

@@ -124,6 +124,25 @@ class LeanPacketizer(paramiko.packet.Packetizer):  # paramiko.Packetizer too, bu
             self._handshake_done = True
 
 
+class LeanTransport(paramiko.Transport):
+    """paramiko's Transport without the log work that nobody reads.
+
+    * ``_log``: paramiko formats and passes about 36 messages per connection to
+      `logging`, which drops them unless DEBUG logging is on. That is checked first here.
+    * ``_parse_debug``: sshd sends SSH_MSG_DEBUG lines (OpenSSH 8.2+: the
+      authorized_keys options of the accepted key). paramiko escaped each one
+      byte by byte, building a new bytes object for every byte, only to log it at DEBUG.
+    """
+
+    def _log(self, level: int, msg: Any, *args: Any) -> None:
+        if self.logger.isEnabledFor(level):
+            super()._log(level, msg, *args)  # type: ignore[misc]  # private, not in the stubs
+
+    def _parse_debug(self, m: paramiko.Message) -> None:
+        if self.logger.isEnabledFor(logging.DEBUG):
+            super()._parse_debug(m)  # type: ignore[misc]  # private, not in the stubs
+
+
 def make_transport(sock: socket.socket, disabled_algorithms: dict[str, Iterable[str]] | None = None
                    ) -> paramiko.Transport:
     """The paramiko Transport for one connection (``SSHClient.connect(transport_factory=)``).
@@ -137,8 +156,7 @@ def make_transport(sock: socket.socket, disabled_algorithms: dict[str, Iterable[
     """
     if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # not for a ProxyCommand
-    transport = paramiko.Transport(sock, disabled_algorithms=disabled_algorithms,
-                                   packetizer_class=LeanPacketizer)
+    transport = LeanTransport(sock, disabled_algorithms=disabled_algorithms, packetizer_class=LeanPacketizer)
     options = transport.get_security_options()
     offered = tuple(options.ciphers)
     first = tuple(c for c in PREFERRED_CIPHERS if c in offered)
@@ -206,6 +224,17 @@ class LeanConfig(Config):  # type: ignore[misc]  # fabric ships no types
         if key in ("_keypath", "_root"):
             raise AttributeError(key)
         return super().__getattr__(key)
+
+
+class _NoSSHConfig(paramiko.SSHConfig):
+    """Fabric's per-connection ssh_config lookup, answered empty at once.
+
+    The Resolver evaluated the host's config already (``ssh -G``); paramiko's lookup
+    of an empty config still cost ~0.1 ms per connection.
+    """
+
+    def lookup(self, hostname: str) -> paramiko.SSHConfigDict:
+        return paramiko.SSHConfigDict()
 
 
 class HostSession:
@@ -767,7 +796,7 @@ class Engine:
             # ssh_config is evaluated per host by `sshconfig.Resolver` (ssh -G), not by Fabric.
             "load_ssh_configs": False,
         }
-        return LeanConfig(overrides=overrides)
+        return LeanConfig(overrides=overrides, ssh_config=_NoSSHConfig())
 
     @functools.cached_property
     def key_description(self) -> str:

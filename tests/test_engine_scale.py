@@ -10,6 +10,7 @@ no connection kept after a one-shot call. Timings live in benchmarks/fanout.py.
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
@@ -368,3 +369,50 @@ def test_release_lets_the_transport_thread_end_before_its_socket_is_closed(fleet
     finally:
         engine.close()
 
+
+def test_sshd_debug_messages_are_escaped_only_for_debug_logging(fleet, tmp_path, monkeypatch, caplog):
+    import paramiko.util
+
+    escaped = []
+    real = paramiko.util.safe_string
+    monkeypatch.setattr(paramiko.util, "safe_string", lambda s: escaped.append(s) or real(s))
+    settings = SSHSettings(**{**fleet.ssh_settings(), "known_hosts": str(tmp_path / "known_hosts")})
+    host = [Host(fleet.addresses[0])]
+    engine = Engine(settings)
+    try:
+        caplog.set_level(logging.WARNING, logger="paramiko")
+        assert build_report(engine.run(host, "true"), engine).all_ok
+        assert escaped == []
+        caplog.set_level(logging.DEBUG, logger="paramiko")
+        assert build_report(engine.run(host, "true"), engine).all_ok
+    finally:
+        engine.close()
+    # OpenSSH 8.2+ tells the client the accepted key's authorized_keys options.
+    assert any(b"key options" in message for message in escaped)
+
+
+def test_the_key_offer_is_worked_out_once_for_a_fleet_of_threads(tmp_path, monkeypatch):
+    from cluster.keys import KeyRing
+    from cluster.testing.fleet import write_keypair
+
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    write_keypair(tmp_path / "id_ed25519")
+    ring = KeyRing()
+    worked = []
+    real = ring._candidates
+    monkeypatch.setattr(ring, "_candidates", lambda *a: worked.append(1) or real(*a))
+    offers = []
+    start = threading.Barrier(16)
+
+    def offer():
+        start.wait()
+        offers.append(ring.candidates([], (str(tmp_path / "id_ed25519"), str(tmp_path / "missing")), (), None, False))
+
+    threads = [threading.Thread(target=offer) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(worked) == 1
+    assert len(offers) == 16 and all(o == offers[0] for o in offers)
+    assert [c.label for c in offers[0][0]] == [str(tmp_path / "id_ed25519")]
