@@ -15,24 +15,24 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from . import gpu, kill, logs, options, service, status, transfer
+from . import defaults, options, status
 from .errors import InputError, ParameterError
-from .gpu_health import HealthLimits, parse_limits
 from .hostkeys import check_known_hosts_path
 from .hosts import Host
 from .inventory import Inventory, load_inventory
 from .lazy import lazy
-from .logs import LogSource
 from .probe import Probe, run_probe
 from .result import Outcome, Report, build_report
 from .ssh import Engine, HostSession
 
 # Loaded by the first call that needs them: `inv run` loads no serving or table code
-# (cluster/lazy.py); the type checker sees the modules themselves. The modules imported
-# above give the methods' default values.
+# (cluster/lazy.py); the type checker sees the modules themselves. The methods' default
+# values come from cluster.defaults, so that showing them loads none of these.
 if TYPE_CHECKING:
-    from . import checks, system
+    from . import checks, gpu, gpu_health, kill, logs, service, system, transfer
     from . import jobs as jobs_op
+    from .gpu_health import HealthLimits
+    from .logs import LogSource
     from .preflight import checks as preflight_checks
     from .preflight import run as preflight_run
     from .render import basic as basic_view
@@ -51,6 +51,12 @@ if TYPE_CHECKING:
     from .serving.plan import StartPlan
 else:
     checks = lazy("cluster.checks")
+    gpu = lazy("cluster.gpu")
+    gpu_health = lazy("cluster.gpu_health")
+    kill = lazy("cluster.kill")
+    logs = lazy("cluster.logs")
+    service = lazy("cluster.service")
+    transfer = lazy("cluster.transfer")
     jobs_op = lazy("cluster.jobs")
     system = lazy("cluster.system")
     basic_view = lazy("cluster.render.basic")
@@ -70,7 +76,7 @@ else:
 
 Targets = str | Iterable[str] | None
 OnDone = Callable[[HostSession, Any], None]
-OnEvent = Callable[[logs.FollowEvent], None]  # named here: in Cluster's body `logs` is the method
+OnEvent = Callable[["logs.FollowEvent"], None]  # named here: in Cluster's body `logs` is the method
 
 
 class Cluster:
@@ -143,10 +149,10 @@ class Cluster:
     def gpu_limits(self) -> HealthLimits:
         """The roles file's ``gpu:`` health limits (`cluster.gpu_health`), validated."""
         source = str(self.inventory.path) if self.inventory.path else "roles.yaml"
-        return parse_limits(self.inventory.sections.get("gpu"), source)
+        return gpu_health.parse_limits(self.inventory.sections.get("gpu"), source)
 
     def gpu_status(self, *, hosts: Targets = None, role: Targets = None,
-                   timeout: float | None = gpu.TIMEOUT_S, on_done: OnDone | None = None) -> Report:
+                   timeout: float | None = defaults.GPU_TIMEOUT_S, on_done: OnDone | None = None) -> Report:
         """nvidia-smi GPUs and compute processes per host (``.data``: `cluster.gpu.GpuStatus`)."""
         report = self.probe(gpu.probe(timeout, self.gpu_limits()), hosts=hosts, role=role,
                             on_done=on_done)
@@ -155,7 +161,7 @@ class Cluster:
 
     def watch_gpu_status(self, interval: float, on_tick: Callable[[status.Tick], None], *,
                          hosts: Targets = None, role: Targets = None,
-                         timeout: float | None = gpu.TIMEOUT_S, max_ticks: int | None = None,
+                         timeout: float | None = defaults.GPU_TIMEOUT_S, max_ticks: int | None = None,
                          stop: threading.Event | None = None) -> status.Tick | None:
         """`gpu_status` every ``interval`` s on the same open connections; see `cluster.status.watch`."""
         return status.watch(self.engine, self.hosts(hosts, role), gpu.probe(timeout, self.gpu_limits()),
@@ -172,7 +178,7 @@ class Cluster:
         return report
 
     def service_status(self, names: str | Iterable[str], *, hosts: Targets = None,
-                       role: Targets = None, timeout: float | None = service.TIMEOUT_S,
+                       role: Targets = None, timeout: float | None = defaults.SERVICE_TIMEOUT_S,
                        on_done: OnDone | None = None) -> Report:
         """systemd state or matching processes of each service per host (``.data``: list)."""
         report = self.probe(service.probe(names, timeout), hosts=hosts, role=role, on_done=on_done)
@@ -201,8 +207,8 @@ class Cluster:
         return sources
 
     def logs(self, *, hosts: Targets = None, role: Targets = None, file: str | None = None,
-             lines: int | None = logs.DEFAULT_LINES, grep: str | None = None,
-             deployment: str | None = None, job: str | None = None, timeout: float | None = logs.READ_TIMEOUT_S,
+             lines: int | None = defaults.LOG_LINES, grep: str | None = None,
+             deployment: str | None = None, job: str | None = None, timeout: float | None = defaults.LOG_READ_TIMEOUT_S,
              on_done: OnDone | None = None) -> Report:
         """The last ``lines`` lines (None: all) of each host's log (``.data``: `cluster.logs.LogText`)."""
         count, pattern = logs.check_lines(lines), logs.check_grep(grep)
@@ -237,9 +243,9 @@ class Cluster:
         return _described(report, "logs", logs_view.logs_fields)
 
     def kill(self, pattern: str, *, hosts: Targets = None, role: Targets = None,
-             signal: str = kill.DEFAULT_SIGNAL, dry_run: bool = False, user: str | None = None,
-             all_users: bool = False, wait: float = kill.DEFAULT_WAIT_S,
-             timeout: float | None = kill.LIST_TIMEOUT_S, on_done: OnDone | None = None) -> Report:
+             signal: str = defaults.KILL_SIGNAL, dry_run: bool = False, user: str | None = None,
+             all_users: bool = False, wait: float = defaults.KILL_WAIT_S,
+             timeout: float | None = defaults.KILL_LIST_TIMEOUT_S, on_done: OnDone | None = None) -> Report:
         """Signal the processes whose command line matches ``pattern`` on every host
         (``.data``: `cluster.kill.KillResult`, each process with its result)."""
         pattern, sig = kill.check_pattern(pattern), kill.check_signal(signal)
@@ -308,7 +314,7 @@ class Cluster:
     # -- files (cluster.transfer) ----------------------------------------------------------
     def put(self, local: str, remote: str, *, hosts: Targets = None, role: Targets = None,
             recursive: bool = False, mkdir: bool = False, force: bool = False,
-            timeout: float = transfer.IDLE_TIMEOUT_S) -> Report:
+            timeout: float = defaults.TRANSFER_IDLE_TIMEOUT_S) -> Report:
         """Copy a local file (or tree) to every selected host (``.data``: `cluster.transfer.HostTransfer`)."""
         plan = transfer.plan_put(local, remote, recursive)
         return transfer.put(self.engine, self.hosts(hosts, role), plan, mkdir=mkdir, force=force,
@@ -316,7 +322,7 @@ class Cluster:
 
     def get(self, remote: str, localdir: str, *, hosts: Targets = None, role: Targets = None,
             recursive: bool = False, force: bool = False,
-            timeout: float = transfer.IDLE_TIMEOUT_S) -> Report:
+            timeout: float = defaults.TRANSFER_IDLE_TIMEOUT_S) -> Report:
         """Fetch ``remote`` from every selected host into ``localdir/<host>/``."""
         targets = self.hosts(hosts, role)
         plan = transfer.plan_get(remote, localdir, targets, recursive)

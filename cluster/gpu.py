@@ -107,6 +107,7 @@ from functools import partial
 from typing import Any, Callable, Iterable
 
 from . import gpu_health
+from .defaults import GPU_TIMEOUT_S
 from .gpu_health import DEFAULT_LIMITS, HealthLimits, HealthWarning, judge
 from .options import seconds
 from .probe import Probe
@@ -765,13 +766,12 @@ def _first_line(text: str) -> str:
     return ""
 
 
-TIMEOUT_S = 20.0
 
 
-def probe(timeout: float | None = TIMEOUT_S, limits: HealthLimits = DEFAULT_LIMITS) -> Probe:
+def probe(timeout: float | None = GPU_TIMEOUT_S, limits: HealthLimits = DEFAULT_LIMITS) -> Probe:
     """This module as a `cluster.probe.Probe`: `COMMAND`, `parse` (health judged against
     ``limits``, `cluster.gpu_health`), `classify`, and a command timeout (a wedged
     nvidia-smi is ``command-timeout``)."""
-    limit = TIMEOUT_S if timeout is None else seconds(timeout, "timeout")
+    limit = GPU_TIMEOUT_S if timeout is None else seconds(timeout, "timeout")
     parser = parse if limits == DEFAULT_LIMITS else partial(parse, limits=limits)
     return Probe("gpu-status", COMMAND, parser, classify, limit)

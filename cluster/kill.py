@@ -27,6 +27,7 @@ import secrets
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
+from .defaults import KILL_LIST_TIMEOUT_S, KILL_SIGNAL, KILL_WAIT_S
 from .errors import ParameterError
 from .hosts import Host
 from .options import regex, seconds
@@ -38,9 +39,6 @@ from .ssh import Engine, HostSession
 # (the others are delivered and reported as "signalled", without waiting).
 SIGNALS = ("TERM", "KILL", "INT", "QUIT", "HUP", "USR1", "USR2")
 ENDING = ("TERM", "KILL", "INT", "QUIT")
-DEFAULT_SIGNAL = "TERM"
-DEFAULT_WAIT_S = 3.0
-LIST_TIMEOUT_S = 30.0
 
 SURVIVED = "survived"  # failure kind: something still runs after the signal (or was denied)
 
@@ -70,7 +68,7 @@ class KillResult:
     """What happened on one host (``Outcome.data``)."""
 
     processes: list[Proc] = field(default_factory=list)
-    signal: str = DEFAULT_SIGNAL
+    signal: str = KILL_SIGNAL
     dry_run: bool = True
 
     def count(self, result: str) -> int:
@@ -95,7 +93,7 @@ def check_pattern(pattern: Any) -> str:
 def check_signal(name: Any) -> str:
     """``TERM``, ``sigterm``, ``SIGKILL``, ``9``... as a canonical name from `SIGNALS`."""
     if name is None:
-        return DEFAULT_SIGNAL
+        return KILL_SIGNAL
     text = str(name).strip().upper()
     if text.isdigit():
         numbers = {"15": "TERM", "9": "KILL", "2": "INT", "3": "QUIT", "1": "HUP",
@@ -120,7 +118,7 @@ def check_user(user: Any) -> str | None:
 def check_wait(value: Any) -> float:
     """Seconds to wait for signalled processes to exit (0-600)."""
     if value is None:
-        return DEFAULT_WAIT_S
+        return KILL_WAIT_S
     return seconds(value, "wait", maximum=600, allow_minimum=True)
 
 
@@ -200,8 +198,8 @@ def parse_listing(stdout: str) -> list[Proc]:
     return procs
 
 
-def signal_command(procs: Sequence[Proc], signal: str = DEFAULT_SIGNAL,
-                   wait_s: float = DEFAULT_WAIT_S, token: str = "") -> str:
+def signal_command(procs: Sequence[Proc], signal: str = KILL_SIGNAL,
+                   wait_s: float = KILL_WAIT_S, token: str = "") -> str:
     """Shell text sending ``signal`` to ``procs`` (pid + start time), then re-checking them.
 
     Output per process: ``SENT``/``GONE``/``DENIED <pid>``, then after the wait
@@ -278,9 +276,9 @@ def judge(outcome: Outcome, data: KillResult) -> None:
                          hint))
 
 
-def kill(engine: Engine, hosts: Sequence[Host], pattern: str, *, signal: str = DEFAULT_SIGNAL,
+def kill(engine: Engine, hosts: Sequence[Host], pattern: str, *, signal: str = KILL_SIGNAL,
          dry_run: bool = False, user: str | None = None, all_users: bool = False,
-         wait_s: float = DEFAULT_WAIT_S, timeout: float | None = LIST_TIMEOUT_S,
+         wait_s: float = KILL_WAIT_S, timeout: float | None = KILL_LIST_TIMEOUT_S,
          on_done: Callable[[HostSession, Any], None] | None = None) -> Report:
     """List the processes matching ``pattern`` on every host, then (unless ``dry_run``) signal them.
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .command import CommandResult
+from .defaults import LOG_LINES, LOG_READ_TIMEOUT_S
 from .errors import ParameterError
 from .hosts import Host
 from .options import regex
@@ -39,9 +40,6 @@ from .result import Failure, Outcome, Report, build_report, classify_exception
 from .shell import path as shell_path
 from .shell import quote
 from .ssh import Engine, HostSession
-
-DEFAULT_LINES = 100
-READ_TIMEOUT_S = 60.0
 
 # Failure kinds added by this module (docs/logs.md).
 NO_LOG = "no-log"            # the file does not exist (or is a directory) on that host
@@ -127,7 +125,7 @@ def _checks(paths: Sequence[str]) -> list[str]:
     return lines
 
 
-def read_command(paths: Sequence[str], lines: int | None = DEFAULT_LINES,
+def read_command(paths: Sequence[str], lines: int | None = LOG_LINES,
                  grep: str | None = None) -> str:
     """Shell text printing the last ``lines`` lines (None: all) of each readable path.
 
@@ -223,8 +221,8 @@ class SavedLog:
 # --------------------------------------------------------------------------- operations
 
 
-def read_logs(engine: Engine, sources: Sequence[LogSource], lines: int | None = DEFAULT_LINES,
-              grep: str | None = None, *, timeout: float | None = READ_TIMEOUT_S,
+def read_logs(engine: Engine, sources: Sequence[LogSource], lines: int | None = LOG_LINES,
+              grep: str | None = None, *, timeout: float | None = LOG_READ_TIMEOUT_S,
               on_done: Callable[[HostSession, Any], None] | None = None) -> Report:
     """The last ``lines`` lines (None: everything) of each host's files, in host order."""
     commands = {s.host: read_command(s.paths, lines, grep) for s in sources}

@@ -52,6 +52,7 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from .defaults import SERVICE_TIMEOUT_S
 from .errors import InputError, quoted
 from .options import seconds
 from .probe import Probe
@@ -383,13 +384,12 @@ def _last_line(text: str) -> str:
     return lines[-1][:200] if lines else ""
 
 
-TIMEOUT_S = 20.0
 
 
-def probe(names: str | Iterable[str], timeout: float | None = TIMEOUT_S, *,
+def probe(names: str | Iterable[str], timeout: float | None = SERVICE_TIMEOUT_S, *,
           systemd_dir: str = SYSTEMD_DIR) -> Probe:
     """This module as a `cluster.probe.Probe`: systemd state or matching processes of each
     name. Raises `InputError` for bad names, `ParameterError` for a bad timeout."""
     text = command(names, systemd_dir=systemd_dir)  # validates the names
-    limit = TIMEOUT_S if timeout is None else seconds(timeout, "timeout")
+    limit = SERVICE_TIMEOUT_S if timeout is None else seconds(timeout, "timeout")
     return Probe("service-status", text, parse, classify, limit)

@@ -43,6 +43,7 @@ from typing import Any
 import paramiko
 from invoke.exceptions import CommandTimedOut
 
+from .defaults import TRANSFER_IDLE_TIMEOUT_S
 from .errors import InputError
 from .hostfiles import (
     Attributes,
@@ -75,7 +76,6 @@ KINDS = (NO_SUCH_FILE, NO_SUCH_DIR, NOT_A_DIRECTORY, IS_A_DIRECTORY, PERMISSION_
 CHANGED = "changed"
 SKIPPED = "skipped"
 
-IDLE_TIMEOUT_S = 60.0  # a host that moves no byte for this long fails as `stalled`
 _CHUNK = 1 << 20  # bytes read from the source per write (and per progress report)
 _PERMISSION_BITS = 0o777
 
@@ -311,7 +311,7 @@ class HostTransfer:
 # ---------------------------------------------------------------------------
 
 def put(engine: Engine, hosts: Sequence[Host], plan: PutPlan, *, mkdir: bool = False,
-        force: bool = False, timeout: float = IDLE_TIMEOUT_S, fanout: int | None = None,
+        force: bool = False, timeout: float = TRANSFER_IDLE_TIMEOUT_S, fanout: int | None = None,
         on_progress: Progress | None = None,
         on_done: Callable[[HostSession, Any], None] | None = None) -> Report:
     """Copy ``plan``'s file or tree to every host; ``Outcome.data`` is a `HostTransfer`.
@@ -329,7 +329,7 @@ def put(engine: Engine, hosts: Sequence[Host], plan: PutPlan, *, mkdir: bool = F
 
 
 def get(engine: Engine, hosts: Sequence[Host], plan: GetPlan, *, force: bool = False,
-        timeout: float = IDLE_TIMEOUT_S, fanout: int | None = None,
+        timeout: float = TRANSFER_IDLE_TIMEOUT_S, fanout: int | None = None,
         on_progress: Progress | None = None,
         on_done: Callable[[HostSession, Any], None] | None = None) -> Report:
     """Fetch ``plan.source`` from every host into ``plan.host_dirs[host]``; data: `HostTransfer`."""

@@ -11,7 +11,7 @@ import json as jsonlib
 import sys
 import time
 
-from cluster import status
+from cluster import defaults, status
 from cluster.errors import InputError
 from cluster.lazy import lazy
 
@@ -61,8 +61,8 @@ def logs(c, hosts=None, role=None, roles_file=None, json=False, fanout=None, lin
                 report = cluster.save_logs(save, lines=count, grep=pattern, timeout=limit,
                                            on_done=tick, **where)
             else:
-                report = cluster.logs(lines=logs_op.DEFAULT_LINES if count is None else count,
-                                      grep=pattern, timeout=limit or logs_op.READ_TIMEOUT_S,
+                report = cluster.logs(lines=defaults.LOG_LINES if count is None else count,
+                                      grep=pattern, timeout=limit or defaults.LOG_READ_TIMEOUT_S,
                                       on_done=tick, **where)
     if save:
         show(report, json, lambda r: logs_render.saved_view(r, save), started)
@@ -114,7 +114,7 @@ def kill(c, pattern=None, hosts=None, role=None, roles_file=None, json=False, fa
     if who and all_users:
         raise InputError("--user and --all-users do not go together")
     grace = kill_op.check_wait(wait)
-    limit = status.check_timeout(timeout) or kill_op.LIST_TIMEOUT_S
+    limit = status.check_timeout(timeout) or defaults.KILL_LIST_TIMEOUT_S
 
     def table(report):
         console = render.stdout_console()

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from invoke import Exit
 
-from cluster import status
+from cluster import defaults, status
 from cluster.errors import InputError
 from cluster.lazy import lazy
 from cluster.result import Report
@@ -63,7 +63,7 @@ def gpu_status(c, hosts=None, role=None, roles_file=None, json=False, fanout=Non
                procs=False, timeout=None, watch=None, count=None, expand=False, fold=False,
                state=None, strict=False):
     """GPU state of every host: utilization, memory, temperature, power, processes, health."""
-    limit = status.check_timeout(timeout) or gpu.TIMEOUT_S
+    limit = status.check_timeout(timeout) or defaults.GPU_TIMEOUT_S
     interval = status.check_interval(watch) if watch is not None else None
     rounds = status.check_count(count)
     if rounds is not None and interval is None:
@@ -184,7 +184,7 @@ def service_status(c, names, hosts=None, role=None, roles_file=None, json=False,
                    timeout=None, expand=False, fold=False, state=None):
     """Per host and service: systemd state, or the matching processes where there is no unit."""
     options = view_options(render.stdout_console(), expand, fold, state)
-    limit = status.check_timeout(timeout) or service.TIMEOUT_S
+    limit = status.check_timeout(timeout) or defaults.SERVICE_TIMEOUT_S
     service.probe(names, limit)  # validate the names before connecting
     host_task("service-status", lambda cluster, tick: cluster.service_status(
                   names, hosts=hosts, role=role, timeout=limit, on_done=tick),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 import time
 
-from cluster import options
+from cluster import defaults, options
 from cluster.lazy import lazy
 
 from .common import cluster_task, emit, opened
@@ -22,7 +22,7 @@ SHARED_HELP = {
     "recursive": "Copy a directory and everything below it (symlinked directories and special "
                  "files are not copied).",
     "force": "Copy even files the destination already has with the same size and sha256.",
-    # The default is cluster.transfer.IDLE_TIMEOUT_S, written out so that the help loads no
+    # The default is cluster.defaults.TRANSFER_IDLE_TIMEOUT_S, written out so that the help loads no
     # SSH code (tests/test_startup.py checks the two agree).
     "timeout": "Seconds a host may go without moving a byte before it fails as `stalled` "
                "(default 60).",
@@ -83,7 +83,7 @@ def get(c, remote, localdir, hosts=None, role=None, roles_file=None, json=False,
 
 def _idle_timeout(value):
     if value is None:
-        return transfer_op.IDLE_TIMEOUT_S
+        return defaults.TRANSFER_IDLE_TIMEOUT_S
     return options.seconds(value, "--timeout")
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster import logs
+from cluster import defaults, logs
 from cluster.errors import InputError
 from cluster.hosts import Host
 from cluster.serving.plan import ServerSpec
@@ -125,7 +125,7 @@ def test_default_is_every_server_of_the_deployment_and_100_lines(deployment):
     code, doc = cli_json("logs", "--roles-file", deployment["roles"], home=deployment["home"])
     assert code == 0
     assert [h["host"] for h in doc["hosts"]] == [PREFILL, *DECODE]
-    assert all(len(h["lines"]) == logs.DEFAULT_LINES for h in doc["hosts"])
+    assert all(len(h["lines"]) == defaults.LOG_LINES for h in doc["hosts"])
 
 
 def test_grep_keeps_the_last_matching_lines(deployment):

@@ -60,6 +60,8 @@ def test_running_a_task_loads_what_it_needs_and_no_serving_code():
     assert "started" in done.stdout
     assert "cluster.api" in modules and "cluster.ssh" in modules and "rich" in modules
     assert not [m for m in modules if m.startswith(("cluster.serving", "cluster.testing"))]
+    # The modules behind other tasks load on first use (their defaults: cluster.defaults).
+    assert not {"cluster.gpu", "cluster.kill", "cluster.logs", "cluster.service", "cluster.transfer"} & modules
 
 
 def test_a_bad_option_value_exits_2_without_loading_ssh_code():
@@ -99,11 +101,11 @@ def test_a_lazy_module_imports_on_first_attribute_read():
 def test_put_help_states_the_library_idle_timeout():
     # The help text writes the default out (importing cluster.transfer would load paramiko).
     # (Read from the module's dict: invoke's get_arguments() pops a task's help texts.)
-    from cluster import transfer
+    from cluster import defaults
     from cluster_cli import transfer_tasks
 
     for helps in (transfer_tasks.PUT_HELP, transfer_tasks.GET_HELP):
-        assert f"(default {transfer.IDLE_TIMEOUT_S:g})" in helps["timeout"], helps["timeout"]
+        assert f"(default {defaults.TRANSFER_IDLE_TIMEOUT_S:g})" in helps["timeout"], helps["timeout"]
 
 
 def test_stop_job_help_states_the_library_grace():
