@@ -28,8 +28,8 @@ import queue
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import paramiko
 from fabric import Config, Connection, ThreadingGroup
@@ -45,6 +45,9 @@ from .inventory import DEFAULT_CONNECT_TIMEOUT, SSHSettings
 from .keys import KeyAuth, KeyRing
 from .localrun import run_local
 from .sshconfig import HostConfig, Resolver
+
+if TYPE_CHECKING:  # what paramiko.Transport accepts as its socket (a stub-only name)
+    from paramiko.transport import _SocketLike as SocketLike
 
 _READ_SIZE = 65536
 
@@ -143,7 +146,7 @@ class LeanTransport(paramiko.Transport):
             super()._parse_debug(m)  # type: ignore[misc]  # private, not in the stubs
 
 
-def make_transport(sock: socket.socket, disabled_algorithms: dict[str, Iterable[str]] | None = None
+def make_transport(sock: SocketLike, disabled_algorithms: Mapping[str, Iterable[str]] | None = None
                    ) -> paramiko.Transport:
     """The paramiko Transport for one connection (``SSHClient.connect(transport_factory=)``).
 
@@ -171,7 +174,10 @@ class HopTransport:
     def __init__(self, store: HostKeyStore, target: HostKeyTarget) -> None:
         self.store, self.target = store, target
 
-    def __call__(self, sock: socket.socket, disabled_algorithms: dict[str, Iterable[str]] | None = None) -> paramiko.Transport:
+    # The stubs' factory protocol (keyword-only gss_kex, gss_deleg_creds): paramiko 5 passes only
+    # (sock, disabled_algorithms=), 3.x all three; GSS is never asked for, so the flags go unused.
+    def __call__(self, sock: SocketLike, /, *, gss_kex: bool = False, gss_deleg_creds: bool = False,
+                 disabled_algorithms: Mapping[str, Iterable[str]] | None = None) -> paramiko.Transport:
         transport = make_transport(sock, disabled_algorithms)
         self.store.prepare(transport, self.target)
         return transport
@@ -926,8 +932,7 @@ class Engine:
         try:
             client.connect(config.hostname, config.port, config.user, sock=sock, timeout=timeout,
                            banner_timeout=timeout, auth_timeout=timeout, channel_timeout=timeout,
-                           # paramiko calls it as (sock, disabled_algorithms=); its stubs describe an older protocol
-                           transport_factory=HopTransport(self.host_keys, target),  # type: ignore[arg-type]
+                           transport_factory=HopTransport(self.host_keys, target),
                            auth_strategy=self.auth_strategy(config))
         except paramiko.SSHException as exc:
             client.close()

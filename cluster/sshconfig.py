@@ -478,7 +478,6 @@ def fallback_values(alias: str, files: list[str]) -> dict[str, list[str]]:
 
 
 def _lines(text: str) -> io.StringIO:
-
     return io.StringIO(text)
 
 
