@@ -297,23 +297,48 @@ class _Group:
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._changed = threading.Condition()
         self._samples: list[HostConfig] = []
+        self._sampling: set[str] = set()  # lower-cased names being resolved as samples now
         self._mode: str | None = None  # "literal", "alias" or "each", once two samples are in
 
     def resolve(self, alias: str, resolve_one: Callable[[str], HostConfig]) -> HostConfig:
-        with self._lock:
-            if self._mode is None:
-                config = resolve_one(alias)
-                if all(_ascii_lower(s.alias) != _ascii_lower(alias) for s in self._samples):
-                    self._samples.append(config)
-                if len(self._samples) == 2:
-                    self._mode = derivation(*self._samples)
-                return config
+        name, sampling = _ascii_lower(alias), False
+        with self._changed:
+            while self._mode is None:
+                taken = {_ascii_lower(s.alias) for s in self._samples} | self._sampling
+                if name in taken:
+                    break  # the same name in other case: no sample, its own run (below)
+                if len(taken) < 2:
+                    self._sampling.add(name)  # the two samples run side by side
+                    sampling = True
+                    break
+                self._changed.wait()  # both samples are running: their answer decides
+            mode = self._mode
+        if mode is not None:
+            return self._derive(mode, alias, resolve_one)
+        if not sampling:
+            return resolve_one(alias)
+        try:
+            config = resolve_one(alias)
+        except BaseException:
+            with self._changed:
+                self._sampling.discard(name)
+                self._changed.notify_all()  # a waiting host takes this sample's place
+            raise
+        with self._changed:
+            self._sampling.discard(name)
+            self._samples.append(config)
+            if len(self._samples) == 2:
+                self._mode = derivation(*self._samples)
+            self._changed.notify_all()
+        return config
+
+    def _derive(self, mode: str, alias: str, resolve_one: Callable[[str], HostConfig]) -> HostConfig:
         first = self._samples[0]
-        if self._mode == "literal":
+        if mode == "literal":
             return replace(first, alias=alias)
-        if self._mode == "alias":
+        if mode == "alias":
             return replace(first, alias=alias, hostname=_ascii_lower(alias))
         return resolve_one(alias)
 

@@ -185,3 +185,38 @@ def test_derivation_tells_literal_alias_and_unrelated_hostnames_apart():
     assert derivation(config("A1", "a1"), config("a2", "a2")) == "alias"
     assert derivation(config("a1", "a1.lab"), config("a2", "a2.lab")) == "each"
     assert derivation(config("a1", "a1", "~/.ssh/a1"), config("a2", "a2", "~/.ssh/a2")) == "each"
+
+
+def test_a_failing_sample_is_replaced_and_the_two_samples_run_side_by_side():
+    from cluster.sshconfig import SSHConfigError, _Group
+
+    group, runs, in_flight, most = _Group(), [], [0], [0]
+    lock = threading.Lock()
+    both_running = threading.Barrier(2, timeout=5)
+
+    def resolve_one(alias: str):
+        with lock:
+            runs.append(alias)
+            in_flight[0] += 1
+            most[0] = max(most[0], in_flight[0])
+        try:
+            if alias == "bad":
+                raise SSHConfigError("ssh_config for bad: refused")
+            if len(runs) <= 3:
+                both_running.wait()  # the first two good samples meet: they run at the same time
+            return host_config(alias, {"hostname": ["10.0.0.9"], "user": ["ops"]})
+        finally:
+            with lock:
+                in_flight[0] -= 1
+
+    with pytest.raises(SSHConfigError):
+        group.resolve("bad", resolve_one)
+    got: dict[str, object] = {}
+    names = [f"gpu{i}" for i in range(12)]
+    threads = [threading.Thread(target=lambda n=n: got.__setitem__(n, group.resolve(n, resolve_one))) for n in names]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(runs) == 3 and most[0] == 2  # bad, then two samples together; the rest derived
+    assert all(got[n].alias == n and got[n].hostname == "10.0.0.9" for n in names)
