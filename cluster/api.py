@@ -22,7 +22,7 @@ from .hosts import Host
 from .inventory import Inventory, load_inventory
 from .lazy import lazy
 from .probe import Probe, run_probe
-from .result import Outcome, Report, build_report
+from .result import Outcome, Report, build_report, command_fields
 from .ssh import Engine, HostSession
 
 # Loaded by the first call that needs them: `inv run` loads no serving or table code
@@ -118,7 +118,7 @@ class Cluster:
         targets = self.hosts(hosts, role)
         report = build_report(self.engine.run(targets, command, timeout=limit, on_done=on_done,
                                               on_output=on_output), self.engine)
-        return _described(report, "run", basic_view.run_fields)
+        return _described(report, "run", command_fields)
 
     def call(self, fn: Callable[[HostSession], Any], *, hosts: Targets = None,
              role: Targets = None, keep_open: bool = False) -> Report:

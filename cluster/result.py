@@ -156,6 +156,12 @@ class Report:
         return json.dumps(self.to_dict(), indent=indent, default=str)
 
 
+def command_fields(outcome: Outcome) -> dict[str, Any]:
+    """A command's JSON fields (``inv run``): exit code, output, seconds."""
+    return {"exit_code": outcome.exit_code, "stdout": outcome.stdout, "stderr": outcome.stderr,
+            "elapsed_s": round(outcome.elapsed, 3)}
+
+
 def _data_fields(data: Any) -> dict[str, Any]:
     to_json = getattr(data, "to_json", None)
     doc = to_json() if callable(to_json) else None

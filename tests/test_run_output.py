@@ -7,6 +7,7 @@ import io
 import random
 import threading
 
+import pytest
 from rich.console import Console
 
 from cluster.hosts import Host
@@ -123,3 +124,20 @@ def test_piped_finish_puts_status_and_stderr_on_stderr_only():
     assert "---- 10.8.0.83 (1) exit 3" in lines and "stderr│ boom" in lines
     assert "---- 10.8.0.84 (1) ok" in lines and "stderr│ only a warning" in lines
     assert "4 hosts: 3 ok, 1 failed" in lines
+
+
+def test_piped_finish_of_a_clean_run_writes_rich_plain_summary_without_rich(monkeypatch):
+    from cluster.render import output
+    from cluster.render.core import summary_line
+
+    clean = Report([Outcome(h, True, stdout="x\n", exit_code=0) for h in HOSTS])
+    expected = io.StringIO()
+    Console(file=expected, highlight=False).print(summary_line(clean, 2.25))
+    monkeypatch.setattr(output, "rich_console", None)  # any use of rich here would fail
+    err = io.StringIO()
+    RunOutput(HOSTS, terminal=False, stream=False, out=io.BytesIO(), err=err).finish(clean, 2.25)
+    assert err.getvalue() == expected.getvalue() == "4 hosts: 4 ok in 2.2 s\n"
+    # With a failure, or a host's stderr, the rich path prints them as before.
+    stderr_only = Report([*clean.outcomes[:3], Outcome(HOSTS[3], True, stderr="warn\n", exit_code=0)])
+    with pytest.raises(AttributeError):
+        RunOutput(HOSTS, terminal=False, stream=False, out=io.BytesIO(), err=io.StringIO()).finish(stderr_only, 1)

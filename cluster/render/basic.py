@@ -105,11 +105,6 @@ def keyscan_fields(outcome: Outcome) -> dict[str, Any]:
     return outcome.data.to_json() if outcome.ok and outcome.data is not None else {}
 
 
-def run_fields(outcome: Outcome) -> dict[str, Any]:
-    return {"exit_code": outcome.exit_code, "stdout": outcome.stdout, "stderr": outcome.stderr,
-            "elapsed_s": round(outcome.elapsed, 3)}
-
-
 def print_key_report(report: Any, console: Console) -> None:
     style = "green" if report.ok else "bold red"
     console.print(Text(("key in use: " if report.ok else "no usable key: ") + report.description, style=style))

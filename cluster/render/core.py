@@ -16,16 +16,29 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from rich.cells import cell_len
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
-from rich.text import Text
-
+from ..lazy import lazy
 from ..result import Outcome, Report, fold_outputs
 from .text import shown, shown_lines
+
+# rich loads with the first table or styled line: a piped `inv run` whose hosts all
+# answered prints its summary without it (about 20 ms of start-up).
+if TYPE_CHECKING:
+    from rich import cells as rich_cells
+    from rich import console as rich_console
+    from rich import markup as rich_markup
+    from rich import table as rich_table
+    from rich import text as rich_text
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+else:
+    rich_cells = lazy("rich.cells")
+    rich_console = lazy("rich.console")
+    rich_markup = lazy("rich.markup")
+    rich_table = lazy("rich.table")
+    rich_text = lazy("rich.text")
 
 Row = Sequence[Any]
 
@@ -34,26 +47,26 @@ def stdout_console() -> Console:
     # soft_wrap off + wide default so piped output is not squeezed into 80 columns;
     # COLUMNS, when set, is the width either way (rich reads it).
     wide = sys.stdout.isatty() or os.environ.get("COLUMNS", "").isdigit()
-    return Console(file=sys.stdout, highlight=False, width=None if wide else 160)
+    return rich_console.Console(file=sys.stdout, highlight=False, width=None if wide else 160)
 
 
 def stderr_console() -> Console:
-    return Console(file=sys.stderr, highlight=False, stderr=True)
+    return rich_console.Console(file=sys.stderr, highlight=False, stderr=True)
 
 
 def status_cell(outcome: Outcome) -> Text:
     """'ok' in green, or the failure kind in red."""
     if outcome.ok:
-        return Text("ok", style="green")
-    return Text(failure_label(outcome), style="bold red")
+        return rich_text.Text("ok", style="green")
+    return rich_text.Text(failure_label(outcome), style="bold red")
 
 
 def failure_text(outcome: Outcome) -> Text:
     """Message and hint of a failed host, for the table's detail column."""
     if outcome.error is None:
-        return Text("")
+        return rich_text.Text("")
     # Messages quote remote stderr: spelled out, never interpreted by the terminal.
-    text = Text(shown(outcome.error.message), style="red")
+    text = rich_text.Text(shown(outcome.error.message), style="red")
     if outcome.error.hint:
         text.append("\n→ " + shown(outcome.error.hint), style="dim")
     return text
@@ -67,24 +80,24 @@ def host_table(columns: Sequence[str | tuple[str, dict[str, Any]]], rows: Iterab
     terminal, to ``127.0.6…``): it keeps the width of its longest name; the other
     columns wrap instead.
     """
-    table = Table(title=title, title_justify="left", header_style="bold", show_lines=False,
+    table = rich_table.Table(title=title, title_justify="left", header_style="bold", show_lines=False,
                   expand=False, pad_edge=False)
     rows = list(rows)
     for index, column in enumerate(columns):
         name, kwargs = (column, {}) if isinstance(column, str) else column
         if name == "Host":
-            widest = max((cell_len(line) for row in rows if index < len(row)
+            widest = max((rich_cells.cell_len(line) for row in rows if index < len(row)
                           for line in _plain(row[index]).splitlines()), default=4)
             kwargs = {"no_wrap": True, "min_width": max(widest, 4), **kwargs}
         table.add_column(name, **kwargs)
     for row in rows:
         # Plain cells may hold remote text (a process's command line, a user name).
-        table.add_row(*[cell if isinstance(cell, Text) else Text(shown_lines(_cell(cell))) for cell in row])
+        table.add_row(*[cell if isinstance(cell, rich_text.Text) else rich_text.Text(shown_lines(_cell(cell))) for cell in row])
     return table
 
 
 def _plain(cell: Any) -> str:
-    return cell.plain if isinstance(cell, Text) else shown_lines(_cell(cell))
+    return cell.plain if isinstance(cell, rich_text.Text) else shown_lines(_cell(cell))
 
 
 def _cell(value: Any) -> str:
@@ -125,17 +138,25 @@ def failure_label(outcome: Outcome) -> str:
 def summary_line(report: Report, elapsed: float | None = None, noun: str = "host") -> Text:
     """'8 hosts: 7 ok, 1 failed (1 unreachable) in 1.2 s'; counts first, exit codes as
     the command returned them ('1 failed (1 exit 3)'), '1 host' singular."""
+    text = rich_text.Text()
+    for part, style in summary_parts(report, elapsed, noun):
+        text.append(part, style=style)
+    return text
+
+
+def summary_parts(report: Report, elapsed: float | None = None,
+                  noun: str = "host") -> list[tuple[str, str | None]]:
+    """`summary_line` as (text, rich style) pieces; joined, its plain text."""
     failed = report.failed
-    text = Text(f"{counted(len(report), noun)}: ")
-    text.append(f"{len(report.ok)} ok", style="green")
+    parts: list[tuple[str, str | None]] = [(f"{counted(len(report), noun)}: ", None),
+                                           (f"{len(report.ok)} ok", "green")]
     if failed:
         kinds = Counter(failure_label(o) for o in failed)
         detail = ", ".join(f"{count} {kind}" for kind, count in kinds.most_common())
-        text.append(", ")
-        text.append(f"{len(failed)} failed ({detail})", style="bold red")
+        parts += [(", ", None), (f"{len(failed)} failed ({detail})", "bold red")]
     if elapsed is not None:
-        text.append(f" in {elapsed:.1f} s", style="dim")
-    return text
+        parts.append((f" in {elapsed:.1f} s", "dim"))
+    return parts
 
 
 def json_document(task: str, report: Report,
@@ -158,12 +179,12 @@ def output_groups(report: Report, console: Console) -> None:
     """clush -b style: one header per group of hosts with identical output."""
     for group in fold_outputs(report):
         outcome = group.outcome
-        header = Text(f"---- {group.folded} ", style="bold cyan")
+        header = rich_text.Text(f"---- {group.folded} ", style="bold cyan")
         header.append(f"({len(group.hosts)}) ", style="dim")
         header.append_text(status_cell(outcome))
         console.print(header)
         if outcome.stdout:
-            console.print(escape(outcome.stdout.rstrip("\n")), markup=True, highlight=False)
+            console.print(rich_markup.escape(outcome.stdout.rstrip("\n")), markup=True, highlight=False)
         if outcome.error is not None:
             console.print(failure_text(outcome))
 

@@ -22,16 +22,24 @@ import sys
 import tempfile
 import threading
 from collections.abc import Callable, Sequence
-from typing import IO, Any
-
-from rich.console import Console
-from rich.text import Text
+from typing import IO, TYPE_CHECKING, Any
 
 from ..command import STDERR, STDOUT, Lines
 from ..hosts import Host, fold_names
+from ..lazy import lazy
 from ..result import Outcome, Report
-from .core import status_cell, summary_line
+from .core import status_cell, summary_line, summary_parts
 from .text import shown, shown_lines
+
+# rich loads with the first styled line (see `RunOutput.finish`).
+if TYPE_CHECKING:
+    from rich import console as rich_console
+    from rich import text as rich_text
+    from rich.console import Console
+    from rich.text import Text
+else:
+    rich_console = lazy("rich.console")
+    rich_text = lazy("rich.text")
 
 # Per waiting host, what is kept in memory before its output spools to a temp file.
 SPOOL_MEMORY = 4 << 20
@@ -127,7 +135,7 @@ class LiveLines:
         if not self.terminal:
             return name.encode()
         colour = self.COLOURS[index % len(self.COLOURS)]
-        return _styled(Text(name, style=colour)).encode()
+        return _styled(rich_text.Text(name, style=colour)).encode()
 
     def write(self, host: Host, stream: str, chunk: bytes) -> None:
         key = (host, stream)
@@ -201,12 +209,18 @@ class RunOutput:
     def finish(self, report: Report, elapsed: float) -> None:
         """After the run: groups (terminal) or status and stderr (piped/stream), then the summary."""
         if self.terminal and self.live is None:
-            console = Console(file=self.text_out, highlight=False)
+            console = rich_console.Console(file=self.text_out, highlight=False)
             print_groups(report, console)
             console.print(summary_line(report, elapsed))
             return
-        console = Console(file=self.err, highlight=False, stderr=True)
-        print_failures_and_stderr(report, console, with_stderr=self.live is None)
+        with_stderr = self.live is None
+        if not self.err.isatty() and not _failures_and_stderr(report, with_stderr):
+            # Nothing but the summary, to a pipe or file: its plain text, without loading rich.
+            self.err.write("".join(part for part, _ in summary_parts(report, elapsed)) + "\n")
+            self.err.flush()
+            return
+        console = rich_console.Console(file=self.err, highlight=False, stderr=True)
+        print_failures_and_stderr(report, console, with_stderr=with_stderr)
         console.print(summary_line(report, elapsed))
 
 
@@ -224,13 +238,17 @@ def print_groups(report: Report, console: Console) -> None:
 def print_failures_and_stderr(report: Report, console: Console, with_stderr: bool = True) -> None:
     """Piped run: for each group of hosts that failed or wrote to stderr, a header, the
     stderr (marked) and the failure."""
-    for hosts, outcome in _groups(report, lambda o: (o.stderr if with_stderr else "",)):
-        if outcome.ok and not (with_stderr and outcome.stderr):
-            continue
+    for hosts, outcome in _failures_and_stderr(report, with_stderr):
         console.print(_header(hosts, outcome))
         if with_stderr:
             _print_stderr(console, outcome)
         _print_failure(console, outcome)
+
+
+def _failures_and_stderr(report: Report, with_stderr: bool) -> list[tuple[list[Host], Outcome]]:
+    """The groups of hosts that failed or wrote to stderr (``with_stderr``)."""
+    return [(hosts, outcome) for hosts, outcome in _groups(report, lambda o: (o.stderr if with_stderr else "",))
+            if not outcome.ok or (with_stderr and outcome.stderr)]
 
 
 def _groups(report: Report, key: Callable[[Outcome], tuple[object, ...]]) -> list[tuple[list[Host], Outcome]]:
@@ -245,7 +263,7 @@ def _groups(report: Report, key: Callable[[Outcome], tuple[object, ...]]) -> lis
 
 
 def _header(hosts: list[Host], outcome: Outcome) -> Text:
-    header = Text(f"---- {fold_names([str(h) for h in hosts])} ", style="bold cyan")
+    header = rich_text.Text(f"---- {fold_names([str(h) for h in hosts])} ", style="bold cyan")
     header.append(f"({len(hosts)}) ", style="dim")
     header.append_text(status_cell(outcome))
     return header
@@ -255,14 +273,14 @@ def _print_stderr(console: Console, outcome: Outcome) -> None:
     if not outcome.stderr:
         return
     lines = shown_lines(outcome.stderr.rstrip("\n")).split("\n")
-    _raw(console, "".join(_styled(Text(STDERR_MARK, style="yellow"), console) + line + "\n"
+    _raw(console, "".join(_styled(rich_text.Text(STDERR_MARK, style="yellow"), console) + line + "\n"
                           for line in lines))
 
 
 def _print_failure(console: Console, outcome: Outcome) -> None:
     if outcome.error is None:
         return
-    text = Text(shown(outcome.error.message), style="red")
+    text = rich_text.Text(shown(outcome.error.message), style="red")
     if outcome.error.hint:
         text.append("\n→ " + shown(outcome.error.hint), style="dim")
     console.print(text, soft_wrap=True)
@@ -278,7 +296,7 @@ def _raw(console: Console, text: str) -> None:
 
 def _styled(text: Text, console: Console | None = None) -> str:
     """``text`` as the terminal codes of its style (plain when the console has no colour)."""
-    console = console or Console(force_terminal=True, highlight=False)
+    console = console or rich_console.Console(force_terminal=True, highlight=False)
     if console.color_system is None:
         return text.plain
     with console.capture() as captured:
