@@ -135,6 +135,9 @@ class LeanTransport(paramiko.Transport):
     * ``_parse_debug``: sshd sends SSH_MSG_DEBUG lines (OpenSSH 8.2+: the
       authorized_keys options of the accepted key). paramiko escaped each one
       byte by byte, building a new bytes object for every byte, only to log it at DEBUG.
+    * ``_filter_algorithm``: paramiko filters each algorithm list against
+      ``disabled_algorithms`` on every read (17 per connection); with none disabled
+      (always, unless a caller passes some) the list is returned as it is.
     """
 
     def _log(self, level: int, msg: Any, *args: Any) -> None:
@@ -144,6 +147,11 @@ class LeanTransport(paramiko.Transport):
     def _parse_debug(self, m: paramiko.Message) -> None:
         if self.logger.isEnabledFor(logging.DEBUG):
             super()._parse_debug(m)  # type: ignore[misc]  # private, not in the stubs
+
+    def _filter_algorithm(self, type_: str) -> tuple[str, ...]:
+        if not self.disabled_algorithms:
+            return tuple(getattr(self, "_preferred_" + type_))
+        return super()._filter_algorithm(type_)  # type: ignore[misc, no-any-return]  # private
 
 
 def make_transport(sock: SocketLike, disabled_algorithms: Mapping[str, Iterable[str]] | None = None

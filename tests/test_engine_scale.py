@@ -221,6 +221,12 @@ def test_transport_factory_sets_nodelay_and_prefers_aead():
         assert ciphers[:len(PREFERRED_CIPHERS)] == PREFERRED_CIPHERS
         assert set(ciphers) == set(paramiko.Transport._preferred_ciphers)  # nothing dropped
         assert isinstance(transport.packetizer, LeanPacketizer)
+        # The algorithm lists read as paramiko's own filter gives them, disabled ones or not.
+        for kind in ("ciphers", "macs", "keys", "kex", "compression", "pubkeys"):
+            assert transport._filter_algorithm(kind) == paramiko.Transport._filter_algorithm(transport, kind)
+        limited = make_transport(client, {"ciphers": ["aes128-gcm@openssh.com"], "kex": ["ecdh-sha2-nistp256"]})
+        assert "aes128-gcm@openssh.com" not in limited.preferred_ciphers
+        assert "ecdh-sha2-nistp256" not in limited.preferred_kex and limited.preferred_kex
     finally:
         for sock in (client, accepted, server):
             sock.close()
