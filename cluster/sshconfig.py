@@ -234,7 +234,8 @@ class Resolver:
 
     def _ssh_g(self, alias: str, user: str | None, port: int | None) -> dict[str, list[str]]:
         assert self.ssh is not None  # only called when an OpenSSH client was found
-        self.ssh_g_runs += 1
+        with self._lock:
+            self.ssh_g_runs += 1
         argv = [self.ssh, "-G"]
         config = self.config_file or self._home_config()
         if config:
