@@ -391,11 +391,27 @@ def hash_name(name: str) -> str:
     return f"{_HASH_MAGIC}{base64.b64encode(salt).decode()}|{base64.b64encode(digest).decode()}"
 
 
+# HMAC-SHA1 = sha1((key ^ opad) + sha1((key ^ ipad) + name)). `hmac.digest` sets up both keyed
+# states on every call (1.2 µs); a hashed line keeps its own two, ready to copy (0.5 µs). Every
+# host looked up tests every hashed line, as ssh does: 1,000 hosts x 1,000 hashed lines is
+# 0.5 s of CPU per command instead of 1.2 s.
+_IPAD = bytes(b ^ 0x36 for b in range(256))
+_OPAD = bytes(b ^ 0x5C for b in range(256))
+_SHA1_BLOCK = 64
+
+
+def _keyed_sha1(salt: bytes) -> tuple[hashlib._Hash, hashlib._Hash]:
+    """The inner and outer SHA-1 states of HMAC with key ``salt`` (20 bytes, `_parse_hash`)."""
+    key = salt.ljust(_SHA1_BLOCK, b"\0")
+    return hashlib.sha1(key.translate(_IPAD)), hashlib.sha1(key.translate(_OPAD))
+
+
 _RECENT_LOOKUPS = 1024  # remembered `IndexedHostKeys.matching` answers (cleared when full)
 
 # `IndexedHostKeys` index tables: plain name -> [(position, entry)],
-# [(position, entry, salt, digest)], [(position, entry, _Names)].
-_Tables = tuple[dict[str, list[tuple[int, HostKeyEntry]]], list[tuple[int, HostKeyEntry, bytes, bytes]],
+# [(position, entry, inner, outer, digest)] (`_keyed_sha1`), [(position, entry, _Names)].
+_Tables = tuple[dict[str, list[tuple[int, HostKeyEntry]]],
+                list[tuple[int, HostKeyEntry, "hashlib._Hash", "hashlib._Hash", bytes]],
                 list[tuple[int, HostKeyEntry, _Names]]]
 
 
@@ -449,9 +465,13 @@ class IndexedHostKeys(paramiko.HostKeys):
         index, hashed, patterns = self._tables
         found = dict(index.get(lowered, ()))
         if hashed:  # one HMAC per hashed line, as in ssh: keep this loop tight
-            encoded, digest = name.encode(), hmac.digest
-            for position, entry, salt, expected in hashed:
-                if digest(salt, encoded, "sha1") == expected:
+            encoded = name.encode()
+            for position, entry, inner, outer, expected in hashed:
+                hashing = inner.copy()
+                hashing.update(encoded)
+                outside = outer.copy()
+                outside.update(hashing.digest())
+                if outside.digest() == expected:
                     found[position] = entry
         for position, entry, names in patterns:
             if names.matches(lowered):
@@ -508,7 +528,8 @@ def _index_entry(tables: _Tables, position: int, entry: HostKeyEntry) -> None:
         elif kind == _Names.PATTERN:
             patterns.append((position, entry, _Names(field)))
         elif parsed := _parse_hash(field):  # a malformed hash never matches: ssh skips the line
-            hashed.append((position, entry, *parsed))
+            salt, digest = parsed
+            hashed.append((position, entry, *_keyed_sha1(salt), digest))
 
 
 class _HostMatches(MutableMapping[str, paramiko.PKey]):
