@@ -8,6 +8,7 @@ found before any connection.
 from __future__ import annotations
 
 import functools
+import gc
 import inspect
 import shutil
 import sys
@@ -200,6 +201,11 @@ def open_cluster(roles_file: str | None = None, fanout: int | None = None,
 def opened(roles_file: str | None = None, fanout: int | None = None,
            **ssh_overrides: Any) -> Iterator[Cluster]:
     cluster = open_cluster(roles_file, fanout, **ssh_overrides)
+    # Most of the process's objects exist by now (invoke, the tasks, paramiko, the engine) and
+    # live until exit: frozen, the collections of the run and the one at exit (cluster_cli)
+    # no longer walk them (about 11 ms of a 64-host `inv run`). Garbage made from here on is
+    # collected and finalized as before.
+    gc.freeze()
     try:
         yield cluster
     finally:

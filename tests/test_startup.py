@@ -151,3 +151,21 @@ def test_garbage_left_at_exit_is_still_finalized():
                           timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("finalized") == 2, done.stdout
+
+
+def test_what_a_task_loaded_is_frozen_out_of_later_collections(tmp_path):
+    # `opened` freezes what exists once the cluster is open (invoke, paramiko, the engine), so
+    # the run's collections and the exit one walk only what the run made.
+    roles = tmp_path / "roles.yaml"
+    roles.write_text("roles:\n  all: [local]\n")
+    code = ("import gc\n"
+            "from cluster_cli.common import opened\n"
+            "before = gc.get_freeze_count()\n"
+            f"with opened({str(roles)!r}) as cluster:\n"
+            "    during = gc.get_freeze_count()\n"
+            "    assert 'paramiko' in __import__('sys').modules\n"
+            "print(before, during)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert done.returncode == 0, done.stderr
+    before, during = map(int, done.stdout.split())
+    assert before == 0 and during > 10000
