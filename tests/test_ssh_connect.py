@@ -177,6 +177,19 @@ def test_several_identity_files_until_one_works(fleet, tmp_path, clean_env):
     same_decision(config, "keys")
 
 
+def test_identity_file_tokens_pick_each_hosts_key(fleet, tmp_path, clean_env):
+    # `ssh -G` prints IdentityFile's % tokens as written; ssh expands them per host.
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    shutil.copy(fleet.key_file, keys / "good.key")
+    (keys / "good.key").chmod(0o600)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / "bad.key")], check=True)
+    config = write_config(tmp_path, fleet, f"Host good bad\n  HostName 127.0.1.2\n  IdentityFile {keys}/%n.key\n",
+                          key=keys / "bad.key")
+    same_decision(config, "good")
+    same_decision(config, "bad", kind="auth")
+
+
 def encrypted_copy(fleet, tmp_path: Path) -> Path:
     key = tmp_path / "enc_key"
     shutil.copy(fleet.key_file, key)
