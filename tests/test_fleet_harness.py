@@ -271,6 +271,20 @@ def test_count_accepted_ties_accepts_to_local_addresses() -> None:
     assert count_accepted(log) == {"127.1.0.1": 1, "127.1.0.2": 2}
 
 
+def test_count_accepted_when_two_live_connections_share_a_source_port() -> None:
+    # Linux picks source ports per destination: two live connections from
+    # 127.0.0.1 to different local addresses can both use port 5000.
+    log = "\n".join([
+        'Connection from 127.0.0.1 port 5000 on 127.1.0.5 port 22 rdomain ""',
+        'Connection from 127.0.0.1 port 5000 on 127.1.0.7 port 22 rdomain ""',
+        "Accepted publickey for u from 127.0.0.1 port 5000 ssh2: ED25519 SHA256:x",
+        "Accepted publickey for u from 127.0.0.1 port 5000 ssh2: ED25519 SHA256:x",
+        'Connection from 127.0.0.1 port 5000 on 127.1.0.9 port 22 rdomain ""',
+        "Accepted publickey for u from 127.0.0.1 port 5000 ssh2: ED25519 SHA256:x",
+    ])
+    assert count_accepted(log) == {"127.1.0.5": 1, "127.1.0.7": 1, "127.1.0.9": 1}
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]

@@ -533,17 +533,21 @@ def count_accepted(log_text: str) -> dict[str, int]:
     """Authenticated connections per local address, from an sshd VERBOSE log.
 
     "Accepted" lines name only the client's address and port, so each is tied
-    to the local address of the latest "Connection from" line with that
-    client address and port.
+    to a "Connection from" line with that client address and port that no
+    accept has claimed yet, the latest first. Linux may give two live
+    connections to different local addresses the same source port, so that
+    pair is not a unique key: the latest line alone would count one host twice
+    and the other not at all. Whichever of two such connections authenticates
+    first, both are counted once each.
     """
-    local_of: dict[tuple[str, str], str] = {}
+    waiting: dict[tuple[str, str], list[str]] = {}
     counts: dict[str, int] = {}
     for line in log_text.splitlines():
         if match := _CONNECTION.search(line):
-            local_of[(match[1], match[2])] = match[3]
+            waiting.setdefault((match[1], match[2]), []).append(match[3])
         elif match := _ACCEPTED.search(line):
-            local = local_of.get((match[1], match[2]))
-            if local:
+            if unclaimed := waiting.get((match[1], match[2])):
+                local = unclaimed.pop()
                 counts[local] = counts.get(local, 0) + 1
     return counts
 
