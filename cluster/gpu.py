@@ -154,8 +154,10 @@ BASE_FIELDS: tuple[Field, ...] = (
 )
 YES_NO = "yes-no"
 HEX = "hex"
-# temperature.gpu.tlimit is the margin in degrees C left before the slowdown
-# temperature (NVML's margin temperature: 46 on an idle H100 at 41 degrees C).
+# temperature.gpu.tlimit is the margin in degrees C left before the GPU's maximum
+# operating temperature, "T.Limit" (NVML's margin temperature: 54 on an idle H200
+# at 33 degrees C, driver 580; its nvidia-smi -q puts the clocks' slowdown at
+# T.Limit -2 and the shutdown at -8).
 HEALTH_FIELDS: tuple[Field, ...] = (
     ("temperature.gpu.tlimit", "slowdown_margin_c", int),
     ("clocks_event_reasons.active", "clock_event_reasons", HEX),

@@ -14,8 +14,10 @@ kind                        when (default limit)                             val
 ``retired-pages-pending``   ``retired_pages.pending`` is ``Yes``: a page     true / null
                             retirement waits for a reboot (pre-Ampere)
 ``temperature``             ``temperature.gpu.tlimit`` (degrees left before  temperature / the
-                            the slowdown temperature) at or below             temperature where it warns
-                            ``slowdown_margin_c`` (0: at or above slowdown);
+                            the GPU's maximum operating temperature, its      temperature where it warns
+                            "T.Limit") at or below ``slowdown_margin_c`` (0:
+                            at or above that limit; the clocks slow down a
+                            few degrees later, at T.Limit -2 on an H200);
                             or the temperature at or above
                             ``temperature_max_c`` (off by default)
 ``clock-slowdown``          ``clocks_event_reasons.active`` has one of       reason names / null
@@ -34,7 +36,7 @@ come from roles.yaml's ``gpu:`` section (`parse_limits`)::
 
     gpu:
       ecc_uncorrected_max: 0      # warn when more uncorrected (volatile) ECC errors
-      slowdown_margin_c: 0        # warn when this many degrees C or fewer are left before slowdown
+      slowdown_margin_c: 0        # warn when this many degrees C or fewer are left (T.Limit)
       temperature_max_c: null     # also warn at this temperature (drivers without tlimit)
       clock_event_reasons: [hw_slowdown, sw_thermal_slowdown, hw_thermal_slowdown,
                             hw_power_brake_slowdown]
@@ -112,8 +114,8 @@ _PHRASES: dict[str, Callable[[HealthWarning], str]] = {
     ECC: lambda w: f"{w.value} uncorrected ECC error{'s' if w.value != 1 else ''}",
     REMAPPED_ROWS: lambda w: "row remapping pending (needs a GPU reset)",
     RETIRED_PAGES: lambda w: "page retirement pending (needs a reboot)",
-    TEMPERATURE: lambda w: (f"{_deg(w.value)} °C, slowdown at {_deg(w.limit)} °C"
-                            if w.limit is not None else "at the slowdown temperature"),
+    TEMPERATURE: lambda w: (f"{_deg(w.value)} °C, limit {_deg(w.limit)} °C"
+                            if w.limit is not None else "at its temperature limit"),
     CLOCK_SLOWDOWN: lambda w: "clocks slowed: " + ", ".join(_REASON_LABELS.get(r, r) for r in w.value),
     RECOVERY_ACTION: lambda w: f"recovery action {w.value}",
     INFOROM: lambda w: "infoROM corrupted",

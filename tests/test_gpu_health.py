@@ -55,9 +55,9 @@ def test_hot_gpu_at_its_slowdown_temperature_with_thermal_slowdown():
     assert (hot.temperature_c, hot.slowdown_margin_c, hot.clock_event_reasons) == (91, -4, 0x68)
     assert kinds(status) == [(5, "temperature"), (5, "clock-slowdown")]
     temperature, slowed = status.warnings
-    assert (temperature.value, temperature.limit) == (91, 87)  # 91 + (-4): slowdown at 87
+    assert (temperature.value, temperature.limit) == (91, 87)  # 91 + (-4): T.Limit 0 at 87
     assert slowed.value == ("hw_slowdown", "sw_thermal_slowdown", "hw_thermal_slowdown")
-    assert temperature.describe() == "GPU 5: 91 °C, slowdown at 87 °C"
+    assert temperature.describe() == "GPU 5: 91 °C, limit 87 °C"
     assert json.loads(json.dumps(slowed.to_json()))["value"] == list(slowed.value)
 
 

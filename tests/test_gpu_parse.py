@@ -32,6 +32,8 @@ EXPECTED = {
     "h100-idle": (8, 0, None),
     "h100-busy": (8, 9, None),
     "h200": (8, 1, None),
+    "h200-r580-idle": (1, 0, None),
+    "h200-r580-busy": (1, 1, None),
     "a100": (4, 0, None),
     "a100-r470": (4, 0, None),
     "h100-ecc": (8, 0, None),
@@ -150,7 +152,7 @@ def test_health_fields_of_a_current_driver():
     status = parsed("h100-idle")
     first = status.gpus[0]
     assert status.field_set == "current"
-    assert first.slowdown_margin_c == 57        # 30 degrees C now, slowdown at 87
+    assert first.slowdown_margin_c == 57        # 30 degrees C now, T.Limit 0 at 87
     assert first.clock_event_reasons == 0x1     # gpu_idle
     assert first.remapped_rows_pending is False
     assert first.retired_pages_pending is None and first.tokens["retired_pages_pending"] == "[N/A]"
@@ -195,6 +197,27 @@ def test_h200_and_a100_reference_values():
     assert {g.name for g in a100.gpus} == {"NVIDIA A100-SXM4-80GB"}
     assert {g.memory_total_mib for g in a100.gpus} == {81920}
     assert {g.power_limit_w for g in a100.gpus} == {500.0}
+
+
+def test_real_h200_captures_driver_580():
+    # Captured on a real H200 (driver 580.159.04, CUDA 13.0): COMMAND's exact
+    # output, idle and with one torch process holding 20 GiB.
+    idle, busy = parsed("h200-r580-idle"), parsed("h200-r580-busy")
+    for status in (idle, busy):
+        assert status.field_set == "current" and not status.notices and not status.bad_lines
+        assert status.warnings == [] and status.processes_error is None
+        (card,) = status.gpus
+        assert (card.name, card.memory_total_mib, card.power_limit_w) == ("NVIDIA H200", 143771, 700.0)
+        assert (card.fan_pct, card.retired_pages_pending, card.remapped_rows_pending) == (None, None, False)
+        assert card.recovery_action == "None" and card.mig_mode == "Disabled"
+        # T.Limit 0 (the maximum operating temperature) is at 87 degrees C on both machines.
+        assert card.temperature_c + card.slowdown_margin_c == 87
+    assert idle.gpus[0].clock_event_reasons == 0x1  # gpu_idle: normal, not flagged
+    assert (idle.gpus[0].temperature_c, idle.gpus[0].memory_used_mib) == (33, 0)
+    (process,) = busy.processes
+    assert (process.pid, process.used_memory_mib, process.name) == (474, 21090, "/opt/torch/.venv/bin/python3")
+    assert process.gpu_uuid == busy.gpus[0].uuid
+    assert (busy.gpus[0].memory_used_mib, busy.gpus[0].clock_event_reasons) == (21099, 0)
 
 
 def test_mig_is_flagged_not_zero():
