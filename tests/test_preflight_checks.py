@@ -221,6 +221,17 @@ def test_gpus_count_free_and_held_memory():
     assert cut[0].status == FAIL
 
 
+def test_one_gpu_host_reads_in_the_singular():
+    # What a real single-H200 host answered (driver 580), as preflight said it there.
+    real = (GPU_FIXTURES / "h200-r580-idle.txt").read_text()
+    short, _ = checks.judge_gpus(section("gpu", real), needed=2)
+    assert [(c.name, c.status, c.value) for c in short][:1] == [("gpu.count", FAIL, "1 GPU, the plan needs 2")]
+    enough, _ = checks.judge_gpus(section("gpu", real), needed=1)
+    assert {c.name: c.value for c in enough} == {"gpu.count": "1 GPU (needs 1)", "gpu.health": "1 healthy",
+                                                "gpu.ecc": "no uncorrectable ECC, nothing pending",
+                                                "gpu.free": "1 GPU free"}
+
+
 def test_consistency_flags_the_odd_host_out_and_folds_the_rest():
     results = {f"10.8.0.{n}": checks.HostResult(roles=("decode",), facts={"engine": "sglang 0.5.23", "gpu": "H100"})
                for n in range(81, 88)}

@@ -30,6 +30,7 @@ from typing import Any
 
 from .. import gpu as gpu_probe
 from .. import gpu_health
+from ..render.core import counted
 from ..shell import MASK, SECRET_NAME_PARTS, Section
 
 OK, WARN, FAIL = "ok", "warn", "fail"
@@ -132,10 +133,10 @@ def judge_gpus(section: Section | None, needed: int) -> tuple[list[Check], gpu_p
                 fail(GPU_FREE, "no GPU could be read", failure.hint)], status
     count = len(status.gpus)
     if count < needed:
-        checks.append(fail(GPU_COUNT, f"{count} GPUs, the plan needs {needed}",
+        checks.append(fail(GPU_COUNT, f"{counted(count, 'GPU')}, the plan needs {needed}",
                            "give this host fewer ranks (--tp-size / --nnodes) or fix the missing GPUs"))
     else:
-        checks.append(ok(GPU_COUNT, f"{count} GPUs (needs {needed})"))
+        checks.append(ok(GPU_COUNT, f"{counted(count, 'GPU')} (needs {needed})"))
     checks.append(fail(GPU_HEALTH, failure.message, failure.hint) if failure is not None
                   else _health(status))
     checks.append(_ecc(status))
@@ -175,7 +176,7 @@ def judge_free(status: gpu_probe.GpuStatus) -> Check:
         return fail(GPU_FREE, "; ".join(held[:3]) + more,
                     "stop it (inv stop-pd, or inv kill PATTERN) — a leftover sglang::scheduler "
                     "holds its memory until killed")
-    return ok(GPU_FREE, f"{len(status.gpus)} GPUs free")
+    return ok(GPU_FREE, f"{counted(len(status.gpus), 'GPU')} free")
 
 
 @dataclass(frozen=True)
@@ -221,7 +222,8 @@ def judge_gpu_info(text: str, result: HostResult) -> None:
                                   "reseat the GPU / riser or check the BIOS PCIe settings"))
     else:
         gens = sorted({r.gen_max for r in links if r.gen_max})
-        result.checks.append(ok(GPU_PCIE, f"{len(links)} links at full width, gen {'/'.join(map(str, gens)) or '?'} max"))
+        generations = "/".join(map(str, gens)) or "?"
+        result.checks.append(ok(GPU_PCIE, f"{counted(len(links), 'link')} at full width, gen {generations} max"))
 
 
 _XID = re.compile(r"NVRM: Xid \(PCI:([0-9A-Fa-f:.]+)\): (\d+)")
