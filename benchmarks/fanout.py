@@ -53,7 +53,8 @@ Tables
     ``inv-true`` is ``inv run true -H @hosts`` and ``inv-gpu-status`` is
     ``inv gpu-status -H @hosts`` (fresh interpreter, imports, table on stdout),
     each as a subprocess of the measuring child (its CPU counts as client CPU).
-``--whole 64,1000``     the whole commands again (``inv-true``, ``inv-gpu-status``) against
+``--whole 64,1000``     the whole commands again (``inv-true``, ``inv-gpu-status``; with
+    ``--engine-ref DIR`` also ``inv-true-ref``, DIR's own ``inv run true``) against
     ``pssh`` running ``true`` in the same run, and the issue-19 targets checked from
     those medians (``inv run true`` at 64 hosts <= 0.6x pssh's wall and <= 6 ms CPU per
     host for the whole inv process; ``inv gpu-status`` at 1,000 hosts <= 0.8x pssh).
@@ -344,8 +345,9 @@ def _engine_gpu_command(info: FleetInfo, hosts: list[str], fanout: int) -> Calla
     return op
 
 
-def _inv(*task: str) -> Callable[[FleetInfo, list[str], int], Callable[[], int]]:
-    """``inv TASK -H @hosts`` as a user runs it, against the benchmark's known_hosts."""
+def _inv(*task: str, ref: bool = False) -> Callable[[FleetInfo, list[str], int], Callable[[], int]]:
+    """``inv TASK -H @hosts`` as a user runs it, against the benchmark's known_hosts;
+    ``ref``: the tasks and package of the ``--engine-ref`` checkout instead of this one."""
 
     def factory(info: FleetInfo, hosts: list[str], fanout: int) -> Callable[[], int]:
         import yaml
@@ -356,7 +358,8 @@ def _inv(*task: str) -> Callable[[FleetInfo, list[str], int], Callable[[], int]]
         (scratch / "roles.yaml").write_text(yaml.safe_dump({"ssh": {
             "user": info.user, "port": info.port, "key_filename": info.key,
             "known_hosts": info.known_hosts, "connect_timeout": 10}}))
-        argv = [sys.executable, "-m", "invoke", "--search-root", str(ROOT), *task,
+        root = ENGINE_REF[0] if ref else str(ROOT)
+        argv = [sys.executable, "-m", "invoke", "--search-root", root, *task,
                 "-H", f"@{scratch / 'hosts'}", "--roles-file", str(scratch / "roles.yaml"),
                 "--fanout", str(fanout)]
 
@@ -461,7 +464,8 @@ def _pssh_second(info: FleetInfo, hosts: list[str], fanout: int):
 
 ONE_ROUND = {"engine": _engine_run, "engine-ref": _engine_run, "engine-gpu": _engine_gpu,
              "engine-gpu-cmd": _engine_gpu_command, "engine-two-sh": _engine_command(TWO_SH),
-             "inv-true": _inv("run", "true"), "inv-gpu-status": _inv("gpu-status"),
+             "inv-true": _inv("run", "true"), "inv-true-ref": _inv("run", "true", ref=True),
+             "inv-gpu-status": _inv("gpu-status"),
              "fabric": _fabric_run,
              "pssh": _pssh_run, "clush": _clush_run}
 TWO_ROUNDS = {"engine": _engine_second, "pssh": _pssh_second}
@@ -493,7 +497,7 @@ def child(method: str, mode: str, info: FleetInfo, count: int, fanout: int,
         wall, cpu, busy = time.perf_counter() - wall0, _cpu_now() - cpu0, machine_busy_s() - busy0
     for path in FIRST_CONTACT:
         Path(path).unlink(missing_ok=True)
-    if method in CLI_METHODS:  # the work ran in the inv subprocess: this process's peaks say nothing
+    if method in CLI_METHODS or method == "inv-true-ref":  # the work ran in the inv subprocess: no peaks
         return {"ok": ok, "wall": wall, "cpu": cpu, "busy": busy, "threads": 0, "rss_mib": 0}
     return {"ok": ok, "wall": wall, "cpu": cpu, "busy": busy, "threads": threads.peak,
             "rss_mib": peak_rss_mib()}
@@ -531,7 +535,7 @@ def measure(method: str, mode: str, info: FleetInfo, count: int, fanout: int,
             "--workdir", info.workdir, "--count", str(count), "--fanout", str(fanout)]
     if profile:
         argv += ["--profile-out", profile]
-    if method == "engine-ref":
+    if method in ("engine-ref", "inv-true-ref"):
         argv += ["--engine-ref", ENGINE_REF[0]]
     with tempfile.TemporaryFile() as out:
         proc = subprocess.Popen(argv, stdout=out, stdin=subprocess.DEVNULL, cwd=ROOT)
@@ -671,8 +675,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.child:
         if args.engine_ref:
+            ENGINE_REF.append(str(Path(args.engine_ref).resolve()))
             # Another checkout's `cluster` package (e.g. `git archive OLD cluster | tar -x`).
-            sys.path.insert(0, str(Path(args.engine_ref).resolve()))
+            if args.child == "engine-ref":
+                sys.path.insert(0, ENGINE_REF[0])
         info = fleet_info(Path(args.workdir))
         result = child(args.child, args.mode, info, args.count, args.fanout, args.profile_out)
         print(json.dumps(result))
@@ -744,6 +750,8 @@ def run_benchmark(args: argparse.Namespace, info: FleetInfo,
         wanted = args.methods.split(",") if args.methods and mode == "run" else list(default)
         if args.engine_ref and mode in ("run", "first") and "engine-ref" not in wanted:
             wanted.insert(1, "engine-ref")
+        if args.engine_ref and mode == "whole":
+            wanted.insert(1, "inv-true-ref")  # the whole command of the other checkout
         methods, missing = available_methods(wanted)
         if args.profile:
             sample = measure(methods[0], mode, info, counts[0], args.fanout, profile=args.profile)
@@ -779,8 +787,10 @@ def run_benchmark(args: argparse.Namespace, info: FleetInfo,
 def compile_project() -> None:
     """Write the bytecode caches of cluster/ and cluster_cli/, as an install has them (a
     PYTHONDONTWRITEBYTECODE shell would otherwise compile every module in every inv run)."""
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "cluster"),
-                    str(ROOT / "cluster_cli")], check=True, stdout=subprocess.DEVNULL)
+    for root in [ROOT, *map(Path, ENGINE_REF)]:
+        packages = [str(root / name) for name in ("cluster", "cluster_cli") if (root / name).is_dir()]
+        subprocess.run([sys.executable, "-m", "compileall", "-q", *packages], check=True,
+                       stdout=subprocess.DEVNULL)
 
 
 # (method, host count, what is compared, limit) for the "whole" table (issue 19).
@@ -838,7 +848,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-run", action="store_true", help="skip the `true` table")
     parser.add_argument("--engine-ref", metavar="DIR",
                         help="also time `engine-ref`: the engine of another checkout in DIR "
-                             "(DIR/cluster), e.g. from `git archive COMMIT cluster | tar -x -C DIR`")
+                             "(DIR/cluster), e.g. from `git archive COMMIT cluster | tar -x -C DIR`; "
+                             "in the --whole table `inv-true-ref`, its whole `inv run true` (DIR needs "
+                             "cluster_cli and tasks.py too)")
     parser.add_argument("--workdir", help="fleet directory: reused when its fleet is running")
     parser.add_argument("--serve", action="store_true", help="start the fleet and wait")
     parser.add_argument("--json", help="also write all samples to this JSON file")

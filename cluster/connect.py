@@ -215,7 +215,29 @@ class JumpPool:
             transports, self._transports = list(self._transports.values()), {}
             self._failures = {}
         for transport in transports:
+            disconnect(transport)
             transport.close()
+
+
+def disconnect(transport: paramiko.Transport) -> None:
+    """End the connection as ssh does: SSH_MSG_DISCONNECT, reason 11 "disconnected by user".
+
+    paramiko's ``close()`` only drops the socket, so sshd logged "Connection
+    closed by" instead of the "Received disconnect ... disconnected by user" an
+    ssh session leaves, and took a slower way out (about 0.8 ms of sshd CPU per
+    connection, docs/performance.md). The caller closes the transport after.
+    """
+    if not transport.is_active():
+        return
+    message = paramiko.Message()
+    message.add_byte(paramiko.common.cMSG_DISCONNECT)
+    message.add_int(11)  # SSH_DISCONNECT_BY_APPLICATION
+    message.add_string("disconnected by user")
+    message.add_string("")  # language tag
+    try:
+        transport._send_message(message)  # type: ignore[attr-defined]  # paramiko's own sender; no public one
+    except (OSError, EOFError, paramiko.SSHException):
+        pass  # already gone: closing is all that is left
 
 
 class Keepalive:

@@ -37,7 +37,16 @@ from fabric.group import GroupResult
 
 from . import interrupt
 from .command import AFTER_EXIT_S, Capture, CommandResult, Lines, OnOutput, text
-from .connect import JumpPool, Keepalive, ShellProxy, expand_tokens, hop_name, open_channel, parse_proxy_jump
+from .connect import (
+    JumpPool,
+    Keepalive,
+    ShellProxy,
+    disconnect,
+    expand_tokens,
+    hop_name,
+    open_channel,
+    parse_proxy_jump,
+)
 from .errors import InputError
 from .hostkeys import ACCEPT_NEW, STRICT_HOST_KEY_CHECKING, HostKeyError, HostKeyStore, HostKeyTarget, peer_address
 from .hosts import Host
@@ -468,6 +477,8 @@ def _close_connection(connection: Connection | None) -> None:
     if connection is None:
         return
     transport = connection.client.get_transport()
+    if transport is not None:
+        disconnect(transport)
     if (transport is not None and _wake_transport_thread(transport)
             and transport is not threading.current_thread()):
         # The thread sees EOF and ends, closing the socket itself. Closing it from here

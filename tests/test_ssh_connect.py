@@ -17,6 +17,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -77,6 +78,37 @@ def same_decision(config: Path, alias: str, kind: str | None = None, env: dict |
 
 def logins(fleet, address: str) -> int:
     return fleet.connection_count(address)
+
+
+def goodbyes(fleet, address: str) -> int:
+    """Sessions that ended with ssh's SSH_MSG_DISCONNECT, in the log of ``address``'s sshd."""
+    return fleet.sshd_log(address).count(":11: disconnected by user")
+
+
+def settled(count, expected: int) -> int:
+    """``count()`` once it reaches ``expected`` (sshd logs after the client has gone), else its last value."""
+    deadline = time.monotonic() + 10
+    while (value := count()) != expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return value
+
+
+def test_connections_end_with_a_disconnect_as_ssh_does(fleet, tmp_path, clean_env):
+    # ssh ends a session with SSH_MSG_DISCONNECT (11, "disconnected by user"); sshd logs it.
+    # paramiko only closes the socket ("Connection closed by"): the engine says goodbye itself,
+    # to the target and to each jump host.
+    assert fleet.hosts_per_sshd == 1  # one log per address: counts are per host
+    target, behind = fleet.addresses[4], fleet.addresses[5]
+    config = write_config(tmp_path, fleet, f"Host behind\n  HostName {behind}\n  ProxyJump {BASTION}\n")
+    before = goodbyes(fleet, target)
+    assert oracle(config, target).returncode == 0
+    assert settled(lambda: goodbyes(fleet, target), before + 1) == before + 1  # the oracle's own goodbye
+    assert library(config, target)[0].ok
+    assert settled(lambda: goodbyes(fleet, target), before + 2) == before + 2
+    hop, far = goodbyes(fleet, BASTION), goodbyes(fleet, behind)
+    assert library(config, "behind")[0].ok
+    assert settled(lambda: goodbyes(fleet, behind), far + 1) == far + 1
+    assert settled(lambda: goodbyes(fleet, BASTION), hop + 1) == hop + 1
 
 
 def test_gcloud_style_alias(fleet, tmp_path, clean_env):

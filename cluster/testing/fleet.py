@@ -244,10 +244,14 @@ class Fleet:
     # ------------------------------------------------------------ inspection
     def connection_count(self, address: str) -> int:
         """SSH connections that authenticated on ``address`` so far (from its sshd's log)."""
+        return count_accepted(self.sshd_log(address)).get(address, 0)
+
+    def sshd_log(self, address: str) -> str:
+        """The log of the sshd serving ``address`` (shared with the other addresses it serves)."""
         server = self._server_of.get(address)
         if server is None:
             raise FleetError(f"{address} is not served by a running sshd of this fleet")
-        return count_accepted(_read(server.log)).get(address, 0)
+        return _read(server.log)
 
     def host_key_line(self, address: str) -> str:
         """A known_hosts line with the real host key of ``address`` (for strict-policy tests)."""
