@@ -19,6 +19,7 @@ import hashlib
 import os
 import pwd
 import re
+import select
 import socket
 import subprocess
 import tempfile
@@ -226,18 +227,44 @@ def disconnect(transport: paramiko.Transport) -> None:
     closed by" instead of the "Received disconnect ... disconnected by user" an
     ssh session leaves, and took a slower way out (about 0.8 ms of sshd CPU per
     connection, docs/performance.md). The caller closes the transport after.
+
+    Never waits long: paramiko's writer retries until the connection closes, so
+    the goodbye is skipped when the message cannot go out at once (a peer that
+    stopped reading) or another thread keeps the connection's writer busy
+    (Ctrl-C during a transfer to such a peer): closing is all that is left then.
     """
-    if not transport.is_active():
+    lock = getattr(transport.packetizer, "_Packetizer__write_lock", None)  # paramiko's sender lock
+    if not transport.is_active() or lock is None or not _can_send_now(transport.sock):
         return
-    message = paramiko.Message()
-    message.add_byte(paramiko.common.cMSG_DISCONNECT)
-    message.add_int(11)  # SSH_DISCONNECT_BY_APPLICATION
-    message.add_string("disconnected by user")
-    message.add_string("")  # language tag
+    # The transport thread holds the lock for a moment now and then (a channel close it answers).
+    if not lock.acquire(timeout=GOODBYE_WAIT_S):
+        return
     try:
+        message = paramiko.Message()
+        message.add_byte(paramiko.common.cMSG_DISCONNECT)
+        message.add_int(11)  # SSH_DISCONNECT_BY_APPLICATION
+        message.add_string("disconnected by user")
+        message.add_string("")  # language tag
         transport._send_message(message)  # type: ignore[attr-defined]  # paramiko's own sender; no public one
-    except (OSError, EOFError, paramiko.SSHException):
+    except (OSError, EOFError, ValueError, paramiko.SSHException):
         pass  # already gone: closing is all that is left
+    finally:
+        lock.release()
+
+
+# How long a goodbye waits for another thread's write to finish (then it is skipped).
+GOODBYE_WAIT_S = 0.1
+
+
+def _can_send_now(sock: Any) -> bool:
+    """Whether a short message goes out without waiting: TCP buffer room, or a jump channel's window."""
+    if isinstance(sock, GuardedChannel):
+        sock = sock.channel
+    if isinstance(sock, socket.socket):
+        return bool(select.select([], [sock], [], 0)[1])
+    if isinstance(sock, paramiko.Channel):
+        return sock.send_ready()
+    return False  # a ProxyCommand's pipe: not worth a check of its own
 
 
 class Keepalive:

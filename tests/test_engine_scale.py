@@ -11,6 +11,9 @@ no connection kept after a one-shot call. Timings live in benchmarks/fanout.py.
 from __future__ import annotations
 
 import logging
+import os
+import select
+import signal
 import socket
 import threading
 import time
@@ -374,6 +377,56 @@ def test_release_lets_the_transport_thread_end_before_its_socket_is_closed(fleet
         assert seen == [False] * len(hosts)
     finally:
         engine.close()
+
+
+def test_closing_never_waits_on_a_peer_that_stopped_reading(tmp_path):
+    """The goodbye (SSH_MSG_DISCONNECT) must not hang a close: here another thread is stuck
+    writing to a host whose sshd stopped reading (Ctrl-C during a transfer to a frozen host).
+    paramiko's writer holds the connection's write lock and retries until the socket closes."""
+    with Fleet(tmp_path / "frozen", count=1, base="127.0.77.", specials=False) as fleet:
+        settings = SSHSettings(**{**fleet.ssh_settings(), "known_hosts": str(tmp_path / "known_hosts")})
+        engine = Engine(settings)
+        frozen: list[int] = []
+        try:
+            session = engine.session(Host(fleet.addresses[0]))
+            session.open()
+            transport = session.connection.client.get_transport()
+            channel = transport.open_session()
+            channel.exec_command("cat >/dev/null")
+            transport.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # full long before the window
+            frozen = fleet.session_pids(fleet.addresses[0])
+            for pid in frozen:
+                os.kill(pid, signal.SIGSTOP)
+            writer = threading.Thread(target=_quietly, args=(channel.sendall, b"x" * (8 << 20)), daemon=True)
+            writer.start()
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not _send_buffer_full(transport.sock):
+                time.sleep(0.05)
+            time.sleep(0.5)  # the writer is now retrying inside paramiko, its write lock held
+            assert _send_buffer_full(transport.sock) and writer.is_alive()
+            closer = threading.Thread(target=session.close, daemon=True)
+            started = time.monotonic()
+            closer.start()
+            closer.join(10)
+            assert not closer.is_alive(), "close() hung behind the stuck writer"
+            assert time.monotonic() - started < 5
+            writer.join(10)
+            assert not writer.is_alive()  # the close ended its write too
+        finally:
+            for pid in frozen:
+                os.kill(pid, signal.SIGCONT)
+            engine.close()
+
+
+def _quietly(call, *args):
+    try:
+        call(*args)
+    except Exception:  # the close ends the write with an error: that is the point
+        pass
+
+
+def _send_buffer_full(sock: socket.socket) -> bool:
+    return not select.select([], [sock], [], 0)[1]
 
 
 def test_sshd_debug_messages_are_escaped_only_for_debug_logging(fleet, tmp_path, monkeypatch, caplog):
