@@ -261,7 +261,13 @@ def _can_send_now(sock: Any) -> bool:
     if isinstance(sock, GuardedChannel):
         sock = sock.channel
     if isinstance(sock, socket.socket):
-        return bool(select.select([], [sock], [], 0)[1])
+        # poll, not select: a run with 1,000 connections open has descriptors past FD_SETSIZE.
+        poller = select.poll()
+        try:
+            poller.register(sock, select.POLLOUT)
+        except (OSError, ValueError):  # closed meanwhile
+            return False
+        return any(events & select.POLLOUT for _, events in poller.poll(0))
     if isinstance(sock, paramiko.Channel):
         return sock.send_ready()
     return False  # a ProxyCommand's pipe: not worth a check of its own

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import select
 import signal
 import socket
@@ -22,6 +23,7 @@ from pathlib import Path
 import paramiko
 import pytest
 
+from cluster.connect import _can_send_now
 from cluster.hostkeys import (
     HostKeyChanged,
     HostKeyStore,
@@ -416,6 +418,27 @@ def test_closing_never_waits_on_a_peer_that_stopped_reading(tmp_path):
             for pid in frozen:
                 os.kill(pid, signal.SIGCONT)
             engine.close()
+
+
+def test_the_goodbye_check_takes_descriptors_past_fd_setsize():
+    # select() refuses descriptors from 1024 up; a run keeping 1,000 connections open has them.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    high = 1500
+    assert hard == resource.RLIM_INFINITY or hard > high, f"RLIMIT_NOFILE hard limit {hard} (CI runs as root)"
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, high + 1), hard))
+    left, right = socket.socketpair()
+    try:
+        os.dup2(left.fileno(), high)
+        sock = socket.socket(fileno=high)
+        try:
+            assert _can_send_now(sock)  # room in the buffer: the goodbye may go
+        finally:
+            sock.close()
+        assert not _can_send_now(sock)  # closed: no goodbye, no error
+    finally:
+        left.close()
+        right.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def _quietly(call, *args):
