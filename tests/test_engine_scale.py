@@ -423,8 +423,9 @@ def test_closing_never_waits_on_a_peer_that_stopped_reading(tmp_path):
 def test_the_goodbye_check_takes_descriptors_past_fd_setsize():
     # select() refuses descriptors from 1024 up; a run keeping 1,000 connections open has them.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    high = 1500
-    assert hard == resource.RLIM_INFINITY or hard > high, f"RLIMIT_NOFILE hard limit {hard} (CI runs as root)"
+    high = 1500 if hard == resource.RLIM_INFINITY else min(1500, hard - 1)
+    if high < 1024:
+        pytest.skip(f"RLIMIT_NOFILE hard limit {hard}: no descriptor past FD_SETSIZE to test with")
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, high + 1), hard))
     left, right = socket.socketpair()
     try:
