@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import resource
-import select
 import signal
 import socket
 import threading
@@ -450,7 +449,7 @@ def _quietly(call, *args):
 
 
 def _send_buffer_full(sock: socket.socket) -> bool:
-    return not select.select([], [sock], [], 0)[1]
+    return not _can_send_now(sock)
 
 
 def test_sshd_debug_messages_are_escaped_only_for_debug_logging(fleet, tmp_path, monkeypatch, caplog):
