@@ -768,8 +768,6 @@ def _first_line(text: str) -> str:
     return ""
 
 
-
-
 def probe(timeout: float | None = GPU_TIMEOUT_S, limits: HealthLimits = DEFAULT_LIMITS) -> Probe:
     """This module as a `cluster.probe.Probe`: `COMMAND`, `parse` (health judged against
     ``limits``, `cluster.gpu_health`), `classify`, and a command timeout (a wedged
