@@ -270,6 +270,77 @@ def test_handshake_deadline_times_out_without_a_timer_thread():
         right.close()
 
 
+class CountingSocket(socket.socket):
+    """A socket that counts its ``recv`` calls (a packetizer only reads through ``recv``)."""
+
+    recvs = 0
+
+    def recv(self, size: int, *flags: int) -> bytes:
+        type(self).recvs += 1
+        return super().recv(size, *flags)
+
+
+def test_packet_reads_take_what_one_recv_brought():
+    left, right = socket.socketpair()
+    sock = CountingSocket(fileno=left.detach())
+    try:
+        CountingSocket.recvs = 0
+        packetizer = LeanPacketizer(sock)
+        packetizer._Packetizer__remainder = b"after-banner"  # what readline() read too far
+        right.sendall(b"A" * 16 + b"B" * 100 + b"C" * 16 + b"D" * 40)
+        assert packetizer.read_all(4) == b"afte"
+        assert packetizer.read_all(20) == b"r-banner" + b"A" * 12
+        assert packetizer.read_all(104) == b"A" * 4 + b"B" * 100
+        assert packetizer.read_all(56) == b"C" * 16 + b"D" * 40
+        assert CountingSocket.recvs == 1  # paramiko: one per read_all, four here
+        right.sendall(b"E" * 10)
+        right.sendall(b"F" * 10)
+        assert packetizer.read_all(20) == b"E" * 10 + b"F" * 10  # however the bytes arrive
+    finally:
+        sock.close()
+        right.close()
+
+
+class ExactPipe:
+    """A ProxyCommand stand-in: like paramiko's, it would wait for every byte asked for."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.asked = data, []
+
+    def recv(self, size: int) -> bytes:
+        self.asked.append(size)
+        chunk, self.data = self.data[:size], self.data[size:]
+        return chunk
+
+    def settimeout(self, timeout: float) -> None:
+        pass
+
+
+def test_a_proxy_command_is_read_exactly_what_is_needed():
+    pipe = ExactPipe(b"x" * 16 + b"y" * 48)
+    packetizer = LeanPacketizer(pipe)
+    assert packetizer.read_all(16) == b"x" * 16
+    assert packetizer.read_all(48) == b"y" * 48
+    assert pipe.asked == [16, 48]
+
+
+def test_a_silent_read_ends_when_closed_and_signals_a_rekey_only_between_packets():
+    left, right = socket.socketpair()
+    left.settimeout(0.05)
+    try:
+        packetizer = LeanPacketizer(left)
+        packetizer._Packetizer__need_rekey = True
+        with pytest.raises(paramiko.packet.NeedRekeyException):
+            packetizer.read_all(16, check_rekey=True)  # nothing read yet: rekey first
+        right.sendall(b"z" * 8)
+        packetizer.close()  # while half a block is read: EOF, not a rekey
+        with pytest.raises(EOFError):
+            packetizer.read_all(16, check_rekey=True)
+    finally:
+        left.close()
+        right.close()
+
+
 def settled(baseline: int, within: float = 10.0) -> bool:
     """True once this process is back to ``baseline`` threads (exiting ones may lag)."""
     deadline = time.monotonic() + within
