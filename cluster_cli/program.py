@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from invoke import Exit, ParseError, Program, UnexpectedExit
+from invoke.parser import Parser, ParserContext
 
 from cluster.errors import QUOTE_LIMIT, quoted
 from cluster.render.text import shown
@@ -104,6 +105,23 @@ class ClusterProgram(Program):
     def parse_core(self, argv: Any) -> None:
         with _parse_errors(), _guard(self._debug()):
             super().parse_core(argv)
+
+    def _make_parser(self) -> Parser:
+        """The task parser, with the contexts of the tasks this command line names.
+
+        invoke builds a context for every task and the parser deep-copies them
+        all: 5 ms of every command for 22 tasks. A word that names no task can
+        only be an option value or an error, with or without the other
+        contexts; shell completion lists every task, so it gets them all.
+        """
+        complete = bool(getattr(self, "args", None) and self.args.complete.value)
+        words = set(self.argv)
+        ignore = self.config.tasks.ignore_unknown_help
+        contexts = [ParserContext(name=name, aliases=aliases,
+                                  args=self.collection[name].get_arguments(ignore_unknown_help=ignore))
+                    for name, aliases in self.collection.task_names.items()
+                    if complete or name in words or words.intersection(aliases)]
+        return Parser(initial=self.initial_context, contexts=contexts)
 
     def parse_tasks(self) -> None:
         with _parse_errors():

@@ -169,3 +169,45 @@ def test_what_a_task_loaded_is_frozen_out_of_later_collections(tmp_path):
     assert done.returncode == 0, done.stderr
     before, during = map(int, done.stdout.split())
     assert before == 0 and during > 10000
+
+
+def test_the_task_parser_gets_the_named_tasks_and_completion_gets_them_all():
+    # ClusterProgram._make_parser builds contexts only for the tasks a command line
+    # names; nothing a user types may parse differently for it.
+    from cluster_cli.tasks import ns
+
+    every = set(ns.task_names)
+    done, _ = loaded_by("invoke.main", "--complete", "--", "inv")
+    assert done.returncode == 0, done.stderr
+    assert every <= set(done.stdout.split())  # completion still offers every task
+    done, _ = loaded_by("invoke.main", "--help", "hosts")
+    assert done.returncode == 0 and "--role" in done.stdout, done.stderr
+    # Two tasks on one line, an option value that is also a task name.
+    done, _ = loaded_by("invoke.main", "hosts", "-H", "10.8.0.81", "run", "echo run", "-H", "local")
+    assert done.returncode == 0, done.stderr
+    assert "10.8.0.81" in done.stdout and "echo run" not in done.stdout and "\nrun\n" in f"\n{done.stdout}"
+    done, _ = loaded_by("invoke.main", "hosts", "no-such-task")
+    assert done.returncode == 2 and "no-such-task" in done.stderr
+
+
+def test_the_task_parser_keeps_aliases():
+    from invoke import Collection, Program, task
+
+    from cluster_cli.program import ClusterProgram
+
+    @task(aliases=["ls"])
+    def listing(c):
+        """A task with an alias."""
+
+    @task
+    def other(c):
+        """Another task."""
+
+    program = ClusterProgram(namespace=Collection(listing, other))
+    program.create_config()  # what Program.run does first
+    program.parse_core(["inv", "ls"])
+    program.parse_collection()
+    program.parse_tasks()
+    assert [context.name for context in program.tasks] == ["listing"]
+    assert set(program.parser.contexts) == {"listing"}  # `other` was not built
+    assert isinstance(program, Program)
