@@ -16,7 +16,9 @@ so the warm-up runs leave this checkout's caches, as its first runs do for a use
 checkout without that fix compiles its modules on every start; ``--compile`` writes every
 tree's caches first, to compare import structures alone.
 
-Commands: ``base`` = ``python -c 'import invoke.program'``; ``list`` = ``python -m invoke
+Commands: ``base`` = ``python -c 'import invoke.program'``; references ``python`` = ``python
+-c pass`` and ``ssh-imports`` = ``python -c 'import invoke.program, paramiko, fabric'`` (what
+any SSH task loads before its own code: the floor beneath ``run-local``); ``list`` = ``python -m invoke
 --list``; ``help`` = ``python -m invoke run --help``; ``run-local`` = ``python -m invoke run
 true -H local``. ``--ref DIR`` adds the same inv commands on another checkout
 (``git archive COMMIT cluster cluster_cli tasks.py roles.yaml | tar -x -C DIR``): before/after
@@ -37,6 +39,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 HEAVY = ("paramiko", "fabric", "rich", "cluster.serving")
+# Reference rows, not inv commands (run once, not per tree): the interpreter alone, and
+# the third-party imports every SSH task needs, the floor beneath `run-local`.
+REFERENCES = {
+    "python": ["-c", "pass"],
+    "ssh-imports": ["-c", "import invoke.program, paramiko, fabric"],
+}
 COMMANDS = {
     "base": ["-c", "import invoke.program"],
     "list": ["-m", "invoke", "--list"],
@@ -99,9 +107,10 @@ def main() -> int:
     trees = {"": ROOT}
     if args.ref:
         trees["ref "] = Path(args.ref).resolve()
-    plan = [("base", ROOT)] + [(f"{label}{name}", tree) for label, tree in trees.items()
-                               for name in COMMANDS if name != "base"]
-    argvs = {label: [sys.executable, *COMMANDS[label.removeprefix("ref ")]] for label, _ in plan}
+    plan = [("base", ROOT)] + [(name, ROOT) for name in REFERENCES] + [
+        (f"{label}{name}", tree) for label, tree in trees.items() for name in COMMANDS if name != "base"]
+    every = {**REFERENCES, **COMMANDS}
+    argvs = {label: [sys.executable, *every[label.removeprefix("ref ")]] for label, _ in plan}
     if args.compile:
         for tree in trees.values():
             compile_tree(tree)
