@@ -10,7 +10,9 @@ script); here the script is written as the pipe takes it.
 
 The command runs in a new session, as sshd does: its process group is
 signalled as a whole, and a Ctrl-C typed at the terminal reaches this
-process only, which then stops the command the same way on every host.
+process only, which then stops the command the same way on every host. It
+runs with the ordinary scheduling policy even when started from one of the
+engine's SCHED_BATCH threads (`batch_this_thread`, `ordinary_scheduling`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import selectors
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from .command import AFTER_EXIT_S, Capture
 from .hosts import Host
@@ -84,9 +87,10 @@ def run_local(command: str, host: Host, capture: Capture, *, timeout: float | No
     argv = _STDIN_SHELLS.get(command)
     executable = "/bin/" + argv[0] if argv else None
     argv = argv or [SHELL, "-c", command]
-    proc = subprocess.Popen(argv, executable=executable, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-                            start_new_session=True)
+    with ordinary_scheduling():
+        proc = subprocess.Popen(argv, executable=executable, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+                                start_new_session=True)
     running = LocalCommand(host, proc)
     register(running)
     deadline = time.monotonic() + timeout if timeout else None
@@ -163,3 +167,41 @@ def _read(selector: selectors.BaseSelector, key: selectors.SelectorKey) -> None:
         key.data(chunk)
     else:
         selector.unregister(key.fileobj)
+
+
+# -- scheduling: the engine's threads run SCHED_BATCH; the commands they start do not --
+#
+# A fan-out's threads (a runner and a paramiko transport thread per host) hand the
+# GIL and their events to each other all the time. A woken thread that preempts the
+# thread waking it (Linux's wakeup preemption) finds the GIL still held by the
+# thread it just pushed off the CPU, and both switch again. SCHED_BATCH threads do
+# not preempt on wakeup. Only the calling thread changes (Linux keeps the policy
+# per thread); a process it starts for the user gets the ordinary policy back
+# (`ordinary_scheduling`). Measured: docs/performance.md, "Fourth look".
+_BATCH = getattr(os, "SCHED_BATCH", None)
+_OTHER = getattr(os, "SCHED_OTHER", None)
+
+
+def batch_this_thread() -> None:
+    """Make the calling thread SCHED_BATCH where it is SCHED_OTHER (Linux; elsewhere nothing)."""
+    if _BATCH is None or _OTHER is None:
+        return
+    try:
+        if os.sched_getscheduler(0) == _OTHER:  # an explicit choice (chrt) is left alone
+            os.sched_setscheduler(0, _BATCH, os.sched_param(0))
+    except OSError:  # not allowed here (a seccomp filter): the default is fine
+        pass
+
+
+@contextmanager
+def ordinary_scheduling() -> Iterator[None]:
+    """Around starting a process: from a batch thread, the child gets SCHED_OTHER back."""
+    batch, other = _BATCH, _OTHER
+    if batch is None or other is None or os.sched_getscheduler(0) != batch:
+        yield
+        return
+    os.sched_setscheduler(0, other, os.sched_param(0))
+    try:
+        yield
+    finally:
+        os.sched_setscheduler(0, batch, os.sched_param(0))

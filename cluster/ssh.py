@@ -53,7 +53,7 @@ from .hostkeys import ACCEPT_NEW, STRICT_HOST_KEY_CHECKING, HostKeyError, HostKe
 from .hosts import Host
 from .inventory import DEFAULT_CONNECT_TIMEOUT, SSHSettings
 from .keys import KeyAuth, KeyRing
-from .localrun import run_local
+from .localrun import batch_this_thread, run_local
 from .sshconfig import HostConfig, Resolver
 
 if TYPE_CHECKING:  # what paramiko.Transport accepts as its socket (a stub-only name)
@@ -209,7 +209,12 @@ class LeanTransport(paramiko.Transport):
     * ``_filter_algorithm``: paramiko filters each algorithm list against
       ``disabled_algorithms`` on every read (17 per connection); with none disabled
       (always, unless a caller passes some) the list is returned as it is.
+    * ``run``: the transport thread runs SCHED_BATCH (`cluster.localrun.batch_this_thread`).
     """
+
+    def run(self) -> None:
+        batch_this_thread()
+        super().run()
 
     def _log(self, level: int, msg: Any, *args: Any) -> None:
         if self.logger.isEnabledFor(level):
@@ -828,6 +833,7 @@ class WorkerThreads:
             self._jobs.put((job, then))
 
     def _loop(self) -> None:
+        batch_this_thread()
         while True:
             try:
                 job, then = self._jobs.get(timeout=IDLE_WORKER_S)

@@ -15,6 +15,8 @@ import os
 import resource
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -423,6 +425,40 @@ def test_open_connections_poll_slowly_and_close_promptly(wide_fleet, tmp_path):
     assert closing < 0.25 * len(hosts) * IDLE_POLL_S, closing
     assert settled(baseline)
     assert not any(t.is_alive() for t in transports)
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="SCHED_BATCH is Linux's")
+def test_engine_threads_run_batch_and_the_commands_they_start_do_not(fleet, tmp_path):
+    # Batch threads do not preempt the thread that wakes them (which holds the GIL);
+    # a user's command must not inherit that (a local server would keep it for days).
+    settings = SSHSettings(**{**fleet.ssh_settings(), "known_hosts": str(tmp_path / "known_hosts")})
+    hosts = [Host(a) for a in fleet.addresses[:2]]
+    policy = "import os; print(os.sched_getscheduler(0))"
+    runner_policy = []
+    engine = Engine(settings)
+    try:
+        report = build_report(engine.run([*hosts, Host("local")], f"python3 -c '{policy}'",
+                                         keep_open=True), engine)
+        assert report.all_ok, [o.error for o in report]
+        assert {o.stdout for o in report} == {f"{os.SCHED_OTHER}\n"}  # remote and local commands
+        transports = [engine.session(h).connection.client.get_transport() for h in hosts]
+        assert {os.sched_getscheduler(t.native_id) for t in transports} == {os.SCHED_BATCH}
+        engine.call(hosts, lambda session: runner_policy.append(os.sched_getscheduler(0)))
+    finally:
+        engine.close()
+    assert set(runner_policy) == {os.SCHED_BATCH}
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the caller's thread is left as it was
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
+def test_a_policy_chosen_by_the_user_is_left_alone():
+    code = ("import os\nfrom cluster.localrun import batch_this_thread, ordinary_scheduling\n"
+            "os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\n"
+            "batch_this_thread()\nwith ordinary_scheduling():\n    print(os.sched_getscheduler(0))\n"
+            "print(os.sched_getscheduler(0))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(os.SCHED_IDLE)] * 2
 
 
 def test_release_lets_the_transport_thread_end_before_its_socket_is_closed(fleet, tmp_path):
