@@ -58,7 +58,11 @@ Tables
     ``pssh`` running ``true`` in the same run, and the issue-19 targets checked from
     those medians (``inv run true`` at 64 hosts <= 0.6x pssh's wall and <= 6 ms CPU per
     host for the whole inv process; ``inv gpu-status`` at 1,000 hosts <= 0.8x pssh).
-    The project's bytecode caches are written first, as an install has them.
+    The project's bytecode caches are written first, as an install has them. Each host
+    count checks host keys against a known_hosts of its own hosts (recorded by a warm-up
+    of those hosts), as the operator of a cluster that size has it;
+    ``--shared-known-hosts`` uses the file of every host of the largest table instead
+    (each hashed line costs an HMAC per host, as in ssh).
 ``--second-round``      opens every connection in a first round, then times
     only a second ``true`` round on the open connections: ``engine``
     (``keep_open=True``) and ``pssh`` (its cached clients).
@@ -85,7 +89,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -118,11 +122,14 @@ class FleetInfo:
     port: int
     key: str
     addresses: list[str]
+    own_known_hosts: int = 0  # N: the known_hosts of the first N hosts only (--whole)
 
     @property
     def known_hosts(self) -> str:
-        """The benchmark's own known_hosts, recorded by the warm-up run."""
-        return str(Path(self.workdir) / "bench_known_hosts")
+        """The benchmark's own known_hosts, recorded by a warm-up run: every host of the
+        largest table, or with ``own_known_hosts`` N, a file of those N hosts only."""
+        suffix = f".{self.own_known_hosts}" if self.own_known_hosts else ""
+        return str(Path(self.workdir) / f"bench_known_hosts{suffix}")
 
 
 def fleet_info(workdir: Path) -> FleetInfo:
@@ -532,7 +539,8 @@ def measure(method: str, mode: str, info: FleetInfo, count: int, fanout: int,
             profile: str | None = None, timeout: float = 900) -> Sample:
     """Run one child; add the CPU of the whole subprocess (wait4 rusage) to its report."""
     argv = [sys.executable, str(Path(__file__).resolve()), "--child", method, "--mode", mode,
-            "--workdir", info.workdir, "--count", str(count), "--fanout", str(fanout)]
+            "--workdir", info.workdir, "--count", str(count), "--fanout", str(fanout),
+            "--own-known-hosts", str(info.own_known_hosts)]
     if profile:
         argv += ["--profile-out", profile]
     if method in ("engine-ref", "inv-true-ref"):
@@ -679,7 +687,7 @@ def main(argv: list[str] | None = None) -> int:
             # Another checkout's `cluster` package (e.g. `git archive OLD cluster | tar -x`).
             if args.child == "engine-ref":
                 sys.path.insert(0, ENGINE_REF[0])
-        info = fleet_info(Path(args.workdir))
+        info = replace(fleet_info(Path(args.workdir)), own_known_hosts=args.own_known_hosts)
         result = child(args.child, args.mode, info, args.count, args.fanout, args.profile_out)
         print(json.dumps(result))
         return 0
@@ -758,13 +766,18 @@ def run_benchmark(args: argparse.Namespace, info: FleetInfo,
             log(f"profile of {methods[0]} ({mode}) N={counts[0]} in {args.profile}: {sample}")
             return 0
         before = load_average()
-        tables = bench(info, counts, methods, mode, args.repeat, args.fanout, log,
-                       args.baseline_max_hosts)
+        if mode == "whole":
+            tables = bench_whole(info, counts, methods, args)
+        else:
+            tables = bench(info, counts, methods, mode, args.repeat, args.fanout, log,
+                           args.baseline_max_hosts)
         results[mode] = tables
         print(f"\n### {title}\n")
         print(f"{os.cpu_count()} CPUs; load average (1/5/15 min) before: {before}, "
               f"after: {load_average()}\n")
         for rows in tables:
+            if mode == "whole":
+                print(f"known_hosts: {known_hosts_note(info, rows[0].hosts, args)}\n")
             print(render(rows, reference if reference in methods else None, args.fanout) + "\n")
         print(LEGEND + "\n")
         if mode == "whole":
@@ -782,6 +795,31 @@ def run_benchmark(args: argparse.Namespace, info: FleetInfo,
                       "samples": [asdict(s) for s in r.samples]} for r in rows] for rows in tables]
              for mode, tables in results.items()}, indent=1))
     return 0
+
+
+def bench_whole(info: FleetInfo, counts: list[int], methods: list[str],
+                args: argparse.Namespace) -> list[list[Row]]:
+    """The --whole tables: unless --shared-known-hosts, each host count checks its keys
+    against a file of its own hosts, recorded by a warm-up of those hosts."""
+    tables = []
+    for count in counts:
+        own = replace(info, own_known_hosts=0 if args.shared_known_hosts else count)
+        if own.own_known_hosts:
+            Path(own.known_hosts).unlink(missing_ok=True)
+            warm_up(own, count, args.fanout)
+        tables += bench(own, [count], methods, "whole", args.repeat, args.fanout, log,
+                        args.baseline_max_hosts)
+    return tables
+
+
+def known_hosts_note(info: FleetInfo, count: int, args: argparse.Namespace) -> str:
+    """Which file the table's inv commands checked host keys against, and its size."""
+    own = replace(info, own_known_hosts=0 if args.shared_known_hosts else count)
+    entries = [line for line in Path(own.known_hosts).read_text().splitlines()
+               if line.strip() and not line.startswith("#")]
+    hashed = sum(line.startswith("|1|") for line in entries)
+    whose = "shared by every table" if args.shared_known_hosts else "this table's own"
+    return f"{whose}, {len(entries)} lines ({hashed} hashed)"
 
 
 def compile_project() -> None:
@@ -845,6 +883,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--whole", metavar="COUNTS",
                         help="add the table of whole inv commands against pssh `true` at these host "
                              "counts (e.g. 64,1000) with the issue-19 targets")
+    parser.add_argument("--shared-known-hosts", action="store_true",
+                        help="--whole: check host keys against the file of every host of the "
+                             "largest table (default: each host count its own file, as the "
+                             "operator of a cluster that size has it)")
     parser.add_argument("--no-run", action="store_true", help="skip the `true` table")
     parser.add_argument("--engine-ref", metavar="DIR",
                         help="also time `engine-ref`: the engine of another checkout in DIR "
@@ -862,6 +904,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--mode", default="run", help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--profile-out", help=argparse.SUPPRESS)
+    parser.add_argument("--own-known-hosts", type=int, default=0, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
