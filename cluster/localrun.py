@@ -182,26 +182,38 @@ _BATCH = getattr(os, "SCHED_BATCH", None)
 _OTHER = getattr(os, "SCHED_OTHER", None)
 
 
+def _policy() -> int | None:
+    """The calling thread's policy, or None where it cannot be read (not Linux, a seccomp filter)."""
+    if _BATCH is None:
+        return None
+    try:
+        return os.sched_getscheduler(0)
+    except OSError:
+        return None
+
+
+def _set_policy(policy: int) -> None:
+    try:
+        os.sched_setscheduler(0, policy, os.sched_param(0))
+    except OSError:  # not allowed here: the default is fine
+        pass
+
+
 def batch_this_thread() -> None:
     """Make the calling thread SCHED_BATCH where it is SCHED_OTHER (Linux; elsewhere nothing)."""
-    if _BATCH is None or _OTHER is None:
-        return
-    try:
-        if os.sched_getscheduler(0) == _OTHER:  # an explicit choice (chrt) is left alone
-            os.sched_setscheduler(0, _BATCH, os.sched_param(0))
-    except OSError:  # not allowed here (a seccomp filter): the default is fine
-        pass
+    if _BATCH is not None and _policy() == _OTHER:  # an explicit choice (chrt) is left alone
+        _set_policy(_BATCH)
 
 
 @contextmanager
 def ordinary_scheduling() -> Iterator[None]:
     """Around starting a process: from a batch thread, the child gets SCHED_OTHER back."""
     batch, other = _BATCH, _OTHER
-    if batch is None or other is None or os.sched_getscheduler(0) != batch:
+    if batch is None or other is None or _policy() != batch:
         yield
         return
-    os.sched_setscheduler(0, other, os.sched_param(0))
+    _set_policy(other)
     try:
         yield
     finally:
-        os.sched_setscheduler(0, batch, os.sched_param(0))
+        _set_policy(batch)

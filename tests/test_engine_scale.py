@@ -461,6 +461,20 @@ def test_a_policy_chosen_by_the_user_is_left_alone():
     assert done.stdout.split() == [str(os.SCHED_IDLE)] * 2
 
 
+def test_a_local_command_runs_where_the_policy_cannot_be_read(monkeypatch):
+    # A seccomp filter may refuse sched_getscheduler: the command runs all the same.
+    from cluster.command import Capture
+    from cluster.localrun import run_local
+
+    def refused(pid: int) -> int:
+        raise PermissionError("sched_getscheduler: operation not permitted")
+
+    monkeypatch.setattr(os, "sched_getscheduler", refused, raising=False)
+    capture = Capture()
+    assert run_local("echo ran", Host("local"), capture) == 0
+    assert capture.result("echo ran", 0).stdout == "ran\n"
+
+
 def test_release_lets_the_transport_thread_end_before_its_socket_is_closed(fleet, tmp_path):
     """Closing the socket while the transport thread could still poll it freed a descriptor
     that another host's new connection took at once: that thread then waited IDLE_POLL_S on
