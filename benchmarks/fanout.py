@@ -803,7 +803,7 @@ def bench_whole(info: FleetInfo, counts: list[int], methods: list[str],
     against a file of its own hosts, recorded by a warm-up of those hosts."""
     tables = []
     for count in counts:
-        own = replace(info, own_known_hosts=0 if args.shared_known_hosts else count)
+        own = whole_info(info, count, args)
         if own.own_known_hosts:
             Path(own.known_hosts).unlink(missing_ok=True)
             warm_up(own, count, args.fanout)
@@ -812,9 +812,14 @@ def bench_whole(info: FleetInfo, counts: list[int], methods: list[str],
     return tables
 
 
+def whole_info(info: FleetInfo, count: int, args: argparse.Namespace) -> FleetInfo:
+    """The fleet as the --whole table of ``count`` hosts sees it (its known_hosts file)."""
+    return replace(info, own_known_hosts=0 if args.shared_known_hosts else count)
+
+
 def known_hosts_note(info: FleetInfo, count: int, args: argparse.Namespace) -> str:
     """Which file the table's inv commands checked host keys against, and its size."""
-    own = replace(info, own_known_hosts=0 if args.shared_known_hosts else count)
+    own = whole_info(info, count, args)
     entries = [line for line in Path(own.known_hosts).read_text().splitlines()
                if line.strip() and not line.startswith("#")]
     hashed = sum(line.startswith("|1|") for line in entries)
