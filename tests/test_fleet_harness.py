@@ -249,6 +249,37 @@ def test_kill_user_processes_sweeps_leftover_servers(fleet: Fleet) -> None:
     assert wait_for(lambda: not _alive(pid))
 
 
+def test_the_sweep_looks_again_at_a_process_caught_mid_exec(monkeypatch) -> None:
+    # `setsid nohup sleep 300 &` execs three times; a sweep at that moment read an empty
+    # environment, found "no victim" and stopped (CI: the sleep survived the sweep).
+    from cluster.testing import fleet as fleet_module
+
+    answers = iter([None, True])
+    signalled: list[int] = []
+    monkeypatch.setattr(fleet_module, "_pids_of", lambda uid: [4242])
+    monkeypatch.setattr(fleet_module, "_has_sim_root", lambda pid, marker: next(answers, False))
+    monkeypatch.setattr(fleet_module, "_signal", lambda pid, sig: signalled.append(pid))
+    assert fleet_module.kill_processes_of(1001, "/fleet/hosts/") == [4242]
+    assert signalled == [4242]
+
+
+def test_a_zombie_or_a_live_process_is_told_apart_from_one_mid_exec() -> None:
+    from cluster.testing.fleet import _has_sim_root
+
+    marker = "/nonexistent-fleet/hosts/"
+    assert _has_sim_root(os.getpid(), marker) is False  # readable, not under the marker
+    assert _has_sim_root(2 ** 22 + 1, marker) is False  # no such process
+    import subprocess
+
+    child = subprocess.Popen(["true"])  # not reaped yet: a zombie once it exits
+    try:
+        stat = Path(f"/proc/{child.pid}/stat")
+        assert wait_for(lambda: stat.read_text().rpartition(")")[2].split()[0] == "Z")
+        assert _has_sim_root(child.pid, marker) is False  # empty environment, but nothing to wait for
+    finally:
+        child.wait()
+
+
 # ------------------------------------------------------------------ pure parts
 def test_address_range_skips_network_and_broadcast_octets() -> None:
     assert address_range("127.1.0.", 253, 4) == ["127.1.0.253", "127.1.0.254",

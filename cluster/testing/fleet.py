@@ -734,9 +734,10 @@ def kill_processes_of(uid: int, env_marker: str | None = None) -> list[int]:
     ``CLUSTER_SIM_ROOT`` lies under it. Returns the PIDs signalled."""
     killed: list[int] = []
     for _ in range(5):  # a dying session may still fork; sweep until quiet
-        victims = [pid for pid in _pids_of(uid) if pid != os.getpid()
-                   and (env_marker is None or _has_sim_root(pid, env_marker))]
-        if not victims:
+        marks = {pid: True if env_marker is None else _has_sim_root(pid, env_marker)
+                 for pid in _pids_of(uid) if pid != os.getpid()}
+        victims = [pid for pid, mark in marks.items() if mark]
+        if not victims and None not in marks.values():
             break
         for pid in victims:
             _signal(pid, signal.SIGKILL)
@@ -757,11 +758,22 @@ def _pids_of(uid: int) -> list[int]:
     return pids
 
 
-def _has_sim_root(pid: int, marker: str) -> bool:
+def _has_sim_root(pid: int, marker: str) -> bool | None:
+    """Whether ``pid`` runs under the fleet ``marker``; None while that cannot be told yet:
+    a process in the middle of an exec (``setsid nohup CMD &`` is three) shows no
+    environment for a moment, so the sweep looks again instead of passing it over."""
     try:
         environ = Path(f"/proc/{pid}/environ").read_bytes()
+    except FileNotFoundError:
+        return False  # gone
     except OSError:
-        return False
+        environ = b""
+    if not environ:  # mid-exec, or a zombie (no environment for good: nothing to kill)
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+        except (OSError, IndexError):
+            return False
+        return False if state in ("Z", "X") else None
     return any(item.startswith(b"CLUSTER_SIM_ROOT=" + marker.encode())
                or item == b"CLUSTER_SIM_ROOT=" + marker.rstrip(os.sep).encode()
                for item in environ.split(b"\0"))
